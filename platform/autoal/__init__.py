@@ -1,0 +1,1 @@
+"""autoal: Ray-native deep active learning."""

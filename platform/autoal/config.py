@@ -1,0 +1,165 @@
+"""Experiment configuration: a typed, frozen dataclass read from YAML and flags.
+
+Flags win over the YAML file; unknown keys and ill-typed values are errors.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from autoal.errors import AutoALError
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """AutoAL's differentiable strategy search (DESIGN.md section 3)."""
+
+    candidates: tuple[str, ...] = ("entropy", "margin", "least_confidence", "kmeans", "bald",
+                                   "var_ratio", "mean_std")
+    backbone: bool = True          # False: SearchNet is a head on the task model's frozen embeddings
+    loss_module: bool = True       # the loss-prediction module and its ranking loss
+    cycles_first: int = 3          # search cycles in the first round
+    cycles: int = 1                # search cycles in later rounds
+    fit_epochs: int = 10           # FitNet epochs on L_tr per cycle
+    search_epochs: int = 10        # alternating FitNet/SearchNet epochs on L_val per cycle
+    lam: float = 1.0               # count regulariser weight (lambda)
+    gamma: float = 0.1             # ranking loss weight
+    threshold: str = "gmm"         # "gmm" (paper) or "quantile" (exact)
+    lr: float = 1e-3
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One AL experiment: every strategy x every seed on one dataset."""
+
+    dataset: str = "digits"
+    data_root: str = "data"
+    model: str = "auto"                     # auto | cnn | mlp | resnet18
+    strategies: tuple[str, ...] = ("random", "entropy")
+    initial: int = 20                       # size of the initial labeled pool
+    initial_method: str = "random"          # random | kcenter
+    batch: int = 20                         # queries per round
+    rounds: int = 10                        # query rounds after the initial pool
+    seeds: tuple[int, ...] = (0,)
+    epochs: int = 30                        # task-model epochs per round (retrained from scratch)
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    dropout: float = 0.3                    # dropout of the classifier head (MC dropout)
+    mc_samples: int = 10                    # T, MC-dropout samples of the head
+    workers: int = 0                        # Ray Train workers; 0 = local mode in the driver
+    actors: int = 1                         # Ray Data scoring actors
+    gpus: float = 0.0                       # GPUs per training worker and per scoring actor
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.initial > 0, "initial must be positive"),
+            (self.batch > 0, "batch must be positive"),
+            (self.rounds >= 0, "rounds must be >= 0"),
+            (self.epochs > 0, "epochs must be positive"),
+            (self.mc_samples >= 2, "mc_samples must be >= 2"),
+            (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
+            (self.workers >= 0, "workers must be >= 0"),
+            (self.actors >= 0, "actors must be >= 0"),
+            (self.gpus >= 0, "gpus must be >= 0"),
+            (len(self.seeds) > 0, "seeds must not be empty"),
+            (len(self.strategies) > 0, "strategies must not be empty"),
+            (self.initial_method in ("random", "kcenter"), "initial_method must be random or kcenter"),
+            (self.search.threshold in ("gmm", "quantile"), "search.threshold must be gmm or quantile"),
+            (len(self.search.candidates) > 0, "search.candidates must not be empty"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise AutoALError(f"bad config: {message}")
+        if len(set(self.strategies)) != len(self.strategies):
+            raise AutoALError("bad config: a strategy is listed twice")
+
+    @property
+    def budget(self) -> int:
+        return self.initial + self.batch * self.rounds
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _coerce(cls, data: dict[str, Any], where: str):
+    """Build dataclass `cls` from plain data, checking keys and types."""
+    if not isinstance(data, dict):
+        raise AutoALError(f"bad config: {where or 'the config'} must be a mapping")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise AutoALError(f"bad config: unknown key{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(where + k for k in unknown)}; known: {', '.join(sorted(known))}")
+    kwargs = {}
+    for key, value in data.items():
+        kwargs[key] = _value(hints[key], value, where + key)
+    return cls(**kwargs)
+
+
+def _value(hint, value, name: str):
+    if dataclasses.is_dataclass(hint):
+        return _coerce(hint, value, name + ".")
+    origin = get_origin(hint)
+    if origin is tuple:
+        (item,) = get_args(hint)[:1]
+        values = value if isinstance(value, (list, tuple)) else [value]
+        return tuple(_value(item, v, name) for v in values)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise AutoALError(f"bad config: {name} must be true or false, got {value!r}")
+    if hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and value != int(value)):
+            raise AutoALError(f"bad config: {name} must be {'an integer' if hint is int else 'a number'}, got {value!r}")
+        return hint(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise AutoALError(f"bad config: {name} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    return _coerce(ExperimentConfig, data, "")
+
+
+def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """The config from a YAML file (optional) with `overrides` (flags) applied on top.
+
+    Override keys may be dotted (`search.lam`) to reach nested sections.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise AutoALError(f"cannot read config {path}: {exc.strerror}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise AutoALError(f"config {path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise AutoALError(f"config {path} must be a YAML mapping of keys to values")
+    for key, value in (overrides or {}).items():
+        target = data
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return from_dict(data)

@@ -1,0 +1,134 @@
+"""The active-learning loop: initial pool, then rounds of train, evaluate,
+score, select and label, for every strategy and seed of an experiment.
+
+Paired seeds: at a given seed every strategy starts from the same initial
+pool, and each round's model init and batch order depend on (seed, round)
+only, so strategies differ only in what they query.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import ray
+
+from autoal import datasets, models, plots, runtime, scoring, training
+from autoal.config import ExperimentConfig
+from autoal.errors import AutoALError
+from autoal.pool import Pool
+from autoal.store import ExperimentDir
+from autoal.strategies import PoolStats, Strategy, get
+
+
+def derive_seed(seed: int, *parts: int) -> int:
+    """A 31-bit seed from (seed, parts...): independent streams per round and purpose."""
+    return int(np.random.SeedSequence([seed, *parts]).generate_state(1)[0] >> 1)
+
+
+def initial_pool(train: Pool, cfg: ExperimentConfig, seed: int) -> np.ndarray:
+    """The initial labeled ids: uniform, or greedy k-center on the raw inputs."""
+    if cfg.initial_method == "kcenter":
+        stats = PoolStats(ids=train.ids, embedding=train.x.reshape(len(train), -1))
+        return get("coreset").select(stats, cfg.initial, seed=derive_seed(seed, 0))
+    rng = np.random.default_rng(derive_seed(seed, 0))
+    return np.sort(rng.choice(train.ids, size=cfg.initial, replace=False))
+
+
+@dataclass
+class Experiment:
+    """One experiment's data, model spec and directory, ready to run."""
+
+    cfg: ExperimentConfig
+    train: Pool
+    test: Pool
+    spec: training.ModelSpec
+    store: ExperimentDir
+    log: Callable[[str], None] = print
+
+    @classmethod
+    def prepare(cls, cfg: ExperimentConfig, out: str | Path, log=print, download: bool = False) -> "Experiment":
+        """Validate everything that can be wrong before touching `out`."""
+        strategies = [strategy(name) for name in cfg.strategies]
+        pool = datasets.load(cfg.dataset, cfg.data_root, download=download)
+        train, test = pool.subset("train"), pool.subset("test")
+        if not len(test):
+            raise AutoALError(f"dataset {cfg.dataset!r} has no test split to evaluate on")
+        if cfg.budget > len(train):
+            raise AutoALError(f"budget {cfg.budget} (initial {cfg.initial} + {cfg.rounds} rounds x "
+                              f"batch {cfg.batch}) exceeds the pool of {len(train)} training samples")
+        spec = training.ModelSpec(models.resolve(cfg.model, train.shape), train.shape, pool.classes, cfg.dropout)
+        del strategies
+        return cls(cfg, train, test, spec, ExperimentDir(out).open(cfg), log)
+
+    def run(self) -> pd.DataFrame:
+        runtime.init_ray()
+        self.test_ref = ray.put((self.test.x, self.test.y))
+        for seed in self.cfg.seeds:
+            initial = initial_pool(self.train, self.cfg, seed)
+            for name in self.cfg.strategies:
+                self.run_strategy(strategy(name), seed, initial)
+        plots.curves(self.store.results, self.store.root / "curves.png", title=self.cfg.dataset)
+        return self.store.results
+
+    def run_strategy(self, strat: Strategy, seed: int, initial: np.ndarray) -> None:
+        cfg, store, name = self.cfg, self.store, strat.name
+        start = store.rounds_done(name, seed)
+        if start > cfg.rounds:
+            return
+        if start == 0 and not len(store.labeled(name, seed)):
+            store.append_ledger(self.ledger_rows(name, seed, 0, initial))
+        ledger = store.labeled(name, seed)
+        labeled = ledger["id"].to_numpy(np.int64)
+        for round_ in range(start, cfg.rounds + 1):
+            t0 = time.perf_counter()
+            rows = self.train.rows(labeled)
+            fit = training.fit(self.spec, (self.train.x[rows], self.train.y[rows]), self.test_ref,
+                               seed=derive_seed(seed, round_, 1), epochs=cfg.epochs, lr=cfg.lr,
+                               weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+                               workers=cfg.workers, gpus=cfg.gpus, name=f"{name}-s{seed}-r{round_}")
+            result = dict(dataset=cfg.dataset, strategy=name, seed=seed, round=round_, n_labeled=len(labeled),
+                          accuracy=fit.accuracy, train_loss=fit.train_loss,
+                          train_s=time.perf_counter() - t0, score_s=0.0, select_s=0.0)
+            if round_ < cfg.rounds:
+                picks = self.query(strat, fit.state, labeled, seed, round_, result)
+                store.append_ledger(self.ledger_rows(name, seed, round_ + 1, picks))
+                labeled = np.concatenate([labeled, picks])
+            store.append_result(result)
+            self.log(f"[{name} seed={seed}] round {round_}/{cfg.rounds}: {result['n_labeled']} labeled, "
+                     f"accuracy {fit.accuracy:.4f} (train {result['train_s']:.1f}s, "
+                     f"score {result['score_s']:.1f}s, select {result['select_s']:.2f}s)")
+
+    def query(self, strat: Strategy, state: dict, labeled: np.ndarray, seed: int, round_: int,
+              result: dict) -> np.ndarray:
+        """Score the pool with the fused pass, then let the strategy pick a batch."""
+        cfg = self.cfg
+        unlabeled = np.setdiff1d(self.train.ids, labeled)
+        k = min(cfg.batch, len(unlabeled))
+        scored = np.concatenate([unlabeled, labeled]) if strat.needs_labeled else unlabeled
+        t0 = time.perf_counter()
+        stats = PoolStats(ids=scored)
+        if strat.needs:
+            stats = scoring.score(self.spec, state, scored, self.train.x[self.train.rows(scored)], strat.needs,
+                                  mc_samples=cfg.mc_samples, actors=cfg.actors, gpus=cfg.gpus)
+        t1 = time.perf_counter()
+        pool_stats = stats.take(np.arange(len(unlabeled)))
+        labeled_stats = stats.take(np.arange(len(unlabeled), len(scored))) if strat.needs_labeled else None
+        picks = strat.select(pool_stats, k, labeled=labeled_stats, seed=derive_seed(seed, round_, 2))
+        result.update(score_s=t1 - t0, select_s=time.perf_counter() - t1)
+        return np.asarray(picks, dtype=np.int64)
+
+    def ledger_rows(self, name: str, seed: int, round_: int, ids: np.ndarray) -> pd.DataFrame:
+        """The simulated oracle: reveal the hidden labels of the queried ids."""
+        labels = self.train.y[self.train.rows(ids)]
+        return pd.DataFrame({"strategy": name, "seed": seed, "round": round_, "id": ids, "label": labels})
+
+
+def strategy(name: str) -> Strategy:
+    try:
+        return get(name)
+    except KeyError as exc:
+        raise AutoALError(exc.args[0]) from None

@@ -1,0 +1,148 @@
+"""A pool: stable int64 ids, features, labels, split; and its Parquet format.
+
+Parquet pool format (one directory of `part-*.parquet` shards):
+  id int64, x list<float32> (flattened features), y int64, split string
+  ("train" / "test"); schema metadata: `shape` (JSON list, per-sample shape,
+  e.g. [1, 28, 28]), `classes` (number of classes), `name`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from autoal.errors import AutoALError
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True, eq=False)
+class Pool:
+    """Samples with stable ids. x is float32 [N, *shape], y int64 [N]."""
+
+    name: str
+    ids: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    split: np.ndarray
+    classes: int
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        for field, arr in (("x", self.x), ("y", self.y), ("split", self.split)):
+            if len(arr) != n:
+                raise AutoALError(f"pool {self.name!r}: {field} has {len(arr)} rows but there are {n} ids")
+        if len(np.unique(self.ids)) != n:
+            raise AutoALError(f"pool {self.name!r}: ids are not unique")
+        if not np.isfinite(self.x).all():
+            bad = int((~np.isfinite(self.x.reshape(n, -1))).any(axis=1).sum())
+            raise AutoALError(f"pool {self.name!r}: {bad} samples have NaN or infinite features")
+        if self.classes < 2:
+            raise AutoALError(f"pool {self.name!r}: needs at least 2 classes, has {self.classes}")
+        out = (self.y < 0) | (self.y >= self.classes)
+        if out.any():
+            raise AutoALError(
+                f"pool {self.name!r}: {int(out.sum())} labels outside 0..{self.classes - 1} "
+                f"(e.g. {int(self.y[out][0])})")
+        unknown = set(np.unique(self.split)) - set(SPLITS)
+        if unknown:
+            raise AutoALError(f"pool {self.name!r}: unknown split values {sorted(unknown)}; expected train/test")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.shape) == 3
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, split: str) -> "Pool":
+        mask = self.split == split
+        return Pool(self.name, self.ids[mask], self.x[mask], self.y[mask], self.split[mask], self.classes)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Row positions of `ids` (which must all be in the pool)."""
+        order = np.argsort(self.ids)
+        pos = np.searchsorted(self.ids, ids, sorter=order)
+        pos = order[np.minimum(pos, len(order) - 1)]
+        if len(ids) and not np.array_equal(self.ids[pos], ids):
+            raise AutoALError(f"pool {self.name!r}: unknown ids requested")
+        return pos
+
+
+def from_arrays(name: str, x_train, y_train, x_test, y_test, classes: int | None = None) -> Pool:
+    """A pool from train/test arrays; ids are 0..N-1, train first."""
+    x = np.concatenate([np.asarray(x_train), np.asarray(x_test)]).astype(np.float32, copy=False)
+    y = np.concatenate([np.asarray(y_train).reshape(-1), np.asarray(y_test).reshape(-1)]).astype(np.int64)
+    split = np.array(["train"] * len(x_train) + ["test"] * len(x_test))
+    classes = int(y.max()) + 1 if classes is None else classes
+    return Pool(name, np.arange(len(x), dtype=np.int64), x, y, split, classes)
+
+
+def write_parquet(pool: Pool, out_dir: str | os.PathLike, rows_per_shard: int = 50_000) -> Path:
+    """Write the pool as Parquet shards; the directory appears complete or not at all."""
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise AutoALError(f"{out} exists and is not empty; choose a new directory")
+    metadata = {b"shape": json.dumps(list(pool.shape)).encode(), b"classes": str(pool.classes).encode(),
+                b"name": pool.name.encode()}
+    schema = pa.schema([("id", pa.int64()), ("x", pa.list_(pa.float32())), ("y", pa.int64()),
+                        ("split", pa.string())], metadata=metadata)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        flat = pool.x.reshape(len(pool), -1)
+        for shard, start in enumerate(range(0, len(pool), rows_per_shard)):
+            end = min(start + rows_per_shard, len(pool))
+            xs = pa.FixedSizeListArray.from_arrays(pa.array(flat[start:end].ravel()), flat.shape[1])
+            table = pa.table([pa.array(pool.ids[start:end]), xs.cast(pa.list_(pa.float32())),
+                              pa.array(pool.y[start:end]), pa.array(pool.split[start:end].astype(str))],
+                             schema=schema)
+            pq.write_table(table, tmp / f"part-{shard:05d}.parquet")
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_parquet(path: str | os.PathLike) -> Pool:
+    """Read a Parquet pool written by `write_parquet` (or by a user in that format)."""
+    path = Path(path)
+    if not path.exists():
+        raise AutoALError(f"parquet pool {path} does not exist")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise AutoALError(f"parquet pool {path} is not readable Parquet: {exc}") from None
+    missing = {"id", "x", "y", "split"} - set(table.column_names)
+    if missing:
+        raise AutoALError(f"parquet pool {path} lacks columns {sorted(missing)}; "
+                          "expected id int64, x list<float32>, y int64, split string")
+    meta = table.schema.metadata or {}
+    xs = table.column("x").combine_chunks()
+    lengths = np.unique(xs.value_lengths().to_numpy(zero_copy_only=False))
+    if len(lengths) != 1:
+        raise AutoALError(f"parquet pool {path}: rows of x have different lengths {lengths[:5].tolist()}")
+    width = int(lengths[0])
+    shape = tuple(json.loads(meta[b"shape"])) if b"shape" in meta else (width,)
+    if int(np.prod(shape)) != width:
+        raise AutoALError(f"parquet pool {path}: shape metadata {list(shape)} does not match {width} features")
+    x = xs.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape((len(table), *shape))
+    y = table.column("y").to_numpy().astype(np.int64)
+    classes = int(meta[b"classes"]) if b"classes" in meta else int(y.max()) + 1
+    name = meta.get(b"name", path.name.encode()).decode()
+    return Pool(name, table.column("id").to_numpy().astype(np.int64), x, y,
+                table.column("split").to_numpy(zero_copy_only=False).astype(str), classes)

@@ -1,0 +1,137 @@
+"""The experiment directory: config, ledger, per-round results, strategy state.
+
+Every write goes to a temporary file that replaces the target atomically, so a
+run killed at any moment leaves a readable directory. The ledger is
+append-only: rows are added, never changed. A round counts as done once its
+results row exists; ledger rows of a round beyond that (written just before a
+kill) are dropped on load and re-derived identically.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+
+from autoal.config import ExperimentConfig, from_dict
+from autoal.errors import AutoALError
+
+LEDGER_COLUMNS = ["strategy", "seed", "round", "id", "label"]
+# Fields that change how a run executes, not what it computes: they may differ on resume.
+EXECUTION_FIELDS = ("workers", "actors", "gpus", "data_root", "strategies", "seeds")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _parquet_bytes(frame: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+class ExperimentDir:
+    """An output directory holding one experiment, created or resumed."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.config_path = self.root / "config.yaml"
+        self.ledger_path = self.root / "ledger.parquet"
+        self.results_path = self.root / "results.parquet"
+
+    def open(self, config: ExperimentConfig) -> "ExperimentDir":
+        """Create the directory, or check that it holds this same experiment and load its progress."""
+        if self.root.exists() and not self.root.is_dir():
+            raise AutoALError(f"output {self.root} exists and is not a directory")
+        if self.config_path.exists():
+            saved = self.saved_config()
+            ours, theirs = config.to_dict(), saved.to_dict()
+            diff = sorted(k for k in ours if k not in EXECUTION_FIELDS and ours[k] != theirs[k])
+            if diff:
+                raise AutoALError(f"output {self.root} holds a different experiment (differs in "
+                                  f"{', '.join(diff)}); choose another --out or repeat its settings")
+            merged = dict(ours, strategies=_union(theirs["strategies"], ours["strategies"]),
+                          seeds=_union(theirs["seeds"], ours["seeds"]))
+            config = from_dict(merged)
+        elif self.root.exists() and any(self.root.iterdir()):
+            raise AutoALError(f"output {self.root} is not empty and holds no autoal experiment")
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.config_path, yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
+        self.results = self._read(self.results_path, None)
+        ledger = self._read(self.ledger_path, LEDGER_COLUMNS)
+        self.ledger = ledger[ledger["round"] <= self._next_round(ledger)].reset_index(drop=True)
+        return self
+
+    def saved_config(self) -> ExperimentConfig:
+        try:
+            return from_dict(yaml.safe_load(self.config_path.read_text()))
+        except (AutoALError, yaml.YAMLError) as exc:
+            raise AutoALError(f"{self.config_path} is not a valid autoal config: {exc}") from None
+
+    def _read(self, path: Path, columns) -> pd.DataFrame:
+        if not path.exists():
+            return pd.DataFrame(columns=columns or ["strategy", "seed", "round"])
+        try:
+            return pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises several types for damaged files
+            raise AutoALError(f"{path} is damaged ({exc}); restore it or start a new --out") from None
+
+    def _next_round(self, ledger: pd.DataFrame) -> pd.Series:
+        """Per ledger row, the newest round its (strategy, seed) may hold: one past its last result."""
+        done = self.results.groupby(["strategy", "seed"])["round"].max() if len(self.results) else {}
+        keys = zip(ledger["strategy"], ledger["seed"])
+        return pd.Series([int(done.get(k, -1)) + 1 for k in keys], index=ledger.index, dtype="int64")
+
+    def _rows(self, frame: pd.DataFrame, strategy: str, seed: int) -> pd.DataFrame:
+        return frame[(frame["strategy"] == strategy) & (frame["seed"] == seed)]
+
+    def labeled(self, strategy: str, seed: int) -> pd.DataFrame:
+        """Ledger rows (round, id, label) of one run, oldest first."""
+        return self._rows(self.ledger, strategy, seed).sort_values(["round", "id"])
+
+    def rounds_done(self, strategy: str, seed: int) -> int:
+        rows = self._rows(self.results, strategy, seed)
+        return int(rows["round"].max()) + 1 if len(rows) else 0
+
+    def state_path(self, strategy: str, seed: int, round_: int) -> Path:
+        return self.root / "state" / strategy / f"seed{seed}" / f"round{round_}.pt"
+
+    def load_state(self, strategy: str, seed: int, round_: int):
+        path = self.state_path(strategy, seed, round_)
+        return torch.load(path, weights_only=False) if path.exists() else None
+
+    def save_state(self, strategy: str, seed: int, round_: int, state) -> None:
+        path = self.state_path(strategy, seed, round_)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write(path, buf.getvalue())
+
+    def append_ledger(self, rows: pd.DataFrame) -> None:
+        self.ledger = pd.concat([self.ledger, rows[LEDGER_COLUMNS]], ignore_index=True)
+        atomic_write(self.ledger_path, _parquet_bytes(self.ledger.astype(
+            {"seed": "int64", "round": "int64", "id": "int64", "label": "int64"})))
+
+    def append_result(self, row: dict) -> None:
+        new = pd.DataFrame([row])
+        self.results = new if not len(self.results) else pd.concat([self.results, new], ignore_index=True)
+        atomic_write(self.results_path, _parquet_bytes(self.results))
+        atomic_write(self.root / "results.csv", self.results.to_csv(index=False).encode())
+
+
+def _union(first, second) -> list:
+    return list(dict.fromkeys([*first, *second]))

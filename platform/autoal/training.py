@@ -1,0 +1,129 @@
+"""Task-model training on Ray Train.
+
+`fit` runs `train_loop` under a TorchTrainer: `workers=0` is Ray Train's local
+mode (the loop runs in the driver, no worker group: right for small pools);
+`workers>=1` starts a worker group and wraps the model in DDP. Data reaches
+the workers as object-store references; each rank takes a seeded, equal-sized
+shard of every epoch's permutation, so runs are reproducible for a seed.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from autoal import models
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a TaskNet in another process."""
+
+    name: str
+    shape: tuple[int, ...]
+    classes: int
+    dropout: float
+
+    def build(self) -> models.TaskNet:
+        return models.build(self.name, self.shape, self.classes, self.dropout)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    state: dict          # the trained TaskNet's state dict, on CPU
+    accuracy: float      # on the test split
+    train_loss: float    # mean cross-entropy of the last epoch
+
+
+def run_on_ray_train(loop, config: dict, workers: int, gpus: float, name: str):
+    """Run `loop(config)` under a TorchTrainer and return rank 0's return value."""
+    scaling = ScalingConfig(num_workers=workers, use_gpu=gpus > 0 and workers > 0,
+                            resources_per_worker={"GPU": gpus} if gpus > 0 and workers > 0 else None)
+    run_config = RunConfig(name=name, storage_path=tempfile.gettempdir() + "/autoal_ray_train")
+    result = TorchTrainer(loop, train_loop_config=config, scaling_config=scaling, run_config=run_config).fit()
+    if result.error:
+        raise result.error
+    return result.return_value
+
+
+def shard_batches(n: int, batch_size: int, seed: int, epoch: int):
+    """This rank's mini-batches of one epoch: a seeded permutation, padded to a
+    multiple of the world size so every rank takes the same number of steps."""
+    world, rank = ray.train.get_context().get_world_size(), ray.train.get_context().get_world_rank()
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    perm = torch.cat([perm, perm[: (-n) % world]])[rank::world]
+    batches = list(perm.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1:  # BatchNorm cannot train on one sample
+        batches = batches[:-1]
+    return batches
+
+
+def all_sum(values: list[float], device) -> list[float]:
+    """Sum over ranks (identity without a process group)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, device, batch_size: int = 512) -> float:
+    """Accuracy over the test split, each rank scoring its share of rows."""
+    world, rank = ray.train.get_context().get_world_size(), ray.train.get_context().get_world_rank()
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(rank * batch_size, len(x), world * batch_size):
+            xb, yb = x[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
+            correct += int((model(xb)[0].argmax(1) == yb).sum())
+    total_correct, = all_sum([correct], device)
+    return total_correct / len(x)
+
+
+def train_loop(config: dict):
+    """Train a TaskNet (classifier + loss-prediction module) from scratch, then evaluate."""
+    spec = ModelSpec(**config["spec"])
+    x, y = (torch.from_numpy(a) for a in ray.get(config["train"]))
+    x_test, y_test = (torch.from_numpy(a) for a in ray.get(config["test"]))
+    seed = config["seed"]
+    torch.manual_seed(seed)
+    device = ray.train.torch.get_device()
+    net = spec.build()
+    model = ray.train.torch.prepare_model(net)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    epoch_loss = float("nan")
+    for epoch in range(config["epochs"]):
+        model.train()
+        total, count = 0.0, 0
+        for index in shard_batches(len(x), config["batch_size"], seed, epoch):
+            xb, yb = x[index].to(device), y[index].to(device)
+            logits, pred_loss = model(xb)
+            losses = F.cross_entropy(logits, yb, reduction="none")
+            loss = losses.mean() + models.loss_ranking(pred_loss, losses)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total, count = total + float(losses.sum()), count + len(index)
+        total, count = all_sum([total, count], device)
+        epoch_loss = total / max(count, 1)
+    accuracy = evaluate(net, x_test, y_test, device)
+    if ray.train.get_context().get_world_rank() == 0:
+        return asdict(FitResult({k: v.cpu() for k, v in net.state_dict().items()}, accuracy, epoch_loss))
+    return None
+
+
+def fit(spec: ModelSpec, train: tuple[np.ndarray, np.ndarray], test_ref, *, seed: int, epochs: int,
+        lr: float, weight_decay: float, batch_size: int, workers: int = 0, gpus: float = 0.0,
+        name: str = "task") -> FitResult:
+    """Train on `train` (x, y); evaluate on the object-store ref `test_ref` = (x, y)."""
+    config = dict(spec=asdict(spec), train=ray.put(train), test=test_ref, seed=seed, epochs=epochs, lr=lr,
+                  weight_decay=weight_decay, batch_size=batch_size)
+    return FitResult(**run_on_ray_train(train_loop, config, workers, gpus, name))
