@@ -26,7 +26,7 @@ def device_for(gpus: float) -> torch.device:
 
 
 @torch.no_grad()
-def fused_stats(net, x: torch.Tensor, needs: frozenset[str], mc_samples: int) -> dict[str, np.ndarray]:
+def fused_stats(net, x: torch.Tensor, needs: frozenset[str], mc_samples: int) -> dict[str, torch.Tensor]:
     """The statistics in `needs` for one batch, from a single backbone pass."""
     net.eval()
     embedding, taps = net.features(x)
@@ -39,24 +39,39 @@ def fused_stats(net, x: torch.Tensor, needs: frozenset[str], mc_samples: int) ->
         out["embedding"] = embedding
     if "pred_loss" in needs:
         out["pred_loss"] = net.predict_loss(taps)
-    return {k: v.float().cpu().numpy() for k, v in out.items()}
+    return out
+
+
+def _resolve(value):
+    """Ray Data passes ObjectRefs in constructor kwargs through unresolved."""
+    return ray.get(value) if isinstance(value, ray.ObjectRef) else value
 
 
 class PoolScorer:
-    """Ray Data actor: loads the model once, then scores batches of {id, x}."""
+    """Ray Data actor: loads the task model (and any extra model, e.g. AutoAL's
+    SearchNet) once, then scores batches of {id, x}."""
 
-    def __init__(self, spec: dict, state, needs: frozenset[str], mc_samples: int, gpus: float):
+    def __init__(self, spec: dict, state, needs: frozenset[str], mc_samples: int, gpus: float, extra=None):
         self.device = device_for(gpus)
         self.net = ModelSpec(**spec).build()
-        self.net.load_state_dict(ray.get(state) if isinstance(state, ray.ObjectRef) else state)
-        self.net.to(self.device)
+        self.net.load_state_dict(_resolve(state))
+        self.net.to(self.device).eval()
+        self.extra = _resolve(extra)
+        self.extra_field = self.extra.field if self.extra is not None else None
+        if self.extra is not None:
+            self.extra_net = self.extra.build()
+            self.extra_net.load_state_dict(self.extra.state)
+            self.extra_net.to(self.device).eval()
         self.needs, self.mc_samples = needs, mc_samples
 
+    @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        x = torch.from_numpy(np.ascontiguousarray(batch["x"])).to(self.device)
-        out = fused_stats(self.net, x, self.needs, self.mc_samples)
-        out["id"] = batch["id"]
-        return out
+        x = torch.tensor(batch["x"], device=self.device)
+        out = fused_stats(self.net, x, self.needs | ({"embedding"} if self.extra else set()), self.mc_samples)
+        if self.extra is not None:
+            out[self.extra.field] = self.extra_net(x, out["embedding"])
+        arrays = {k: v.float().cpu().numpy() for k, v in out.items() if k in self.needs or k == self.extra_field}
+        return {"id": batch["id"], **arrays}
 
 
 def pool_dataset(ids: np.ndarray, x: np.ndarray, blocks: int) -> "ray.data.Dataset":
@@ -66,24 +81,25 @@ def pool_dataset(ids: np.ndarray, x: np.ndarray, blocks: int) -> "ray.data.Datas
 
 
 def score(spec: ModelSpec, state: dict, ids: np.ndarray, x: np.ndarray, needs: frozenset[str], *,
-          mc_samples: int, actors: int = 1, gpus: float = 0.0, batch_size: int = 256) -> PoolStats:
+          mc_samples: int, actors: int = 1, gpus: float = 0.0, batch_size: int = 256, extra=None) -> PoolStats:
     """PoolStats for the samples (ids, x), index-aligned with `ids`.
 
     actors >= 1 streams the pool through that many Ray Data actors (each with
     `gpus` GPUs); actors == 0 scores in this process (small pools, tests).
+    `extra` (hooks.ScorerExtra) adds one more model's output as a field.
     """
     needs = frozenset(needs) & set(POOL_FIELDS)
     if actors == 0:
-        scorer = PoolScorer(asdict(spec), state, needs, mc_samples, gpus)
+        scorer = PoolScorer(asdict(spec), state, needs, mc_samples, gpus, extra)
         parts = [scorer({"id": ids[s:s + batch_size], "x": x[s:s + batch_size]})
                  for s in range(0, len(ids), batch_size)]
     else:
-        state_ref = ray.put(state)  # referenced here until the pass ends
+        state_ref, extra_ref = ray.put(state), ray.put(extra)  # referenced here until the pass ends
         scored = pool_dataset(ids, x, blocks=max(actors, min(len(ids) // batch_size, 4 * actors), 1)).map_batches(
             PoolScorer, compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size,
             batch_format="numpy", num_cpus=1, num_gpus=gpus,
             fn_constructor_kwargs=dict(spec=asdict(spec), state=state_ref, needs=needs,
-                                       mc_samples=mc_samples, gpus=gpus))
+                                       mc_samples=mc_samples, gpus=gpus, extra=extra_ref))
         parts = list(scored.iter_batches(batch_format="numpy", batch_size=None))
     return _stats_in_order(parts, ids)
 

@@ -126,6 +126,14 @@ class ExperimentDir:
         atomic_write(self.ledger_path, _parquet_bytes(self.ledger.astype(
             {"seed": "int64", "round": "int64", "id": "int64", "label": "int64"})))
 
+    def append_rows(self, table: str, rows: list[dict]) -> None:
+        """Append telemetry rows to `<table>.parquet` (e.g. strategy_weights)."""
+        path = self.root / f"{table}.parquet"
+        frame = pd.DataFrame(rows)
+        if path.exists():
+            frame = pd.concat([pd.read_parquet(path), frame], ignore_index=True)
+        atomic_write(path, _parquet_bytes(frame))
+
     def append_result(self, row: dict) -> None:
         new = pd.DataFrame([row])
         self.results = new if not len(self.results) else pd.concat([self.results, new], ignore_index=True)

@@ -44,6 +44,16 @@ class FitResult:
     train_loss: float    # mean cross-entropy of the last epoch
 
 
+def portable_state(module) -> dict[str, np.ndarray]:
+    """A state dict as numpy arrays: Ray Train refuses torch tensors in return values."""
+    return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+
+
+def torch_state(state: dict) -> dict[str, torch.Tensor]:
+    """The inverse of `portable_state` (tensors pass through)."""
+    return {k: torch.tensor(v) for k, v in state.items()}  # a copy: arrays from Ray are read-only
+
+
 def run_on_ray_train(loop, config: dict, workers: int, gpus: float, name: str):
     """Run `loop(config)` under a TorchTrainer and return rank 0's return value."""
     scaling = ScalingConfig(num_workers=workers, use_gpu=gpus > 0 and workers > 0,
@@ -91,8 +101,8 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, device, batch_size: int = 
 def train_loop(config: dict):
     """Train a TaskNet (classifier + loss-prediction module) from scratch, then evaluate."""
     spec = ModelSpec(**config["spec"])
-    x, y = (torch.from_numpy(a) for a in ray.get(config["train"]))
-    x_test, y_test = (torch.from_numpy(a) for a in ray.get(config["test"]))
+    x, y = (torch.tensor(a) for a in ray.get(config["train"]))  # object-store arrays are read-only
+    x_test, y_test = (torch.tensor(a) for a in ray.get(config["test"]))
     seed = config["seed"]
     torch.manual_seed(seed)
     device = ray.train.torch.get_device()
@@ -111,12 +121,12 @@ def train_loop(config: dict):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total, count = total + float(losses.sum()), count + len(index)
+            total, count = total + float(losses.detach().sum()), count + len(index)
         total, count = all_sum([total, count], device)
         epoch_loss = total / max(count, 1)
     accuracy = evaluate(net, x_test, y_test, device)
     if ray.train.get_context().get_world_rank() == 0:
-        return asdict(FitResult({k: v.cpu() for k, v in net.state_dict().items()}, accuracy, epoch_loss))
+        return asdict(FitResult(portable_state(net), accuracy, epoch_loss))
     return None
 
 
@@ -126,4 +136,5 @@ def fit(spec: ModelSpec, train: tuple[np.ndarray, np.ndarray], test_ref, *, seed
     """Train on `train` (x, y); evaluate on the object-store ref `test_ref` = (x, y)."""
     config = dict(spec=asdict(spec), train=ray.put(train), test=test_ref, seed=seed, epochs=epochs, lr=lr,
                   weight_decay=weight_decay, batch_size=batch_size)
-    return FitResult(**run_on_ray_train(train_loop, config, workers, gpus, name))
+    result = run_on_ray_train(train_loop, config, workers, gpus, name)
+    return FitResult(torch_state(result["state"]), result["accuracy"], result["train_loss"])

@@ -1,0 +1,132 @@
+"""`autoal`: run experiments, sweeps and reports; list strategies and datasets; prepare pools.
+
+User errors (AutoALError) print one line and exit 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from autoal.errors import AutoALError
+
+# flag -> config key, for `autoal run`; flags win over the YAML file
+RUN_FLAGS = {
+    "dataset": "dataset", "data_root": "data_root", "strategy": "strategies", "initial": "initial",
+    "initial_method": "initial_method", "batch": "batch", "rounds": "rounds", "seeds": "seeds",
+    "epochs": "epochs", "model": "model", "workers": "workers", "actors": "actors", "gpus": "gpus",
+}
+
+
+def _run(args) -> None:
+    from autoal import config
+    from autoal.experiment import Experiment
+    from autoal.metrics import format_table, summary
+
+    overrides = {key: getattr(args, flag) for flag, key in RUN_FLAGS.items() if getattr(args, flag) is not None}
+    cfg = config.load(args.config, overrides)
+    out = Path(args.out or Path("runs") / (Path(args.config).stem if args.config else cfg.dataset))
+    print(f"autoal: {cfg.dataset}, strategies {', '.join(cfg.strategies)}, seeds {list(cfg.seeds)}, "
+          f"{cfg.rounds} rounds of {cfg.batch} after {cfg.initial} -> {out}", flush=True)
+    experiment = Experiment.prepare(cfg, out, log=lambda line: print(line, flush=True), download=args.download)
+    results = experiment.run()
+    results = results[results["strategy"].isin(cfg.strategies) & results["seed"].isin(cfg.seeds)]
+    print("\n" + format_table(summary(results)))
+    print(f"\nresults: {out / 'results.csv'}  ledger: {out / 'ledger.parquet'}  curves: {out / 'curves.png'}")
+
+
+def _strategies(args) -> None:
+    from autoal.strategies import get, names
+
+    for name in names():
+        strategy = get(name)
+        print(f"{name:<18} needs: {', '.join(sorted(strategy.needs)) or '-'}")
+
+
+def _datasets(args) -> None:
+    from autoal.datasets import sources
+
+    for name, summary in sources():
+        print(f"{name:<12} {summary}")
+
+
+def _prepare(args) -> None:
+    from autoal.datasets import prepare
+
+    out = prepare(args.source, args.data_root, args.out_dir, download=args.download)
+    print(f"wrote {args.source} as Parquet pool to {out}")
+
+
+def _report(args) -> None:
+    from autoal.report import report
+
+    print(report(args.path))
+
+
+def _sweep(args) -> None:
+    from autoal.sweep import run_sweep
+
+    out = run_sweep(args.spec, args.out, args.storage, log=lambda line: print(line, flush=True))
+    print(f"sweep results in {out}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="autoal", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run an active-learning experiment (resumes an existing --out)")
+    run.add_argument("config", nargs="?", help="YAML experiment config; flags override it")
+    run.add_argument("--dataset", help="digits, cifar10, cifar100, svhn, medmnist:<flag>, parquet:<dir>, synthetic")
+    run.add_argument("--data-root", help="where dataset files live (default: data)")
+    run.add_argument("--download", action="store_true", help="download missing dataset files")
+    run.add_argument("--strategy", nargs="+", help="strategies to compare (see `autoal strategies`)")
+    run.add_argument("--initial", type=int, help="size of the initial labeled pool")
+    run.add_argument("--initial-method", choices=["random", "kcenter"], help="how the initial pool is drawn")
+    run.add_argument("--batch", type=int, help="queries per round")
+    run.add_argument("--rounds", type=int, help="query rounds")
+    run.add_argument("--seeds", type=int, nargs="+", help="paired seeds")
+    run.add_argument("--epochs", type=int, help="task-model epochs per round")
+    run.add_argument("--model", help="auto, cnn, mlp or resnet18")
+    run.add_argument("--workers", type=int, help="Ray Train workers (0: local mode in the driver)")
+    run.add_argument("--actors", type=int, help="Ray Data scoring actors (0: score in the driver)")
+    run.add_argument("--gpus", type=float, help="GPUs per training worker and per scoring actor")
+    run.add_argument("--out", help="experiment directory (default: runs/<config name or dataset>)")
+    run.set_defaults(func=_run)
+
+    sub.add_parser("strategies", help="list the registered strategies").set_defaults(func=_strategies)
+    sub.add_parser("datasets", help="list the pool sources").set_defaults(func=_datasets)
+
+    prep = sub.add_parser("prepare", help="convert a source to a Parquet pool (for clusters)")
+    prep.add_argument("source")
+    prep.add_argument("out_dir")
+    prep.add_argument("--data-root", default="data")
+    prep.add_argument("--download", action="store_true")
+    prep.set_defaults(func=_prepare)
+
+    rep = sub.add_parser("report", help="summary table and plots of a run or sweep directory")
+    rep.add_argument("path")
+    rep.set_defaults(func=_report)
+
+    sw = sub.add_parser("sweep", help="run a Ray Tune sweep of experiments from a spec")
+    sw.add_argument("spec")
+    sw.add_argument("--out", help="sweep directory (default: runs/<spec name>)")
+    sw.add_argument("--storage", help="Tune storage path or URI (default: <out>/tune)")
+    sw.set_defaults(func=_sweep)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except AutoALError as exc:
+        print(f"autoal: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("autoal: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

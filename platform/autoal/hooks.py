@@ -1,0 +1,88 @@
+"""Round hooks: the core-side work some strategies need around their selection.
+
+Most strategies are pure functions of pool statistics. A few also train
+networks or keep state across rounds (AutoAL's SearchNet and FitNet, ALBL's
+bandit). Their hook runs that work, hands the scorer any extra model, keeps
+state that the experiment directory checkpoints, and emits telemetry rows.
+Hooks are registered by strategy name; every other strategy gets the plain
+`RoundHook`, which does nothing around its selection.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from torch import nn
+
+from autoal.config import ExperimentConfig
+from autoal.pool import Pool
+from autoal.strategies import PoolStats, Strategy, get
+
+
+@dataclass(frozen=True)
+class ScorerExtra:
+    """An extra model the fused pass evaluates on each batch: `build()` gives a
+    module mapping (x, task-model embedding) to the PoolStats field `field`."""
+
+    build: Callable[[], nn.Module]
+    state: dict
+    field: str
+
+
+@dataclass
+class RoundContext:
+    """What a hook may use in one round of one (strategy, seed) run."""
+
+    cfg: ExperimentConfig
+    seed: int
+    round: int
+    spec: object                 # training.ModelSpec of the task model
+    task_state: dict             # this round's trained task model
+    labeled_x: np.ndarray        # the labeled samples the task model trains on (out-of-distribution ones left out)
+    labeled_y: np.ndarray
+    unlabeled_ids: np.ndarray
+    k: int                       # queries this round
+    rng_seed: int                # for every random choice the hook makes
+    pool: Pool | None = None     # the train pool, for the x of unlabeled ids (its y stays hidden from hooks)
+
+
+class RoundHook:
+    """No-op hook around a pure strategy."""
+
+    def __init__(self, cfg: ExperimentConfig, strategy: Strategy):
+        self.cfg, self.strategy = cfg, strategy
+
+    def before_query(self, ctx: RoundContext) -> ScorerExtra | None:
+        """Work before the pool is scored; may return an extra model for the scorer."""
+        return None
+
+    def after_select(self, ctx: RoundContext, stats: PoolStats, picks: np.ndarray,
+                     labels: np.ndarray) -> dict[str, list[dict]]:
+        """Work once the batch is labeled; returns telemetry rows by table name."""
+        return {}
+
+    def state_dict(self) -> dict | None:
+        """State to checkpoint after each round (None: nothing to keep)."""
+        return None
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+_HOOKS: dict[str, Callable[[ExperimentConfig], RoundHook]] = {}
+
+
+def register(name: str):
+    """Decorator: `factory(cfg) -> RoundHook` serves the strategy `name`."""
+    def wrap(factory):
+        _HOOKS[name] = factory
+        return factory
+    return wrap
+
+
+def create(name: str, cfg: ExperimentConfig) -> RoundHook:
+    """The hook for strategy `name` (KeyError for unknown strategies)."""
+    if name in _HOOKS:
+        return _HOOKS[name](cfg)
+    return RoundHook(cfg, get(name))

@@ -1,0 +1,125 @@
+"""Every bad input ends with one clear message, exit code 2, and an untouched output directory."""
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from autoal import cli
+
+SMALL = ["--dataset", "digits", "--initial", "10", "--batch", "5", "--rounds", "1", "--epochs", "2",
+         "--actors", "0", "--seeds", "0"]
+
+
+def fingerprint(root: Path) -> dict:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def fails(capsys, argv, message):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert "Traceback" not in err
+    return err
+
+
+def write_raw_pool(path: Path, x: np.ndarray, y: np.ndarray):
+    path.mkdir()
+    n = len(y)
+    table = pa.table({"id": np.arange(n, dtype=np.int64), "x": pa.array(list(x.astype(np.float32))),
+                      "y": y.astype(np.int64), "split": ["train"] * (n - 10) + ["test"] * 10})
+    pq.write_table(table, path / "part-00000.parquet")
+
+
+@pytest.fixture(scope="module")
+def good_run(ray_local, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "good"
+    assert cli.main(["run", *SMALL, "--strategy", "entropy", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--dataset", "imagenet"], "unknown data source 'imagenet'"),
+    (["--strategy", "psychic"], "unknown strategy 'psychic'"),
+    (["--model", "vgg"], "unknown model 'vgg'"),
+    (["--rounds", "400"], "exceeds the pool"),
+    (["--batch", "0"], "batch must be positive"),
+    (["--dataset", "medmnist:pathmnist", "--data-root", "/nonexistent"], "/nonexistent"),
+])
+def test_bad_arguments_get_one_clear_message(capsys, tmp_path, argv, message):
+    out = tmp_path / "out"
+    fails(capsys, ["run", *SMALL, *argv, "--out", str(out)], message)
+    assert not out.exists(), "a failed start leaves no output directory behind"
+
+
+def test_corrupt_data_file(capsys, tmp_path):
+    (tmp_path / "pathmnist.npz").write_bytes(b"this is not a zip archive")
+    fails(capsys, ["run", *SMALL, "--dataset", "medmnist:pathmnist", "--data-root", str(tmp_path),
+                   "--out", str(tmp_path / "out")], "pathmnist.npz")
+
+
+def test_nan_features_and_labels_out_of_range(capsys, tmp_path):
+    x = np.random.default_rng(0).random((60, 4))
+    x[3, 1] = np.nan
+    write_raw_pool(tmp_path / "nan", x, np.arange(60) % 3)
+    fails(capsys, ["run", *SMALL, "--dataset", f"parquet:{tmp_path / 'nan'}", "--out", str(tmp_path / "o1")],
+          "NaN")
+    y = np.arange(60) % 3
+    y[5] = -4
+    write_raw_pool(tmp_path / "labels", np.ones((60, 4)), y)
+    fails(capsys, ["run", *SMALL, "--dataset", f"parquet:{tmp_path / 'labels'}", "--out", str(tmp_path / "o2")],
+          "labels outside")
+
+
+@pytest.mark.parametrize("text,message", [
+    ("dataset: [digits\n", "not valid YAML"),
+    ("dataset: digits\nbatchsize: 5\n", "unknown key batchsize"),
+    ("batch: ten\n", "batch must be an integer"),
+    ("- just\n- a list\n", "must be a YAML mapping"),
+    ("search:\n  lam: high\n", "search.lam must be a number"),
+])
+def test_bad_config_files(capsys, tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    fails(capsys, ["run", str(path), "--out", str(tmp_path / "out")], message)
+
+
+def test_missing_config_file(capsys, tmp_path):
+    fails(capsys, ["run", str(tmp_path / "absent.yaml")], "cannot read config")
+
+
+def test_an_existing_experiment_is_never_damaged(capsys, good_run):
+    before = fingerprint(good_run)
+    fails(capsys, ["run", *SMALL, "--strategy", "entropy", "--batch", "7", "--out", str(good_run)],
+          "holds a different experiment (differs in batch)")
+    fails(capsys, ["run", *SMALL, "--strategy", "nope", "--out", str(good_run)], "unknown strategy")
+    assert fingerprint(good_run) == before
+
+
+def test_a_foreign_directory_is_not_used(capsys, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    fails(capsys, ["run", *SMALL, "--out", str(tmp_path)], "holds no autoal experiment")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_console_script_exits_2_without_traceback(tmp_path):
+    script = Path(sys.executable).with_name("autoal")
+    proc = subprocess.run([str(script), "run", "--dataset", "nosuch", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["autoal: error: unknown data source 'nosuch' in 'nosuch'; "
+                                                "known sources: digits, cifar10, cifar100, svhn, medmnist, "
+                                                "parquet, synthetic"]
+
+
+def test_listing_commands(capsys):
+    assert cli.main(["strategies"]) == 0
+    listing = capsys.readouterr().out
+    assert "bald" in listing and "needs: mc_probs" in listing
+    assert cli.main(["datasets"]) == 0
+    assert "medmnist" in capsys.readouterr().out

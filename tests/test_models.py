@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from autoal import models
+from autoal.errors import AutoALError
+
+
+@pytest.mark.parametrize("name,shape", [("mlp", (16,)), ("cnn", (1, 8, 8)), ("resnet18", (3, 32, 32)),
+                                         ("resnet18", (1, 28, 28))])
+def test_every_model_gives_logits_embedding_taps_and_predicted_loss(name, shape):
+    torch.manual_seed(0)
+    net = models.build(name, shape, outputs=5, dropout=0.3)
+    x = torch.rand(4, *shape)
+    logits, pred_loss = net(x)
+    embedding, taps = net.features(x)
+    assert logits.shape == (4, 5) and pred_loss.shape == (4,)
+    assert embedding.shape == (4, net.backbone.embed_dim)
+    assert [t.shape[1] for t in taps] == list(net.backbone.tap_channels)
+
+
+def test_mc_dropout_samples_differ_but_eval_prediction_is_deterministic():
+    torch.manual_seed(0)
+    net = models.build("cnn", (1, 8, 8), outputs=10, dropout=0.3).eval()
+    x = torch.rand(3, 1, 8, 8)
+    embedding, _ = net.features(x)
+    samples = net.head.sample(embedding, 8).softmax(2)
+    assert samples.shape == (3, 8, 10)
+    assert (samples.std(1) > 1e-4).any(), "MC dropout samples must differ"
+    assert torch.equal(net(x)[0], net(x)[0]), "eval-mode prediction has no dropout"
+
+
+def test_auto_picks_a_backbone_from_the_data_shape():
+    assert models.resolve("auto", (64,)) == "mlp"
+    assert models.resolve("auto", (1, 8, 8)) == "cnn"
+    assert models.resolve("auto", (3, 32, 32)) == "resnet18"
+
+
+def test_resnet18_keeps_the_cifar_stem():
+    net = models.build("resnet18", (1, 28, 28), outputs=11)
+    conv = net.backbone.stem[0]
+    assert conv.in_channels == 1 and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+    assert net.features(torch.rand(2, 1, 28, 28))[1][0].shape[-1] == 28  # no max-pool, no stride
+
+
+@pytest.mark.parametrize("name,shape,message", [("vgg", (1, 8, 8), "unknown model"),
+                                                ("cnn", (16,), "needs images")])
+def test_bad_model_choice_is_a_clear_error(name, shape, message):
+    with pytest.raises(AutoALError, match=message):
+        models.resolve(name, shape)
+
+
+def test_loss_ranking_penalises_the_wrong_order_only():
+    target = torch.tensor([2.0, 0.0])
+    right, wrong = torch.tensor([3.0, 0.0]), torch.tensor([0.0, 3.0])
+    assert models.loss_ranking(right, target) == 0
+    assert models.loss_ranking(wrong, target) == pytest.approx(4.0)

@@ -1,0 +1,80 @@
+"""Fused scoring (in-process and on Ray Data) and task-model training on Ray Train."""
+import numpy as np
+import pytest
+import ray
+import torch
+
+from autoal import datasets, scoring, training
+from autoal.strategies import get
+
+NEEDS = frozenset({"probs", "mc_probs", "embedding", "pred_loss"})
+
+
+@pytest.fixture(scope="module")
+def digits():
+    pool = datasets.load("digits", "unused")
+    return pool.subset("train"), pool.subset("test")
+
+
+@pytest.fixture(scope="module")
+def spec(digits):
+    train, _ = digits
+    return training.ModelSpec("cnn", train.shape, 10, 0.3)
+
+
+@pytest.fixture(scope="module")
+def fitted(ray_local, digits, spec):
+    train, test = digits
+    rows = np.arange(200)
+    return training.fit(spec, (train.x[rows], train.y[rows]), ray.put((test.x, test.y)), seed=0, epochs=15,
+                        lr=1e-3, weight_decay=5e-4, batch_size=64)
+
+
+def test_local_mode_training_learns_and_is_reproducible(ray_local, digits, spec, fitted):
+    train, test = digits
+    assert fitted.accuracy > 0.7, "200 labeled digits give a decent classifier"
+    rows = np.arange(200)
+    again = training.fit(spec, (train.x[rows], train.y[rows]), ray.put((test.x, test.y)), seed=0, epochs=15,
+                         lr=1e-3, weight_decay=5e-4, batch_size=64)
+    assert again.accuracy == fitted.accuracy
+    assert all(torch.equal(again.state[k], fitted.state[k]) for k in fitted.state)
+
+
+def test_ray_train_worker_group_of_two_trains_and_evaluates(ray_local, digits, spec):
+    train, test = digits
+    rows = np.arange(200)
+    result = training.fit(spec, (train.x[rows], train.y[rows]), ray.put((test.x, test.y)), seed=0, epochs=15,
+                          lr=1e-3, weight_decay=5e-4, batch_size=64, workers=2)
+    assert result.accuracy > 0.6
+    assert np.isfinite(result.train_loss)
+
+
+def test_fused_pass_on_ray_data_matches_the_in_process_pass(ray_local, digits, spec, fitted):
+    train, _ = digits
+    ids, x = train.ids[300:700][::-1].copy(), train.x[300:700][::-1].copy()
+    local = scoring.score(spec, fitted.state, ids, x, NEEDS, mc_samples=6, actors=0)
+    remote = scoring.score(spec, fitted.state, ids, x, NEEDS, mc_samples=6, actors=2, batch_size=64)
+    assert np.array_equal(remote.ids, ids)
+    for field in ("probs", "embedding", "pred_loss"):
+        np.testing.assert_allclose(getattr(remote, field), getattr(local, field), rtol=1e-4, atol=1e-5)
+    assert remote.mc_probs.shape == (len(ids), 6, 10)
+    np.testing.assert_allclose(remote.mc_probs.sum(2), 1.0, rtol=1e-5)
+
+
+def test_scoring_computes_only_what_is_needed_and_aligns_rows(digits, spec, fitted):
+    train, _ = digits
+    ids, x = train.ids[:50], train.x[:50]
+    stats = scoring.score(spec, fitted.state, ids, x, get("entropy").needs, mc_samples=4, actors=0)
+    assert stats.probs.shape == (50, 10) and stats.mc_probs is None and stats.embedding is None
+    shuffled = np.random.default_rng(0).permutation(50)
+    again = scoring.score(spec, fitted.state, ids[shuffled], x[shuffled], get("entropy").needs, mc_samples=4,
+                          actors=0, batch_size=7)
+    np.testing.assert_allclose(again.probs, stats.probs[shuffled], rtol=1e-5, atol=1e-6)
+
+
+def test_mc_statistics_make_var_ratio_differ_from_least_confidence(digits, spec, fitted):
+    train, _ = digits
+    stats = scoring.score(spec, fitted.state, train.ids, train.x, NEEDS, mc_samples=10, actors=0)
+    var_ratio, least_conf = get("var_ratio").score(stats), get("least_confidence").score(stats)
+    assert not np.allclose(var_ratio, least_conf)
+    assert get("bald").score(stats).max() > 0
