@@ -1,4 +1,4 @@
-"""Result plots: learning curves with std bands."""
+"""Result plots: learning curves with std bands; AutoAL's strategy-weight heatmap."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
@@ -22,6 +23,29 @@ def curves(results: pd.DataFrame, path: Path, title: str = "") -> Path:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def strategy_weights(frame: pd.DataFrame, path: Path, value: str = "weight_pool", title: str = "") -> Path:
+    """AutoAL's candidates x rounds heatmap of the mean weight over seeds (the
+    paper's Fig. 5): which strategy the search trusts as labels accumulate."""
+    table = frame.pivot_table(index="candidate", columns="round", values=value, aggfunc="mean")
+    table = table.reindex(frame["candidate"].unique())  # candidates in config order
+    fig, ax = plt.subplots(figsize=(1.5 + 0.6 * table.shape[1], 1.2 + 0.45 * table.shape[0]))
+    values = table.to_numpy()
+    image = ax.imshow(values, aspect="auto", cmap="viridis")
+    middle = (np.nanmin(values) + np.nanmax(values)) / 2  # dark text on viridis' light end
+    for (row, col), weight in np.ndenumerate(values):
+        ax.text(col, row, f"{weight:.2f}", ha="center", va="center", fontsize=7,
+                color="black" if weight > middle else "white")
+    ax.set_xticks(range(table.shape[1]), [str(r) for r in table.columns])
+    ax.set_yticks(range(table.shape[0]), table.index)
+    ax.set_xlabel("round")
+    ax.set_title(title or f"AutoAL mean {value}")
+    fig.colorbar(image, ax=ax)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
