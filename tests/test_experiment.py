@@ -99,3 +99,14 @@ def test_aubc_is_the_trapezoid_area_over_the_queried_budget():
     table = metrics.summary(frame)
     assert table.loc[0, "aubc_mean"] == pytest.approx(0.4)
     assert table.loc[0, "f_acc_mean"] == pytest.approx(0.5)
+
+
+def test_telemetry_of_a_rerun_round_replaces_the_killed_attempt(tmp_path):
+    store = experiment.ExperimentDir(tmp_path / "t").open(config.load(None, TINY))
+    first = [{"strategy": "a", "seed": 0, "round": 0, "candidate": c, "weight_pool": 0.1} for c in "xy"]
+    store.append_rows("strategy_weights", first)
+    store.append_rows("strategy_weights", [dict(r, weight_pool=0.9) for r in first])
+    store.append_rows("strategy_weights", [dict(first[0], round=1)])
+    table = pd.read_parquet(tmp_path / "t" / "strategy_weights.parquet")
+    assert len(table) == 3
+    assert table[table["round"] == 0]["weight_pool"].tolist() == [0.9, 0.9]

@@ -127,11 +127,17 @@ class ExperimentDir:
             {"seed": "int64", "round": "int64", "id": "int64", "label": "int64"})))
 
     def append_rows(self, table: str, rows: list[dict]) -> None:
-        """Append telemetry rows to `<table>.parquet` (e.g. strategy_weights)."""
+        """Add one round's telemetry rows to `<table>.parquet` (e.g. strategy_weights).
+
+        Rows a killed run already wrote for the same (strategy, seed, round) are
+        replaced, so a resumed round does not count twice."""
         path = self.root / f"{table}.parquet"
         frame = pd.DataFrame(rows)
         if path.exists():
-            frame = pd.concat([pd.read_parquet(path), frame], ignore_index=True)
+            old = pd.read_parquet(path)
+            key = ["strategy", "seed", "round"]
+            stale = old[key].apply(tuple, axis=1).isin(set(frame[key].apply(tuple, axis=1)))
+            frame = pd.concat([old[~stale], frame], ignore_index=True)
         atomic_write(path, _parquet_bytes(frame))
 
     def append_result(self, row: dict) -> None:

@@ -1,0 +1,177 @@
+"""Sweeps on Ray Tune: spec validation, candidate-pool expansion, a real grid, report, resume."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from autoal import sweep
+from autoal.errors import AutoALError
+from autoal.report import report
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"dataset": "digits", "initial": 20, "batch": 10, "rounds": 2, "epochs": 5}
+
+
+def write_spec(tmp_path, **spec) -> Path:
+    path = tmp_path / f"{spec.get('name', 'spec')}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"base": TINY, "axes": {"seed": [0]}, "schedular": {}}, "unknown key schedular"),
+    ({"base": TINY, "axes": {}}, "axes is empty"),
+    ({"base": TINY}, "axes is empty"),
+    ({"base": TINY, "axes": {"seed": []}}, "axis seed has no values"),
+    ({"base": TINY, "axes": {"search.lamda": [1.0]}}, "unknown axis search.lamda: search has no field 'lamda'"),
+    ({"base": TINY, "axes": {"epoch": [1]}}, "unknown axis epoch"),
+    ({"base": TINY, "axes": {"search": [1]}}, "axis search is a config section"),
+    ({"base": TINY, "axes": {"seed": 3}}, "axis seed must be a list of values or a search space"),
+    ({"base": TINY, "axes": {"search.lam": {"tune": "normal", "mean": 1}}}, "unknown search space 'normal'"),
+    ({"base": TINY, "axes": {"search.lam": {"tune": "uniform", "low": 0}}}, "uniform takes low, high"),
+    ({"base": TINY, "axes": {"epochs": ["many"]}}, "axis epochs value 'many': bad config: epochs must be an integer"),
+    ({"base": TINY, "axes": {"strategy": ["entropy", "oracle"]}}, "oracle"),
+    ({"base": {**TINY, "dataset": "mnist"}, "axes": {"seed": [0]}}, "unknown dataset 'mnist'"),
+    ({"base": {**TINY, "epoch": 3}, "axes": {"seed": [0]}}, "unknown key epoch"),
+    ({"base": TINY, "axes": {"candidates_size": [0, 3]}}, "candidates_size must be an integer from 1 to 7"),
+    ({"base": TINY, "axes": {"candidates_size": [1], "search.candidates": [["bald"]]}}, "keep one"),
+    ({"base": TINY, "axes": {"strategy": ["random"], "strategies": [["random"]]}}, "keep one"),
+    ({"base": TINY, "axes": {"seed": [0]}, "resources": {"cpus": 2}}, "resources takes cpu and gpu"),
+    ({"base": TINY, "axes": {"seed": [0]}, "scheduler": {"type": "hyperband"}}, "type one of asha"),
+    ({"base": TINY, "axes": {"seed": [0]}, "scheduler": {"type": "asha", "grace": 1}}, "has no option grace"),
+    ({"base": {**TINY, "strategies": ["random", "entropy"]}, "axes": {"seed": [0]},
+      "scheduler": {"type": "asha"}}, "make strategy an axis"),
+    ({"base": TINY, "axes": {"seed": [0]}, "num_samples": 0}, "num_samples must be a positive integer"),
+    ({"name": "a b", "base": TINY, "axes": {"seed": [0]}}, "name must be"),
+])
+def test_bad_specs_name_the_problem(tmp_path, spec, message):
+    path = write_spec(tmp_path, **spec)
+    with pytest.raises(AutoALError, match="sweep spec .*" + re.escape(message)):
+        sweep.load_spec(path)
+
+
+def test_candidates_size_expands_to_the_papers_nested_pools(tmp_path):
+    spec = sweep.load_spec(write_spec(tmp_path, name="pools", base={**TINY, "strategies": ["autoal"]},
+                                      axes={"candidates_size": [1, 3, 5, 7], "seed": [0, 1]}))
+    assert spec.param_space()["candidates_size"] == {"grid_search": [1, 3, 5, 7]}
+    pools = {n: spec.trial_config({"candidates_size": n, "seed": 0}).search.candidates for n in (1, 3, 5, 7)}
+    assert pools == {
+        1: ("entropy",),
+        3: ("entropy", "margin", "least_confidence"),
+        5: ("entropy", "margin", "least_confidence", "kmeans", "bald"),
+        7: ("entropy", "margin", "least_confidence", "kmeans", "bald", "var_ratio", "mean_std"),
+    }
+    assert spec.trial_config({"candidates_size": 3, "seed": 1}).seeds == (1,)
+
+
+def test_axes_reach_nested_fields_and_search_spaces(tmp_path):
+    spec = sweep.load_spec(write_spec(tmp_path, name="spaces", base={**TINY, "search": {"gamma": 0.5}},
+                                      axes={"strategy": ["autoal"], "search.lam": {"tune": "loguniform",
+                                                                                   "low": 0.1, "high": 10.0}},
+                                      num_samples=3, resources={"cpu": 2}))
+    cfg = spec.trial_config({"strategy": "autoal", "search.lam": 2.5})
+    assert (cfg.strategies, cfg.search.lam, cfg.search.gamma, cfg.actors, cfg.workers) == (("autoal",), 2.5, 0.5, 0, 0)
+    assert spec.task_resources() == {"CPU": 2.0}
+    assert spec.tune_config().num_samples == 3
+
+
+@pytest.mark.parametrize("name, trials", [("smoke", 8), ("benchmark", 198), ("ablation_candidates", 72),
+                                          ("ablation_searchnet", 72), ("ablation_regularisation", 72)])
+def test_job_specs_are_valid(name, trials):
+    spec = sweep.load_spec(ROOT / "jobs" / f"{name}.yaml")
+    assert sweep.trial_count(spec) == trials
+    if name != "smoke":   # the paper's protocol
+        cfg = spec.trial_config({})
+        assert (cfg.initial, cfg.batch, cfg.model, spec.resources["gpu"]) == (2000, 1000, "resnet18", 1.0)
+
+
+def test_benchmark_spec_covers_the_papers_grid():
+    axes = sweep.load_spec(ROOT / "jobs" / "benchmark.yaml").axes
+    assert axes["dataset"] == ["cifar10", "cifar100", "svhn", "medmnist:organcmnist", "medmnist:pathmnist",
+                               "medmnist:tissuemnist"]
+    assert set(axes["strategy"]) == {*sweep.PAPER_CANDIDATES, "badge", "lpl", "random", "autoal"}
+    assert axes["seed"] == [0, 1, 2]
+
+
+def test_asha_scheduler_from_spec(tmp_path):
+    spec = sweep.load_spec(write_spec(tmp_path, name="asha", base=TINY, axes={"strategy": ["random", "entropy"]},
+                                      scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3}))
+    tune_config = spec.tune_config()
+    assert (tune_config.metric, tune_config.mode) == ("aubc", "max")
+    assert type(tune_config.scheduler).__name__ == "AsyncHyperBandScheduler"
+    assert (tune_config.scheduler._max_t, tune_config.scheduler._reduction_factor) == (3, 3)
+
+
+def test_smoke_sweep_writes_table_summary_plots_and_report(ray_local, tmp_path):
+    out = sweep.run_sweep(str(ROOT / "jobs" / "smoke.yaml"), str(tmp_path / "smoke"), None, log=print)
+    results = pd.read_parquet(out / "results.parquet")
+    assert len(results) == 8 * 3 and results["trial"].nunique() == 8
+    assert set(results["initial_method"]) == {"random", "kcenter"}
+    assert results.groupby(["strategy", "seed", "initial_method"]).size().eq(3).all()
+    assert results["complete"].all()
+    assert len(pd.read_csv(out / "results.csv")) == len(results)
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 4 and (summary["seeds"] == 2).all()
+    assert {"aubc_mean", "aubc_std", "f_acc_mean", "f_acc_std", "aubc_vs_best"} <= set(summary.columns)
+    assert (out / "curves_digits.png").stat().st_size > 0
+
+    text = report(out)
+    assert "initial_method=kcenter" in text and "AUBC" in text
+    trial = sorted((out / "trials").iterdir())[0]
+    assert "random" in report(trial) and (trial / "curves.png").exists()
+
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "trials").glob("*/results.parquet")}
+    sweep.run_sweep(str(ROOT / "jobs" / "smoke.yaml"), str(out), None)   # finished: nothing runs again
+    assert stamps == {p: p.stat().st_mtime_ns for p in (out / "trials").glob("*/results.parquet")}
+
+    other = write_spec(tmp_path, name="smoke", base=TINY, axes={"seed": [0]})
+    with pytest.raises(AutoALError, match="holds a different sweep"):
+        sweep.run_sweep(str(other), str(out), None)
+    with pytest.raises(AutoALError, match="not an autoal run or sweep directory"):
+        report(tmp_path)
+
+
+def test_failed_trials_are_named_and_the_others_still_written(ray_local, tmp_path):
+    spec = write_spec(tmp_path, name="budget", base={**TINY, "strategies": ["random"]}, axes={"initial": [20, 5000]})
+    with pytest.raises(AutoALError, match=r"1 of 2 trials failed; first 00001-initial=5000: .*budget 5020"):
+        sweep.run_sweep(str(spec), str(tmp_path / "out"), None)
+    assert set(pd.read_parquet(tmp_path / "out" / "results.parquet")["initial"]) == {20}
+
+
+def test_interrupted_candidates_size_sweep_resumes_without_redoing_finished_trials(ray_local, tmp_path):
+    """Kill a sweep (its driver and the Ray it started) after its first trial, re-run it, compare;
+    the trials ran AutoAL on the paper's nested candidate pools."""
+    spec = write_spec(tmp_path, name="pools", axes={"candidates_size": [1, 3, 5, 7]}, max_concurrent_trials=1,
+                      base={**TINY, "rounds": 1, "strategies": ["autoal"],
+                            "search": {"cycles_first": 1, "fit_epochs": 1, "search_epochs": 1}})
+    out = tmp_path / "out"
+    code = f"from autoal.sweep import run_sweep; run_sweep({str(spec)!r}, {str(out)!r})"
+    driver = subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        finished, deadline = [], time.time() + 240
+        while not finished and time.time() < deadline and driver.poll() is None:
+            time.sleep(0.2)
+            finished = [p for p in (out / "trials").glob("*/results.parquet") if len(pd.read_parquet(p)) == 2]
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)   # the driver and the Ray it started: nothing else
+        driver.wait()
+    assert finished, "the first trial did not finish"
+    assert len([p for p in (out / "trials").glob("*/results.parquet") if len(pd.read_parquet(p)) == 2]) < 4
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in finished}
+
+    sweep.run_sweep(str(spec), str(out), None)
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in finished} == before
+    results = pd.read_parquet(out / "results.parquet")
+    assert sorted(results["candidates_size"]) == [1, 1, 3, 3, 5, 5, 7, 7] and results["complete"].all()
+    weights = pd.read_parquet(out / "strategy_weights.parquet")
+    pools = weights.groupby("candidates_size")["candidate"].apply(tuple).to_dict()
+    assert pools == {n: sweep.PAPER_CANDIDATES[:n] for n in (1, 3, 5, 7)}
+    assert (out / "candidates_size.png").exists() and len(list((out / "strategy_weights").glob("*.png"))) == 4
