@@ -15,7 +15,7 @@ from autoal import config, metrics
 from autoal.experiment import Experiment
 
 DEFAULT = ("random", "entropy", "margin", "least_confidence", "bald", "var_ratio", "mean_std", "kmeans",
-           "coreset", "badge", "lpl")
+           "coreset", "badge", "lpl", "albl", "poal", "noise_stability", "dpp", "vaal", "sraal")
 
 
 def main() -> None:

@@ -11,7 +11,8 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
-STAT_FIELDS = ("probs", "mc_probs", "embedding", "pred_loss", "search_weights")
+STAT_FIELDS = ("probs", "mc_probs", "embedding", "pred_loss", "search_weights", "perturbation",
+               "unlabeled_score", "labels")
 
 
 @dataclass(frozen=True)
@@ -20,8 +21,12 @@ class PoolStats:
 
     ids [N] int64; probs [N, C]; mc_probs [N, T, C] (T MC-dropout samples);
     embedding [N, D] (penultimate features); pred_loss [N] (loss-prediction
-    module); search_weights [N, K] (AutoAL's SearchNet weights per candidate).
-    Fields a strategy does not need may be None.
+    module); search_weights [N, K] (AutoAL's SearchNet weights per candidate);
+    perturbation [N, K, C] (class probabilities of K weight-perturbed copies of
+    the model, for noise stability); unlabeled_score [N] (a state
+    discriminator's probability that a sample is unlabeled, VAAL / SRAAL);
+    labels [N] (the oracle's answers, -1 = out of distribution: only in the
+    labeled set's statistics). Fields a strategy does not need may be None.
     """
 
     ids: np.ndarray
@@ -30,6 +35,9 @@ class PoolStats:
     embedding: np.ndarray | None = None
     pred_loss: np.ndarray | None = None
     search_weights: np.ndarray | None = None
+    perturbation: np.ndarray | None = None
+    unlabeled_score: np.ndarray | None = None
+    labels: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -34,6 +34,25 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class BaselineConfig:
+    """Options of the strategy-selection baselines and single methods AutoAL is judged against."""
+
+    albl_arms: tuple[str, ...] = SearchConfig.candidates   # ALBL's strategy arms; uniform sampling is always added
+    albl_delta: float = 0.1                # EXP4.P's confidence parameter
+    noise_samples: int = 10                # noise stability: K weight-perturbed copies
+    noise_eps: float = 1e-3                # noise norm relative to each weight tensor's norm
+    noise_scope: str = "head"              # "head" (backbone once, K heads) or "model" (K whole models)
+    poal_informativeness: str = "entropy"  # POAL's AL objective (a per-sample strategy)
+    poal_iterations: int = 2000            # Monte-Carlo Pareto search steps
+    poal_pool_factor: int = 6              # POAL pre-selects pool_factor x batch Pareto-front candidates
+    dpp_informativeness: str = "entropy"   # the DPP quality's informativeness (a per-sample strategy)
+    adversarial_epochs: int = 10           # VAAL / SRAAL: VAE + discriminator epochs over the unlabeled pool
+    adversarial_latent: int = 32           # VAE latent size
+    adversarial_lr: float = 5e-4
+    adversarial_batch_size: int = 64
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """One AL experiment: every strategy x every seed on one dataset."""
 
@@ -56,6 +75,8 @@ class ExperimentConfig:
     actors: int = 1                         # Ray Data scoring actors
     gpus: float = 0.0                       # GPUs per training worker and per scoring actor
     search: SearchConfig = field(default_factory=SearchConfig)
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    ood_classes: tuple[int, ...] = ()       # these classes' train samples become out-of-distribution (label -1)
 
     def __post_init__(self) -> None:
         checks = [
@@ -73,6 +94,12 @@ class ExperimentConfig:
             (self.initial_method in ("random", "kcenter"), "initial_method must be random or kcenter"),
             (self.search.threshold in ("gmm", "quantile"), "search.threshold must be gmm or quantile"),
             (len(self.search.candidates) > 0, "search.candidates must not be empty"),
+            (self.baselines.noise_scope in ("head", "model"), "baselines.noise_scope must be head or model"),
+            (self.baselines.noise_samples >= 1, "baselines.noise_samples must be >= 1"),
+            (self.baselines.noise_eps > 0, "baselines.noise_eps must be positive"),
+            (self.baselines.poal_pool_factor >= 1, "baselines.poal_pool_factor must be >= 1"),
+            (self.baselines.adversarial_epochs >= 1, "baselines.adversarial_epochs must be >= 1"),
+            (len(set(self.ood_classes)) == len(self.ood_classes), "ood_classes lists a class twice"),
         ]
         for ok, message in checks:
             if not ok:

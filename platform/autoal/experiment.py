@@ -8,7 +8,7 @@ only, so strategies differ only in what they query.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -16,12 +16,14 @@ import numpy as np
 import pandas as pd
 import ray
 
-from autoal import datasets, models, plots, runtime, scoring, training
+from autoal import datasets, hooks, models, plots, runtime, scoring, training
+from autoal import search  # noqa: F401  (registers the autoal round hook)
+from autoal import adversarial, baselines  # noqa: F401  (register the baselines' round hooks)
 from autoal.config import ExperimentConfig
 from autoal.errors import AutoALError
-from autoal.pool import Pool
+from autoal.pool import OOD, Pool, with_ood_classes
 from autoal.store import ExperimentDir
-from autoal.strategies import PoolStats, Strategy, get
+from autoal.strategies import PoolStats, get
 
 
 def derive_seed(seed: int, *parts: int) -> int:
@@ -33,7 +35,7 @@ def initial_pool(train: Pool, cfg: ExperimentConfig, seed: int) -> np.ndarray:
     """The initial labeled ids: uniform, or greedy k-center on the raw inputs."""
     if cfg.initial_method == "kcenter":
         stats = PoolStats(ids=train.ids, embedding=train.x.reshape(len(train), -1))
-        return get("coreset").select(stats, cfg.initial, seed=derive_seed(seed, 0))
+        return np.sort(get("coreset").select(stats, cfg.initial, seed=derive_seed(seed, 0)))
     rng = np.random.default_rng(derive_seed(seed, 0))
     return np.sort(rng.choice(train.ids, size=cfg.initial, replace=False))
 
@@ -48,12 +50,15 @@ class Experiment:
     spec: training.ModelSpec
     store: ExperimentDir
     log: Callable[[str], None] = print
+    on_round: Callable[[dict], None] | None = None   # called with each round's results row
 
     @classmethod
-    def prepare(cls, cfg: ExperimentConfig, out: str | Path, log=print, download: bool = False) -> "Experiment":
+    def prepare(cls, cfg: ExperimentConfig, out: str | Path, log=print, download: bool = False,
+                on_round: Callable[[dict], None] | None = None) -> "Experiment":
         """Validate everything that can be wrong before touching `out`."""
-        strategies = [strategy(name) for name in cfg.strategies]
-        pool = datasets.load(cfg.dataset, cfg.data_root, download=download)
+        for name in cfg.strategies:
+            hook(name, cfg)
+        pool = with_ood_classes(datasets.load(cfg.dataset, cfg.data_root, download=download), cfg.ood_classes)
         train, test = pool.subset("train"), pool.subset("test")
         if not len(test):
             raise AutoALError(f"dataset {cfg.dataset!r} has no test split to evaluate on")
@@ -61,8 +66,7 @@ class Experiment:
             raise AutoALError(f"budget {cfg.budget} (initial {cfg.initial} + {cfg.rounds} rounds x "
                               f"batch {cfg.batch}) exceeds the pool of {len(train)} training samples")
         spec = training.ModelSpec(models.resolve(cfg.model, train.shape), train.shape, pool.classes, cfg.dropout)
-        del strategies
-        return cls(cfg, train, test, spec, ExperimentDir(out).open(cfg), log)
+        return cls(cfg, train, test, spec, ExperimentDir(out).open(cfg), log, on_round)
 
     def run(self) -> pd.DataFrame:
         runtime.init_ray()
@@ -70,56 +74,78 @@ class Experiment:
         for seed in self.cfg.seeds:
             initial = initial_pool(self.train, self.cfg, seed)
             for name in self.cfg.strategies:
-                self.run_strategy(strategy(name), seed, initial)
+                self.run_strategy(name, hook(name, self.cfg), seed, initial)
         plots.curves(self.store.results, self.store.root / "curves.png", title=self.cfg.dataset)
         return self.store.results
 
-    def run_strategy(self, strat: Strategy, seed: int, initial: np.ndarray) -> None:
-        cfg, store, name = self.cfg, self.store, strat.name
+    def run_strategy(self, name: str, round_hook: hooks.RoundHook, seed: int, initial: np.ndarray) -> None:
+        cfg, store = self.cfg, self.store
         start = store.rounds_done(name, seed)
         if start > cfg.rounds:
             return
         if start == 0 and not len(store.labeled(name, seed)):
             store.append_ledger(self.ledger_rows(name, seed, 0, initial))
+        saved = store.load_state(name, seed, start)
+        if saved is not None:
+            round_hook.load_state_dict(saved)
         ledger = store.labeled(name, seed)
         labeled = ledger["id"].to_numpy(np.int64)
         for round_ in range(start, cfg.rounds + 1):
             t0 = time.perf_counter()
-            rows = self.train.rows(labeled)
+            rows = self.trainable_rows(labeled)
             fit = training.fit(self.spec, (self.train.x[rows], self.train.y[rows]), self.test_ref,
                                seed=derive_seed(seed, round_, 1), epochs=cfg.epochs, lr=cfg.lr,
                                weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
                                workers=cfg.workers, gpus=cfg.gpus, name=f"{name}-s{seed}-r{round_}")
             result = dict(dataset=cfg.dataset, strategy=name, seed=seed, round=round_, n_labeled=len(labeled),
+                          ood_queries=int((self.train.y[self.train.rows(labeled[cfg.initial:])] == OOD).sum()),
                           accuracy=fit.accuracy, train_loss=fit.train_loss,
-                          train_s=time.perf_counter() - t0, score_s=0.0, select_s=0.0)
+                          train_s=time.perf_counter() - t0, hook_s=0.0, score_s=0.0, select_s=0.0)
             if round_ < cfg.rounds:
-                picks = self.query(strat, fit.state, labeled, seed, round_, result)
+                picks = self.query(name, round_hook, fit.state, labeled, seed, round_, result)
+                if round_hook.state_dict() is not None:
+                    store.save_state(name, seed, round_ + 1, round_hook.state_dict())
                 store.append_ledger(self.ledger_rows(name, seed, round_ + 1, picks))
                 labeled = np.concatenate([labeled, picks])
             store.append_result(result)
+            if self.on_round:
+                self.on_round(result)
             self.log(f"[{name} seed={seed}] round {round_}/{cfg.rounds}: {result['n_labeled']} labeled, "
                      f"accuracy {fit.accuracy:.4f} (train {result['train_s']:.1f}s, "
                      f"score {result['score_s']:.1f}s, select {result['select_s']:.2f}s)")
 
-    def query(self, strat: Strategy, state: dict, labeled: np.ndarray, seed: int, round_: int,
-              result: dict) -> np.ndarray:
-        """Score the pool with the fused pass, then let the strategy pick a batch."""
-        cfg = self.cfg
+    def query(self, name: str, round_hook: hooks.RoundHook, task_state: dict, labeled: np.ndarray, seed: int,
+              round_: int, result: dict) -> np.ndarray:
+        """Run the hook, score the pool with the fused pass, let the strategy pick a batch."""
+        cfg, strat = self.cfg, round_hook.strategy
         unlabeled = np.setdiff1d(self.train.ids, labeled)
-        k = min(cfg.batch, len(unlabeled))
-        scored = np.concatenate([unlabeled, labeled]) if strat.needs_labeled else unlabeled
+        rows = self.trainable_rows(labeled)
+        ctx = hooks.RoundContext(cfg, seed, round_, self.spec, task_state, self.train.x[rows], self.train.y[rows],
+                                 unlabeled, min(cfg.batch, len(unlabeled)), derive_seed(seed, round_, 2),
+                                 pool=self.train)
         t0 = time.perf_counter()
+        extra = round_hook.before_query(ctx)
+        t1 = time.perf_counter()
+        scored = np.concatenate([unlabeled, labeled]) if strat.needs_labeled else unlabeled
         stats = PoolStats(ids=scored)
         if strat.needs:
-            stats = scoring.score(self.spec, state, scored, self.train.x[self.train.rows(scored)], strat.needs,
-                                  mc_samples=cfg.mc_samples, actors=cfg.actors, gpus=cfg.gpus)
-        t1 = time.perf_counter()
+            stats = scoring.score(self.spec, task_state, scored, self.train.x[self.train.rows(scored)], strat.needs,
+                                  mc_samples=cfg.mc_samples, actors=cfg.actors, gpus=cfg.gpus, extra=extra)
+        t2 = time.perf_counter()
         pool_stats = stats.take(np.arange(len(unlabeled)))
-        labeled_stats = stats.take(np.arange(len(unlabeled), len(scored))) if strat.needs_labeled else None
-        picks = strat.select(pool_stats, k, labeled=labeled_stats, seed=derive_seed(seed, round_, 2))
-        result.update(score_s=t1 - t0, select_s=time.perf_counter() - t1)
-        return np.asarray(picks, dtype=np.int64)
+        labeled_stats = (replace(stats.take(np.arange(len(unlabeled), len(scored))),
+                                 labels=self.train.y[self.train.rows(labeled)]) if strat.needs_labeled else None)
+        picks = np.asarray(strat.select(pool_stats, ctx.k, labeled=labeled_stats, seed=ctx.rng_seed), dtype=np.int64)
+        telemetry = round_hook.after_select(ctx, pool_stats, picks, self.train.y[self.train.rows(picks)])
+        for table, table_rows in telemetry.items():
+            self.store.append_rows(table, [dict(strategy=name, seed=seed, round=round_, **r) for r in table_rows])
+        result.update(hook_s=t1 - t0, score_s=t2 - t1, select_s=time.perf_counter() - t2)
+        return np.sort(picks)  # id order, as a resumed run reads the ledger back: the next fit sees the same order
+
+    def trainable_rows(self, labeled: np.ndarray) -> np.ndarray:
+        """Rows of the labeled ids to train on: an out-of-distribution answer never is a training label."""
+        rows = self.train.rows(labeled)
+        return rows[self.train.y[rows] != OOD]
 
     def ledger_rows(self, name: str, seed: int, round_: int, ids: np.ndarray) -> pd.DataFrame:
         """The simulated oracle: reveal the hidden labels of the queried ids."""
@@ -127,8 +153,9 @@ class Experiment:
         return pd.DataFrame({"strategy": name, "seed": seed, "round": round_, "id": ids, "label": labels})
 
 
-def strategy(name: str) -> Strategy:
+def hook(name: str, cfg: ExperimentConfig) -> hooks.RoundHook:
+    """A fresh round hook (and strategy) for `name`; unknown names are a user error."""
     try:
-        return get(name)
+        return hooks.create(name, cfg)
     except KeyError as exc:
         raise AutoALError(exc.args[0]) from None

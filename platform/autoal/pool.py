@@ -1,9 +1,10 @@
 """A pool: stable int64 ids, features, labels, split; and its Parquet format.
 
 Parquet pool format (one directory of `part-*.parquet` shards):
-  id int64, x list<float32> (flattened features), y int64, split string
-  ("train" / "test"); schema metadata: `shape` (JSON list, per-sample shape,
-  e.g. [1, 28, 28]), `classes` (number of classes), `name`.
+  id int64, x list<float32> (flattened features), y int64 (-1: out of
+  distribution, train split only), split string ("train" / "test"); schema
+  metadata: `shape` (JSON list, per-sample shape, e.g. [1, 28, 28]),
+  `classes` (number of classes), `name`.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import pyarrow.parquet as pq
 from autoal.errors import AutoALError
 
 SPLITS = ("train", "test")
+OOD = -1  # the label of an out-of-distribution sample: the oracle's "none of the classes"
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,11 +48,11 @@ class Pool:
             raise AutoALError(f"pool {self.name!r}: {bad} samples have NaN or infinite features")
         if self.classes < 2:
             raise AutoALError(f"pool {self.name!r}: needs at least 2 classes, has {self.classes}")
-        out = (self.y < 0) | (self.y >= self.classes)
+        out = (self.y < OOD) | (self.y >= self.classes) | ((self.y == OOD) & (self.split != "train"))
         if out.any():
             raise AutoALError(
                 f"pool {self.name!r}: {int(out.sum())} labels outside 0..{self.classes - 1} "
-                f"(e.g. {int(self.y[out][0])})")
+                f"(e.g. {int(self.y[out][0])}; {OOD} marks out-of-distribution samples, in the train split only)")
         unknown = set(np.unique(self.split)) - set(SPLITS)
         if unknown:
             raise AutoALError(f"pool {self.name!r}: unknown split values {sorted(unknown)}; expected train/test")
@@ -78,6 +80,25 @@ class Pool:
         if len(ids) and not np.array_equal(self.ids[pos], ids):
             raise AutoALError(f"pool {self.name!r}: unknown ids requested")
         return pos
+
+
+def with_ood_classes(pool: Pool, classes: tuple[int, ...]) -> Pool:
+    """The pool with `classes` out of distribution: their train samples are
+    labeled OOD, their test samples dropped (the task never has to predict
+    them), and the remaining classes renumbered 0..C'-1 in order."""
+    if not classes:
+        return pool
+    bad = sorted(set(classes) - set(range(pool.classes)))
+    if bad:
+        raise AutoALError(f"ood_classes {bad} are not classes of pool {pool.name!r} (0..{pool.classes - 1})")
+    if pool.classes - len(classes) < 2:
+        raise AutoALError(f"ood_classes leave pool {pool.name!r} fewer than 2 in-distribution classes")
+    ood = np.isin(pool.y, classes) | (pool.y == OOD)
+    keep = ~(ood & (pool.split != "train"))
+    renumber = np.cumsum(~np.isin(np.arange(pool.classes), classes)) - 1
+    y = np.where(ood, OOD, renumber[np.maximum(pool.y, 0)])
+    return Pool(f"{pool.name}+ood{list(classes)}", pool.ids[keep], pool.x[keep], y[keep], pool.split[keep],
+                pool.classes - len(classes))
 
 
 def from_arrays(name: str, x_train, y_train, x_test, y_test, classes: int | None = None) -> Pool:
