@@ -23,6 +23,11 @@ def curves(results: pd.DataFrame, path: Path, title: str = "") -> Path:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return save(fig, path)
+
+
+def save(fig, path: Path) -> Path:
+    """Write the figure as PNG and free it (pyplot keeps every open figure alive)."""
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -46,7 +51,4 @@ def strategy_weights(frame: pd.DataFrame, path: Path, value: str = "weight_pool"
     ax.set_xlabel("round")
     ax.set_title(title or f"AutoAL mean {value}")
     fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)

@@ -38,7 +38,7 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def _parquet_bytes(frame: pd.DataFrame) -> bytes:
+def parquet_bytes(frame: pd.DataFrame) -> bytes:
     buf = io.BytesIO()
     frame.to_parquet(buf, index=False)
     return buf.getvalue()
@@ -123,7 +123,7 @@ class ExperimentDir:
 
     def append_ledger(self, rows: pd.DataFrame) -> None:
         self.ledger = pd.concat([self.ledger, rows[LEDGER_COLUMNS]], ignore_index=True)
-        atomic_write(self.ledger_path, _parquet_bytes(self.ledger.astype(
+        atomic_write(self.ledger_path, parquet_bytes(self.ledger.astype(
             {"seed": "int64", "round": "int64", "id": "int64", "label": "int64"})))
 
     def append_rows(self, table: str, rows: list[dict]) -> None:
@@ -138,12 +138,12 @@ class ExperimentDir:
             key = ["strategy", "seed", "round"]
             stale = old[key].apply(tuple, axis=1).isin(set(frame[key].apply(tuple, axis=1)))
             frame = pd.concat([old[~stale], frame], ignore_index=True)
-        atomic_write(path, _parquet_bytes(frame))
+        atomic_write(path, parquet_bytes(frame))
 
     def append_result(self, row: dict) -> None:
         new = pd.DataFrame([row])
         self.results = new if not len(self.results) else pd.concat([self.results, new], ignore_index=True)
-        atomic_write(self.results_path, _parquet_bytes(self.results))
+        atomic_write(self.results_path, parquet_bytes(self.results))
         atomic_write(self.root / "results.csv", self.results.to_csv(index=False).encode())
 
 

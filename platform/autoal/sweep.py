@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import queue
@@ -49,7 +48,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy  # n
 
 from autoal import config, datasets, metrics, plots, runtime  # noqa: E402
 from autoal.errors import AutoALError  # noqa: E402
-from autoal.store import ExperimentDir, atomic_write  # noqa: E402
+from autoal.store import ExperimentDir, atomic_write, parquet_bytes  # noqa: E402
 
 # The paper's nested candidate pools (section 4.3): size n is the first n names.
 PAPER_CANDIDATES = ("entropy", "margin", "least_confidence", "kmeans", "bald", "var_ratio", "mean_std")
@@ -575,7 +574,7 @@ def finish(root: Path) -> str:
         return f"sweep {spec.name}: no finished rounds yet in {root / 'trials'}"
     by = config_columns(spec)
     table = summarize(results, by)
-    atomic_write(root / "results.parquet", _parquet(results))
+    atomic_write(root / "results.parquet", parquet_bytes(results))
     atomic_write(root / "results.csv", results.to_csv(index=False).encode())
     atomic_write(root / "summary.csv", table.to_csv(index=False).encode())
     written = [root / "results.parquet", root / "results.csv", root / "summary.csv"]
@@ -585,7 +584,7 @@ def finish(root: Path) -> str:
     if "candidates_size" in spec.axes:
         written.append(candidates_size_plot(results, by, root / "candidates_size.png"))
     if not weights.empty:
-        atomic_write(root / "strategy_weights.parquet", _parquet(weights))
+        atomic_write(root / "strategy_weights.parquet", parquet_bytes(weights))
         written.append(root / "strategy_weights.parquet")
         heatmaps = root / "strategy_weights"
         heatmaps.mkdir(exist_ok=True)
@@ -692,13 +691,6 @@ def candidates_size_plot(results: pd.DataFrame, by: list[str], path: Path) -> Pa
     ax.set_title("AUBC vs candidate pool size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return plots.save(fig, path)
 
 
-def _parquet(frame: pd.DataFrame) -> bytes:
-    buf = io.BytesIO()
-    frame.to_parquet(buf, index=False)
-    return buf.getvalue()
