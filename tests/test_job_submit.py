@@ -81,8 +81,15 @@ def test_ray_job_submit_runs_the_smoke_sweep(ray_head, tmp_path):
 
     client = JobSubmissionClient(ray_head)
     out, storage = tmp_path / "smoke", f"file://{tmp_path / 'storage'}"
-    job = client.submit_job(entrypoint=f"autoal sweep jobs/smoke.yaml --out {out} --storage {storage}",
-                            runtime_env={"working_dir": str(ROOT)})
+    deadline = time.time() + 120
+    while True:  # the head's job agent registers a few seconds after its dashboard serves
+        try:
+            job = client.submit_job(entrypoint=f"autoal sweep jobs/smoke.yaml --out {out} --storage {storage}",
+                                    runtime_env={"working_dir": str(ROOT)})
+            break
+        except RuntimeError as exc:
+            assert "No available agent" in str(exc) and time.time() < deadline, exc
+            time.sleep(2)
     deadline = time.time() + 420
     while (status := client.get_job_status(job)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
         assert time.time() < deadline, client.get_job_logs(job)[-3000:]
