@@ -103,8 +103,9 @@ class Experiment:
                           train_s=time.perf_counter() - t0, hook_s=0.0, score_s=0.0, select_s=0.0)
             if round_ < cfg.rounds:
                 picks = self.query(name, round_hook, fit.state, labeled, seed, round_, result)
-                if round_hook.state_dict() is not None:
-                    store.save_state(name, seed, round_ + 1, round_hook.state_dict())
+                state = round_hook.state_dict()
+                if state is not None:
+                    store.save_state(name, seed, round_ + 1, state)
                 store.append_ledger(self.ledger_rows(name, seed, round_ + 1, picks))
                 labeled = np.concatenate([labeled, picks])
             store.append_result(result)
