@@ -40,6 +40,15 @@ def test_local_mode_training_learns_and_is_reproducible(ray_local, digits, spec,
     assert all(torch.equal(again.state[k], fitted.state[k]) for k in fitted.state)
 
 
+def test_min_steps_trains_a_small_labeled_set_for_more_epochs(ray_local, digits, spec):
+    train, test = digits
+    rows, test_ref = np.arange(20), ray.put((test.x, test.y))
+    short, floored = (training.fit(spec, (train.x[rows], train.y[rows]), test_ref, seed=0, epochs=2, lr=1e-3,
+                                   weight_decay=5e-4, batch_size=64, min_steps=steps) for steps in (0, 60))
+    assert floored.train_loss < short.train_loss / 2, "60 steps fit 20 samples far better than 2"
+    assert floored.accuracy > short.accuracy
+
+
 def test_ray_train_worker_group_of_two_trains_and_evaluates(ray_local, digits, spec):
     train, test = digits
     rows = np.arange(200)

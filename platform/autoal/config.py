@@ -66,6 +66,7 @@ class ExperimentConfig:
     rounds: int = 10                        # query rounds after the initial pool
     seeds: tuple[int, ...] = (0,)
     epochs: int = 30                        # task-model epochs per round (retrained from scratch)
+    min_steps: int = 0                      # at least this many optimiser steps per round: small labeled sets get more epochs
     lr: float = 1e-3
     weight_decay: float = 5e-4
     batch_size: int = 64
@@ -84,6 +85,7 @@ class ExperimentConfig:
             (self.batch > 0, "batch must be positive"),
             (self.rounds >= 0, "rounds must be >= 0"),
             (self.epochs > 0, "epochs must be positive"),
+            (self.min_steps >= 0, "min_steps must be >= 0"),
             (self.mc_samples >= 2, "mc_samples must be >= 2"),
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
             (self.workers >= 0, "workers must be >= 0"),

@@ -77,6 +77,13 @@ def shard_batches(n: int, batch_size: int, seed: int, epoch: int):
     return batches
 
 
+def epochs_for(n: int, config: dict) -> int:
+    """`epochs`, raised until the run takes `min_steps` optimiser steps: 30 epochs of
+    20 labels are 30 steps, too few for a model whose uncertainty is worth querying."""
+    steps = len(shard_batches(n, config["batch_size"], config["seed"], 0))
+    return max(config["epochs"], -(-config["min_steps"] // steps))
+
+
 def all_sum(values: list[float], device) -> list[float]:
     """Sum over ranks (identity without a process group)."""
     t = torch.tensor(values, dtype=torch.float64, device=device)
@@ -110,7 +117,7 @@ def train_loop(config: dict):
     model = ray.train.torch.prepare_model(net)
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     epoch_loss = float("nan")
-    for epoch in range(config["epochs"]):
+    for epoch in range(epochs_for(len(x), config)):
         model.train()
         total, count = 0.0, 0
         for index in shard_batches(len(x), config["batch_size"], seed, epoch):
@@ -131,10 +138,10 @@ def train_loop(config: dict):
 
 
 def fit(spec: ModelSpec, train: tuple[np.ndarray, np.ndarray], test_ref, *, seed: int, epochs: int,
-        lr: float, weight_decay: float, batch_size: int, workers: int = 0, gpus: float = 0.0,
-        name: str = "task") -> FitResult:
+        lr: float, weight_decay: float, batch_size: int, min_steps: int = 0, workers: int = 0,
+        gpus: float = 0.0, name: str = "task") -> FitResult:
     """Train on `train` (x, y); evaluate on the object-store ref `test_ref` = (x, y)."""
     config = dict(spec=asdict(spec), train=ray.put(train), test=test_ref, seed=seed, epochs=epochs, lr=lr,
-                  weight_decay=weight_decay, batch_size=batch_size)
+                  weight_decay=weight_decay, batch_size=batch_size, min_steps=min_steps)
     result = run_on_ray_train(train_loop, config, workers, gpus, name)
     return FitResult(torch_state(result["state"]), result["accuracy"], result["train_loss"])
