@@ -1,12 +1,14 @@
 """AutoAL against its seven candidates and random on digits (scikit-learn's 8x8 digits).
 
-Every strategy runs through the experiment loop in this process (actors=0,
-workers=0) with paired seeds. Prints mean AUBC ± std per strategy, then
-AutoAL's search time per round (hook_s) next to the task model's training
-time (train_s), and writes the strategy-weight heatmap (the paper's Fig. 5).
-Re-running the same command resumes an interrupted run.
+Every strategy runs through the experiment loop of the main job's set-up
+(jobs/main.yaml: budget, epochs, in-process training and scoring) with paired
+seeds. Prints mean AUBC ± std per strategy, then AutoAL's search time per round
+(hook_s) next to the task model's training time (train_s), and writes the
+strategy-weight heatmap (the paper's Fig. 5). Re-running the same command
+resumes an interrupted run; it shares its default --out with
+strategies_digits.py, so runs one has finished are not repeated by the other.
 
-    .venv/bin/python benchmarks/autoal_digits.py --seeds 5 --rounds 10 --out runs/autoal_digits
+    .venv/bin/python benchmarks/autoal_digits.py [--seeds 0 1 2 3 4] [--config jobs/main.yaml] [--out DIR]
 """
 from __future__ import annotations
 
@@ -21,10 +23,10 @@ from autoal.strategies.autoal import CANDIDATES
 STRATEGIES = ("autoal", *CANDIDATES, "random")
 
 
-def run(seeds: int, rounds: int, out: Path) -> pd.DataFrame:
-    cfg = config.load(None, {"dataset": "digits", "strategies": list(STRATEGIES), "seeds": list(range(seeds)),
-                             "rounds": rounds, "initial": 20, "batch": 20, "actors": 0, "workers": 0})
-    return experiment.Experiment.prepare(cfg, out, log=lambda message: None).run()
+def run(base: str, seeds: list[int], out: Path) -> pd.DataFrame:
+    cfg = config.load(base, {"strategies": list(STRATEGIES), "seeds": seeds})
+    results = experiment.Experiment.prepare(cfg, out, log=lambda message: None).run()
+    return results[results["strategy"].isin(STRATEGIES) & results["seed"].isin(seeds)]
 
 
 def search_cost(results: pd.DataFrame) -> str:
@@ -37,11 +39,11 @@ def search_cost(results: pd.DataFrame) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="AutoAL vs its candidates and random on digits.")
-    parser.add_argument("--seeds", type=int, default=5, help="paired seeds 0..N-1 (default 5)")
-    parser.add_argument("--rounds", type=int, default=10, help="query rounds of 20 after 20 initial (default 10)")
-    parser.add_argument("--out", type=Path, default=Path("runs/autoal_digits"), help="experiment directory")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="paired seeds")
+    parser.add_argument("--config", default="jobs/main.yaml", help="base experiment (dataset, budget, epochs)")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_digits"), help="experiment directory")
     args = parser.parse_args(argv)
-    results = run(args.seeds, args.rounds, args.out)
+    results = run(args.config, args.seeds, args.out)
     print(metrics.format_table(metrics.summary(results)))
     print(search_cost(results))
     heatmap = plots.strategy_weights(pd.read_parquet(args.out / "strategy_weights.parquet"),

@@ -15,7 +15,7 @@ from autoal import config, metrics
 from autoal.experiment import Experiment
 
 DEFAULT = ("random", "entropy", "margin", "least_confidence", "bald", "var_ratio", "mean_std", "kmeans",
-           "coreset", "badge", "lpl", "albl", "poal", "noise_stability", "dpp", "vaal", "sraal")
+           "coreset", "badge", "lpl", "autoal", "albl", "poal", "noise_stability", "dpp", "vaal", "sraal")
 
 
 def main() -> None:
@@ -23,7 +23,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--strategy", nargs="+", default=list(DEFAULT))
     ap.add_argument("--config", default="jobs/main.yaml", help="base experiment (dataset, budget, epochs)")
-    ap.add_argument("--out", default="runs/bench_strategies_digits")
+    ap.add_argument("--out", default="runs/bench_digits",
+                    help="experiment directory, shared with autoal_digits.py"))
     args = ap.parse_args()
 
     cfg = config.load(args.config, {"strategies": args.strategy, "seeds": args.seeds})

@@ -102,7 +102,7 @@ class Experiment:
                           accuracy=fit.accuracy, train_loss=fit.train_loss,
                           train_s=time.perf_counter() - t0, hook_s=0.0, score_s=0.0, select_s=0.0)
             if round_ < cfg.rounds:
-                picks = self.query(name, round_hook, fit.state, labeled, seed, round_, result)
+                picks = self.query(name, round_hook, fit.state, labeled, rows, seed, round_, result)
                 state = round_hook.state_dict()
                 if state is not None:
                     store.save_state(name, seed, round_ + 1, state)
@@ -115,12 +115,12 @@ class Experiment:
                      f"accuracy {fit.accuracy:.4f} (train {result['train_s']:.1f}s, "
                      f"score {result['score_s']:.1f}s, select {result['select_s']:.2f}s)")
 
-    def query(self, name: str, round_hook: hooks.RoundHook, task_state: dict, labeled: np.ndarray, seed: int,
-              round_: int, result: dict) -> np.ndarray:
-        """Run the hook, score the pool with the fused pass, let the strategy pick a batch."""
+    def query(self, name: str, round_hook: hooks.RoundHook, task_state: dict, labeled: np.ndarray,
+              rows: np.ndarray, seed: int, round_: int, result: dict) -> np.ndarray:
+        """Run the hook, score the pool with the fused pass, let the strategy pick a batch.
+        `rows` are the labeled set's trainable rows, those the task model was fit on."""
         cfg, strat = self.cfg, round_hook.strategy
         unlabeled = np.setdiff1d(self.train.ids, labeled)
-        rows = self.trainable_rows(labeled)
         ctx = hooks.RoundContext(cfg, seed, round_, self.spec, task_state, self.train.x[rows], self.train.y[rows],
                                  unlabeled, min(cfg.batch, len(unlabeled)), derive_seed(seed, round_, 2),
                                  pool=self.train)
@@ -141,7 +141,7 @@ class Experiment:
         for table, table_rows in telemetry.items():
             self.store.append_rows(table, [dict(strategy=name, seed=seed, round=round_, **r) for r in table_rows])
         result.update(hook_s=t1 - t0, score_s=t2 - t1, select_s=time.perf_counter() - t2)
-        return np.sort(picks)  # id order, as a resumed run reads the ledger back: the next fit sees the same order
+        return picks
 
     def trainable_rows(self, labeled: np.ndarray) -> np.ndarray:
         """Rows of the labeled ids to train on: an out-of-distribution answer never is a training label."""

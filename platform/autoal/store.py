@@ -100,8 +100,9 @@ class ExperimentDir:
         return frame[(frame["strategy"] == strategy) & (frame["seed"] == seed)]
 
     def labeled(self, strategy: str, seed: int) -> pd.DataFrame:
-        """Ledger rows (round, id, label) of one run, oldest first."""
-        return self._rows(self.ledger, strategy, seed).sort_values(["round", "id"])
+        """Ledger rows (round, id, label) of one run in the order they were queried: the
+        ledger is append-only, so a resumed run trains on the same order as an unbroken one."""
+        return self._rows(self.ledger, strategy, seed)
 
     def rounds_done(self, strategy: str, seed: int) -> int:
         rows = self._rows(self.results, strategy, seed)
