@@ -24,7 +24,7 @@ def main() -> None:
     ap.add_argument("--strategy", nargs="+", default=list(DEFAULT))
     ap.add_argument("--config", default="jobs/main.yaml", help="base experiment (dataset, budget, epochs)")
     ap.add_argument("--out", default="runs/bench_digits",
-                    help="experiment directory, shared with autoal_digits.py"))
+                    help="experiment directory, shared with autoal_digits.py")
     args = ap.parse_args()
 
     cfg = config.load(args.config, {"strategies": args.strategy, "seeds": args.seeds})

@@ -72,6 +72,7 @@ class ALBL(Strategy):
 
     name = "albl"
     per_sample = False
+    learns = True
 
     def __init__(self, arms: tuple[str, ...] = CANDIDATES, horizon: int = 200, delta: float = 0.1):
         if self.name in arms or UNIFORM in arms:

@@ -28,6 +28,10 @@ class AutoAL(Strategy):
             raise KeyError("autoal cannot be one of its own candidates")
         self.candidate_names = tuple(candidates)
         self.candidates = [get(name) for name in self.candidate_names]
+        learners = [c.name for c in self.candidates if c.learns]
+        if learners:
+            raise KeyError(f"AutoAL candidates never see the oracle's answers, which {', '.join(learners)} "
+                           f"learn from; choose candidates that are functions of the pool statistics")
         self.needs = frozenset({"search_weights"}).union(*(c.needs for c in self.candidates))
         self.needs_labeled = any(c.needs_labeled for c in self.candidates)
 

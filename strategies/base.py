@@ -58,6 +58,8 @@ class Strategy:
     needs: ClassVar[frozenset[str]] = frozenset()
     per_sample: ClassVar[bool] = True
     needs_labeled: ClassVar[bool] = False  # select() also wants the labeled set's statistics
+    learns: ClassVar[bool] = False         # learns from the oracle's answers (ALBL's bandit): its round hook
+                                           # feeds it, so it cannot serve as another strategy's candidate
 
     def score(self, stats: PoolStats) -> np.ndarray:
         """Per-sample informativeness, higher = more informative."""

@@ -149,12 +149,15 @@ def test_autoal_strategy_needs_and_bad_candidates():
         get("autoal", candidates=("entropy", "nope"))
     with pytest.raises(KeyError):
         get("autoal", candidates=("autoal",))
+    with pytest.raises(KeyError, match="albl"):  # its bandit would never see a reward
+        get("autoal", candidates=("entropy", "albl"))
     with pytest.raises(AutoALError):
         hooks.create("autoal", toy_cfg(initial=2))
     with pytest.raises(AutoALError):
         hooks.create("autoal", toy_cfg(initial=6, workers=2))
     with pytest.raises(AutoALError, match="vaal"):
         hooks.create("autoal", toy_cfg(**{"search.candidates": ["entropy", "vaal"]}))
+    assert hooks.create("autoal", toy_cfg(**{"search.candidates": ["entropy", "dpp"]})).strategy.candidate_names
 
 
 # --- the search on Ray Train ----------------------------------------------------------
