@@ -338,16 +338,20 @@ def test_sraal_relabels_unlabeled_states_with_the_task_models_uncertainty():
     assert (unlabeled_targets(DIGITS_SPEC, None, x, "cpu") == 1).all()      # VAAL: plain unlabeled state
 
 
-def test_discriminator_learns_to_tell_unlabeled_from_labeled_samples(ray_local):
-    """Labeled digits 0-4, unlabeled 5-9: after training on Ray Train the
-    discriminator rates the unlabeled samples more "unlabeled"."""
+@pytest.mark.parametrize("workers", [0, 2])
+def test_discriminator_learns_to_tell_unlabeled_from_labeled_samples(ray_local, workers):
+    """Labeled digits 0-4, unlabeled 5-9: after training on Ray Train (local
+    mode, or a DDP group of two) the discriminator rates the unlabeled samples
+    more "unlabeled"."""
     train = datasets.load("digits", "data").subset("train")
     low = train.y < 5
     x_l, y_l, x_u = train.x[low][:100], train.y[low][:100], train.x[~low][:300]
-    config = dict(spec=DIGITS_SPEC, seed=0, latent=8, epochs=10, lr=1e-3, batch_size=64, task_state=None,
+    epochs = 10 * max(workers, 1)  # a DDP group of two takes half the steps per epoch
+    config = dict(spec=DIGITS_SPEC, seed=0, latent=8, epochs=epochs, lr=1e-3, batch_size=64, task_state=None,
                   data=ray.put((x_l, y_l, x_u)))
     nets = AdversarialNets(DIGITS_SPEC, 8)
-    nets.load_state_dict(training.run_on_ray_train(adversarial_loop, config, workers=0, gpus=0, name="vaal-test"))
+    nets.load_state_dict(training.torch_state(
+        training.run_on_ray_train(adversarial_loop, config, workers=workers, gpus=0, name="vaal-test")))
     nets.eval()
     with torch.no_grad():
         scores = nets(torch.from_numpy(np.concatenate([x_l, x_u])), None).numpy()

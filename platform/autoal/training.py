@@ -67,13 +67,16 @@ def run_on_ray_train(loop, config: dict, workers: int, gpus: float, name: str):
 
 def shard_batches(n: int, batch_size: int, seed: int, epoch: int):
     """This rank's mini-batches of one epoch: a seeded permutation, padded to a
-    multiple of the world size so every rank takes the same number of steps."""
+    multiple of the world size so every rank takes the same number of steps;
+    a short remainder is merged into the last full batch."""
     world, rank = ray.train.get_context().get_world_size(), ray.train.get_context().get_world_rank()
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
     perm = torch.cat([perm, perm[: (-n) % world]])[rank::world]
     batches = list(perm.split(batch_size))
-    if len(batches) > 1 and len(batches[-1]) == 1:  # BatchNorm cannot train on one sample
-        batches = batches[:-1]
+    if len(batches) > 1 and len(batches[-1]) < batch_size // 2:
+        # a last step on a few samples (8 of 200) jolts BatchNorm's running statistics and
+        # the weights just before evaluation: those samples join the previous batch instead
+        batches[-2:] = [torch.cat(batches[-2:])]
     return batches
 
 
