@@ -50,7 +50,7 @@ def test_min_steps_trains_a_small_labeled_set_for_more_epochs(ray_local, digits,
 
 
 def _epoch_batches(config: dict):
-    batches = training.shard_batches(config["n"], 64, seed=0, epoch=0)
+    batches = training.shard_batches(config["n"], config.get("batch_size", 64), seed=0, epoch=0)
     return {"sizes": [len(b) for b in batches], "ids": torch.cat(batches).tolist()}
 
 
@@ -59,6 +59,8 @@ def test_epoch_batches_cover_the_set_and_merge_a_short_remainder(ray_local):
     assert two_hundred["sizes"] == [64, 64, 72], "8 leftover samples join the last full batch"
     assert sorted(two_hundred["ids"]) == list(range(200))
     assert training.run_on_ray_train(_epoch_batches, {"n": 100}, workers=0, gpus=0, name="batches")["sizes"] == [64, 36]
+    one_left = training.run_on_ray_train(_epoch_batches, {"n": 5, "batch_size": 2}, workers=0, gpus=0, name="batches")
+    assert one_left["sizes"] == [2, 3], "BatchNorm cannot train on a lone sample"
 
 
 def test_ray_train_worker_group_of_two_trains_and_evaluates(ray_local, digits, spec):

@@ -73,9 +73,10 @@ def shard_batches(n: int, batch_size: int, seed: int, epoch: int):
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
     perm = torch.cat([perm, perm[: (-n) % world]])[rank::world]
     batches = list(perm.split(batch_size))
-    if len(batches) > 1 and len(batches[-1]) < batch_size // 2:
+    if len(batches) > 1 and len(batches[-1]) < max(2, batch_size // 2):
         # a last step on a few samples (8 of 200) jolts BatchNorm's running statistics and
-        # the weights just before evaluation: those samples join the previous batch instead
+        # the weights just before evaluation, and BatchNorm cannot train on one sample:
+        # those samples join the previous batch instead
         batches[-2:] = [torch.cat(batches[-2:])]
     return batches
 
