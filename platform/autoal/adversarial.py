@@ -146,8 +146,9 @@ class AdversarialHook(hooks.RoundHook):
                       task_state=ctx.task_state if self.relabel else None,
                       data=ray.put((np.asarray(ctx.labeled_x, np.float32), np.asarray(ctx.labeled_y, np.int64),
                                     np.asarray(x_u, np.float32))))
-        state = training.torch_state(training.run_on_ray_train(
-            adversarial_loop, config, self.cfg.workers, self.cfg.gpus, name=f"{self.strategy.name}-s{ctx.seed}-r{ctx.round}"))
+        name = f"{self.strategy.name}-s{ctx.seed}-r{ctx.round}"
+        state = training.torch_state(training.run_on_ray_train(adversarial_loop, config, self.cfg.workers,
+                                                               self.cfg.gpus, name=name))
         build = functools.partial(AdversarialNets, ctx.spec, b.adversarial_latent,
                                   ctx.spec.classes if self.relabel else 0)
         return hooks.ScorerExtra(build=build, state=state, field="unlabeled_score")

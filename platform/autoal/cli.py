@@ -14,7 +14,8 @@ from autoal.errors import AutoALError
 RUN_FLAGS = {
     "dataset": "dataset", "data_root": "data_root", "strategy": "strategies", "initial": "initial",
     "initial_method": "initial_method", "batch": "batch", "rounds": "rounds", "seeds": "seeds",
-    "epochs": "epochs", "min_steps": "min_steps", "model": "model", "workers": "workers", "actors": "actors", "gpus": "gpus",
+    "epochs": "epochs", "min_steps": "min_steps", "model": "model", "workers": "workers", "actors": "actors",
+    "gpus": "gpus",
 }
 
 
@@ -86,7 +87,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--rounds", type=int, help="query rounds")
     run.add_argument("--seeds", type=int, nargs="+", help="paired seeds")
     run.add_argument("--epochs", type=int, help="task-model epochs per round")
-    run.add_argument("--min-steps", type=int, help="at least this many optimiser steps per round (more epochs on few labels)")
+    run.add_argument("--min-steps", type=int,
+                     help="at least this many optimiser steps per round (more epochs on few labels)")
     run.add_argument("--model", help="auto, cnn, mlp or resnet18")
     run.add_argument("--workers", type=int, help="Ray Train workers (0: local mode in the driver)")
     run.add_argument("--actors", type=int, help="Ray Data scoring actors (0: score in the driver)")

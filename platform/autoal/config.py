@@ -66,7 +66,7 @@ class ExperimentConfig:
     rounds: int = 10                        # query rounds after the initial pool
     seeds: tuple[int, ...] = (0,)
     epochs: int = 30                        # task-model epochs per round (retrained from scratch)
-    min_steps: int = 0                      # at least this many optimiser steps per round: small labeled sets get more epochs
+    min_steps: int = 0                      # at least this many optimiser steps per round (more epochs on few labels)
     lr: float = 1e-3
     weight_decay: float = 5e-4
     batch_size: int = 64

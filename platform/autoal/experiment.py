@@ -96,7 +96,8 @@ class Experiment:
             fit = training.fit(self.spec, (self.train.x[rows], self.train.y[rows]), self.test_ref,
                                seed=derive_seed(seed, round_, 1), epochs=cfg.epochs, lr=cfg.lr,
                                weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
-                               min_steps=cfg.min_steps, workers=cfg.workers, gpus=cfg.gpus, name=f"{name}-s{seed}-r{round_}")
+                               min_steps=cfg.min_steps, workers=cfg.workers, gpus=cfg.gpus,
+                               name=f"{name}-s{seed}-r{round_}")
             result = dict(dataset=cfg.dataset, strategy=name, seed=seed, round=round_, n_labeled=len(labeled),
                           ood_queries=int((self.train.y[self.train.rows(labeled[cfg.initial:])] == OOD).sum()),
                           accuracy=fit.accuracy, train_loss=fit.train_loss,
