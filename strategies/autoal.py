@@ -1,32 +1,35 @@
-"""AutoAL's selection (Wang, Zhan & Huang, ICML 2025): a learned, per-sample
-weighting of the candidate strategies' picks.
+"""AutoAL's selection (Wang, Zhan & Huang, ICML 2025) and its flat-mixture baseline `vote`.
 
-SearchNet (trained on labeled data by `autoal.search`) gives w[i, j], how far
-to trust candidate j on sample i; it reaches this pure strategy as the
-`search_weights` statistic. A sample's score is the total weight of the
-candidates that pick it, r[i] = sum_j A[i, j] * w[i, j], so a sample that
-several trusted candidates agree on comes first.
+SearchNet (trained on labeled data by `autoal.search`) gives each pool sample
+a mixture pi[i] over the K candidate strategies (softmax: trusting one
+candidate more means trusting the others less); it reaches this pure strategy
+as the `search_weights` statistic. With A[i, j] = 1 iff candidate j's top-k
+contains sample i, a sample's score is the mixture mass of the candidates
+that pick it, r[i] = sum_j A[i, j] * pi[i, j]; `hard` scores only the most
+trusted candidate, r[i] = A[i, argmax_j pi[i, j]]. `vote` is the same
+selection with a flat mixture, pi = 1/K: the candidates' unweighted vote
+count, the baseline that shows whether the search matters.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .base import PoolStats, Strategy, check_k, get, register, top_k_ids
+from .base import PoolStats, Strategy, check_k, get, register
 
 CANDIDATES = ("entropy", "margin", "least_confidence", "kmeans", "bald", "var_ratio", "mean_std")
 
 
 @register
 class AutoAL(Strategy):
-    """Top-k by r = sum_j A[i, j] * w[i, j] over the candidates' top-k picks A."""
+    """Top-k by r = sum_j A[i, j] * pi[i, j]; ties to the larger soft score, then the smaller id."""
 
     name = "autoal"
     per_sample = False
 
-    def __init__(self, candidates: tuple[str, ...] = CANDIDATES):
-        if self.name in candidates:
-            raise KeyError("autoal cannot be one of its own candidates")
-        self.candidate_names = tuple(candidates)
+    def __init__(self, candidates: tuple[str, ...] = CANDIDATES, hard: bool = False):
+        if {"autoal", "vote"} & set(candidates):
+            raise KeyError(f"{self.name} cannot have autoal or vote as a candidate")
+        self.candidate_names, self.hard = tuple(candidates), hard
         self.candidates = [get(name) for name in self.candidate_names]
         learners = [c.name for c in self.candidates if c.learns]
         if learners:
@@ -34,6 +37,7 @@ class AutoAL(Strategy):
                            f"learn from; choose candidates that are functions of the pool statistics")
         self.needs = frozenset({"search_weights"}).union(*(c.needs for c in self.candidates))
         self.needs_labeled = any(c.needs_labeled for c in self.candidates)
+        self.last: dict[str, np.ndarray] = {}   # the latest selection's vote-count batch, for telemetry
 
     def candidate_matrix(self, stats: PoolStats, k: int, labeled: PoolStats | None = None,
                          seed: int = 0) -> np.ndarray:
@@ -43,15 +47,28 @@ class AutoAL(Strategy):
             a[np.isin(stats.ids, candidate.select(stats, k, labeled=labeled, seed=seed)), j] = 1.0
         return a
 
+    def mixture(self, stats: PoolStats) -> np.ndarray:
+        """pi [N, K], each row summing to 1."""
+        return np.asarray(stats.search_weights, dtype=np.float64)
+
     def select(self, stats: PoolStats, k: int, labeled: PoolStats | None = None, seed: int = 0) -> np.ndarray:
-        """Top-k by r, ties to the smaller id. Should fewer than k samples have r > 0
-        (weights underflowing to 0), the rest are filled by total weight sum_j w."""
         check_k(stats, k)
-        w = np.asarray(stats.search_weights, dtype=np.float64)
-        r = (self.candidate_matrix(stats, k, labeled, seed) * w).sum(axis=1)
-        picked = r > 0
-        first = top_k_ids(stats.ids[picked], r[picked], k)
-        if len(first) == k:
-            return first
-        rest = ~picked
-        return np.concatenate([first, top_k_ids(stats.ids[rest], w[rest].sum(axis=1), k - len(first))])
+        a, pi = self.candidate_matrix(stats, k, labeled, seed), self.mixture(stats)
+        soft = (a * pi).sum(axis=1)
+        primary = a[np.arange(len(a)), pi.argmax(axis=1)] if self.hard else soft
+        self.last = {"vote": stats.ids[np.lexsort((stats.ids, -a.sum(axis=1)))[:k]]}
+        return np.asarray(stats.ids[np.lexsort((stats.ids, -soft, -primary))[:k]], dtype=np.int64)
+
+
+@register
+class Vote(AutoAL):
+    """Top-k by the number of candidates that pick a sample, ties to the smaller id."""
+
+    name = "vote"
+
+    def __init__(self, candidates: tuple[str, ...] = CANDIDATES):
+        super().__init__(candidates)
+        self.needs = self.needs - {"search_weights"}
+
+    def mixture(self, stats: PoolStats) -> np.ndarray:
+        return np.full((len(stats), len(self.candidates)), 1.0 / len(self.candidates))

@@ -22,10 +22,16 @@ class SearchConfig:
                                    "var_ratio", "mean_std")
     backbone: bool = True          # False: SearchNet is a head on the task model's frozen embeddings
     loss_module: bool = True       # the loss-prediction module and its ranking loss
+    reward: str = "lookahead"      # "lookahead" (one unrolled step on held-out loss) or "loss" (FitNet's loss)
+    rho: float = 0.25              # simulated query ratio: each candidate picks ceil(rho |L_val|) of L_val
+    eta: float = 0.1               # lookahead step, in units of the held-out gradient's norm
+    fitnet: str = "fresh"          # "fresh": one FitNet per cycle on half of L; "crossfit": one per half
+    hard: bool = False             # select by the most trusted candidate's pick instead of the mixture mass
     cycles_first: int = 3          # search cycles in the first round
     cycles: int = 1                # search cycles in later rounds
-    fit_epochs: int = 10           # FitNet epochs on L_tr per cycle
-    search_epochs: int = 10        # alternating FitNet/SearchNet epochs on L_val per cycle
+    fit_epochs: int = 10           # FitNet epochs per cycle (fresh init)
+    fit_steps: int = 50            # ... raised until FitNet takes at least this many optimiser steps
+    search_epochs: int = 10        # SearchNet epochs over L_val per cycle
     lam: float = 1.0               # count regulariser weight (lambda)
     gamma: float = 0.1             # ranking loss weight
     threshold: str = "gmm"         # "gmm" (paper) or "quantile" (exact)
@@ -95,6 +101,11 @@ class ExperimentConfig:
             (len(self.strategies) > 0, "strategies must not be empty"),
             (self.initial_method in ("random", "kcenter"), "initial_method must be random or kcenter"),
             (self.search.threshold in ("gmm", "quantile"), "search.threshold must be gmm or quantile"),
+            (self.search.reward in ("lookahead", "loss"), "search.reward must be lookahead or loss"),
+            (self.search.fitnet in ("fresh", "crossfit"), "search.fitnet must be fresh or crossfit"),
+            (0.0 < self.search.rho < 1.0, "search.rho must be in (0, 1)"),
+            (self.search.eta > 0, "search.eta must be positive"),
+            (self.search.fit_steps >= 0, "search.fit_steps must be >= 0"),
             (len(self.search.candidates) > 0, "search.candidates must not be empty"),
             (self.baselines.noise_scope in ("head", "model"), "baselines.noise_scope must be head or model"),
             (self.baselines.noise_samples >= 1, "baselines.noise_samples must be >= 1"),

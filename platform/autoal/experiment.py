@@ -75,7 +75,11 @@ class Experiment:
             initial = initial_pool(self.train, self.cfg, seed)
             for name in self.cfg.strategies:
                 self.run_strategy(name, hook(name, self.cfg), seed, initial)
-        plots.curves(self.store.results, self.store.root / "curves.png", title=self.cfg.dataset)
+        root = self.store.root
+        plots.curves(self.store.results, root / "curves.png", title=self.cfg.dataset)
+        if (root / "strategy_weights.parquet").exists():
+            plots.strategy_weights(pd.read_parquet(root / "strategy_weights.parquet"), root / "strategy_weights.png",
+                                   title=f"{self.cfg.dataset}: AutoAL weights")
         return self.store.results
 
     def run_strategy(self, name: str, round_hook: hooks.RoundHook, seed: int, initial: np.ndarray) -> None:

@@ -1,16 +1,20 @@
-"""AutoAL's differentiable strategy search (DESIGN.md section 3) and its round hook.
+"""AutoAL's strategy search on Ray Train, and its round hook (DESIGN section 3).
 
-Each round, on labeled data only and for C cycles: split L into halves L_tr
-and L_val, fit FitNet on L_tr, mark every candidate's picks on L_val once
-(FitNet has not seen L_val, so it plays the unlabeled pool), then alternate
-first-order updates of FitNet and SearchNet over mini-batches of L_val in
-which every tensor row belongs to the same sample. SearchNet then weights the
-candidates' picks on the real pool (strategies/autoal.py).
-
-Optimisers: Adam for both nets. The paper trains FitNet with SGD (momentum
-0.9), but at lr 1e-3 and the few dozen steps a round affords on a labeled set
-of tens to hundreds of samples, SGD leaves FitNet close to its init, so its
-losses say little about which samples are hard.
+Each round, on labeled data only, for C cycles:
+1. FitNet is fitted from a fresh init on part of L and scores the part it has
+   never seen, L_val, in one fused pass. `fitnet: fresh` fits one FitNet on a
+   random half; `crossfit` fits one on each half and lets it score the other,
+   so every labeled sample carries signal, at twice the fitting cost. A FitNet
+   warm-started across rounds (the first version) has trained on earlier
+   labels and mostly scores the previous batch.
+2. On L_val, once per cycle: each candidate's top-q picks (q = ceil(rho |L_val|),
+   rho the simulated query ratio: the real b/|U| gives q = 1 on small L),
+   FitNet's loss, and the factors of its last-layer gradients, aligned with the
+   mean gradient of the other half of L_val (`objective.Rows`).
+3. SearchNet trains on those rows for `search_epochs` (objective.py); FitNet
+   stays fixed, because the lookahead reward already is the inner step.
+SearchNet stays warm across rounds and weights the candidates' picks on the
+real pool (strategies/autoal.py).
 """
 from __future__ import annotations
 
@@ -25,232 +29,161 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from sklearn.mixture import GaussianMixture
-from torch import nn
 
-from autoal import hooks, models, scoring, training
+from autoal import hooks, models, objective, scoring, training
 from autoal.config import ExperimentConfig, SearchConfig
 from autoal.errors import AutoALError
+from autoal.searchnet import SearchNet, SearchScorer
 from autoal.strategies import PoolStats, get
 from autoal.strategies.autoal import AutoAL
 
-HIDDEN = 64            # SearchNet head width
-GMM_SAMPLES = 4096     # draws from the fitted mixture to read the threshold quantile off
-# per-step search telemetry; `selected` is the mean soft selection s over L_val
-TELEMETRY = ("fitnet_loss", "searchnet_loss", "count_reg", "rank_loss", "selected", "grad_norm")
 MIN_PER_WORKER = 4     # labeled samples per worker: halves of L give every rank batches of >= 2 (BatchNorm)
+FITNETS = ("fresh", "crossfit")
 
 
-class SearchNet(nn.Module):
-    """w [B, K] = sigmoid(alpha * o), per-sample trust in each of K candidates,
-    and l_hat [B], a predicted loss on SearchNet's own intermediate features.
-
-    `backbone`: its own backbone of the task model's family reads x;
-    otherwise the head reads the task model's frozen embedding (the paper's
-    cheaper ablation). alpha_j (init 1) is candidate j's learnable scale.
-    The logits start at zero, so no candidate or sample is preferred before the search.
-    """
-
-    def __init__(self, spec: training.ModelSpec, candidates: int, backbone: bool = True,
-                 loss_module: bool = True, embed_dim: int = 0):
-        super().__init__()
-        self.backbone = models.BACKBONES[spec.name](tuple(spec.shape)) if backbone else None
-        dim = self.backbone.embed_dim if backbone else embed_dim
-        self.hidden = nn.Sequential(nn.Linear(dim, HIDDEN), nn.ReLU())
-        self.logits = nn.Linear(HIDDEN, candidates)
-        nn.init.zeros_(self.logits.weight)   # w = 0.5 everywhere at first: any preference is learned
-        nn.init.zeros_(self.logits.bias)
-        self.alpha = nn.Parameter(torch.ones(candidates))
-        taps = self.backbone.tap_channels if backbone else (HIDDEN,)
-        self.loss_head = models.LossPredictor(taps) if loss_module else None
-
-    def forward(self, x, embedding):
-        """(w, l_hat or None) in one call, so that DDP syncs every parameter."""
-        e, taps = self.backbone(x) if self.backbone is not None else (embedding, None)
-        h = self.hidden(e)
-        w = torch.sigmoid(self.alpha * self.logits(h))
-        l_hat = None if self.loss_head is None else self.loss_head(taps if taps is not None else [h])
-        return w, l_hat
-
-
-class SearchScorer(SearchNet):
-    """SearchNet as the fused pass's extra model: (x, task embedding) -> w."""
-
-    def forward(self, x, embedding):
-        return super().forward(x, embedding)[0]
-
-
-# --- one search step --------------------------------------------------------
-
-def per_sample(fit_model, search_model, x, y, e, a):
-    """(CE_F, FitNet's predicted loss, r, l_hat), row i of each belonging to sample i."""
-    logits, fit_pred = fit_model(x)
-    ce = F.cross_entropy(logits, y, reduction="none")
-    w, l_hat = search_model(x, e)
-    return ce, fit_pred, (a * w).sum(1), l_hat
-
-
-def threshold(r: np.ndarray, rho: float, method: str, seed: int) -> float:
-    """tau, the (1 - rho) quantile of the scores r. "gmm" (the paper) fits a
-    two-component Gaussian mixture to the standardised scores and reads the
-    quantile off samples of it; standardising first keeps sklearn's covariance
-    floor (1e-6) from swamping scores whose spread is tiny. "quantile" is exact."""
-    r = np.asarray(r, dtype=np.float64)
-    mean, std = r.mean(), r.std()
-    if method == "quantile" or len(r) < 4 or std < 1e-9 * max(1.0, abs(mean)):
-        return float(np.quantile(r, 1 - rho))
-    gmm = GaussianMixture(n_components=2, random_state=seed).fit(((r - mean) / std)[:, None])
-    return float(mean + std * np.quantile(gmm.sample(GMM_SAMPLES)[0][:, 0], 1 - rho))
-
-
-def gather(t: torch.Tensor) -> torch.Tensor:
-    """t concatenated over ranks: the global mini-batch (ranks take equal-sized batches)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return t
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, t.contiguous())
-    return torch.cat(parts)
-
-
-def soft_selection(r: torch.Tensor, rho: float, method: str, seed: int) -> torch.Tensor:
-    """s = sigmoid((r - tau) / T). tau and T are constants of the global
-    mini-batch; T follows the spread of r, so the sigmoid neither saturates
-    (the authors' 1e11 scale, which zeroes SearchNet's gradient) nor flattens."""
-    r_all = gather(r.detach())
-    tau = threshold(r_all.cpu().numpy(), rho, method, seed)
-    temperature = float(r_all.std(correction=0)) * 0.1 + 1e-6
-    return torch.sigmoid((r - tau) / temperature)
-
-
-def losses(ce, fit_pred, s, l_hat, rho: float, sc: SearchConfig) -> dict[str, torch.Tensor]:
-    """FitNet's and SearchNet's losses of one step, each seeing the other's output as a constant.
-
-    FitNet also trains its loss module (it reads detached features, so this
-    does not change the classifier's update): the `lpl` candidate needs it.
-    """
-    count = (s.mean() - rho) ** 2
-    rank = models.loss_ranking(l_hat, ce) if l_hat is not None else ce.new_zeros(())
-    fit_ce = (ce * s.detach()).mean()
-    return dict(fit=fit_ce + models.loss_ranking(fit_pred, ce), fitnet_loss=fit_ce,
-                searchnet_loss=-(ce.detach() * s).mean() + sc.lam * count + sc.gamma * rank,
-                count_reg=count, rank_loss=rank, selected=s.mean())
-
-
-def step(optimizer, loss: torch.Tensor) -> None:
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-
-
-def grad_norm(module: nn.Module) -> float:
-    grads = [p.grad.detach().flatten() for p in module.parameters() if p.grad is not None]
-    return float(torch.cat(grads).norm()) if grads else 0.0
-
-
-# --- one cycle ----------------------------------------------------------------
-
-def split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """L_tr, L_val: a seeded random halving of the labeled rows."""
+def folds(n: int, seed: int, fitnet: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(rows FitNet trains on, rows it scores) per FitNet: a seeded halving of L."""
     perm = np.random.default_rng(seed).permutation(n)
-    return perm[: n // 2], perm[n // 2:]
+    first, second = perm[: n // 2], perm[n // 2:]
+    return [(first, second)] if fitnet == "fresh" else [(first, second), (second, first)]
 
 
-def fit(model, optimizer, x, y, epochs: int, batch_size: int, seed: int, device) -> None:
-    """FitNet on L_tr, trained like the task model (cross-entropy + its loss module's ranking loss)."""
+def fit_fitnet(spec: training.ModelSpec, x: torch.Tensor, y: torch.Tensor, sc: SearchConfig, seed: int, device):
+    """A fresh FitNet trained on (x, y) like the task model (cross-entropy + its loss
+    module's ranking loss, which the `lpl` candidate reads); returns the plain module."""
+    torch.manual_seed(seed)
+    net = spec.build()
+    model = ray.train.torch.prepare_model(net)
+    optimizer = torch.optim.Adam(model.parameters(), lr=sc.lr)
     model.train()
+    epochs = training.epochs_for(len(x), dict(batch_size=sc.batch_size, seed=seed, epochs=sc.fit_epochs,
+                                              min_steps=sc.fit_steps))
     for epoch in range(epochs):
-        for index in training.shard_batches(len(x), batch_size, seed, epoch):
+        for index in training.shard_batches(len(x), sc.batch_size, seed, epoch):
             logits, pred = model(x[index].to(device))
             ce = F.cross_entropy(logits, y[index].to(device), reduction="none")
-            step(optimizer, ce.mean() + models.loss_ranking(pred, ce))
+            optimizer.zero_grad()
+            (ce.mean() + models.loss_ranking(pred, ce)).backward()
+            optimizer.step()
+    return net
 
 
-def candidate_matrix(strategy: AutoAL, spec: training.ModelSpec, fit_net, x: np.ndarray, val: np.ndarray,
-                     tr: np.ndarray, q: int, seed: int, mc_samples: int, gpus: float, device) -> torch.Tensor:
-    """A on L_val [n_val, K], once per cycle: FitNet scores L_val (plus L_tr when a
-    candidate wants the labeled set) in one fused pass; each candidate picks q.
-    On `device`, because NCCL broadcasts only GPU tensors."""
-    rows = np.concatenate([val, tr]) if strategy.needs_labeled else val
-    stats = scoring.score(spec, fit_net.state_dict(), np.arange(len(rows)), x[rows], strategy.needs,
-                          mc_samples=mc_samples, actors=0, gpus=gpus)
-    labeled = stats.take(np.arange(len(val), len(rows))) if strategy.needs_labeled else None
-    a = torch.from_numpy(strategy.candidate_matrix(stats.take(np.arange(len(val))), q, labeled, seed)).to(device)
+def gradient_rows(probs: np.ndarray, embedding: np.ndarray, y: np.ndarray, seed: int):
+    """(align [n], residual [n, C]) of FitNet's last-layer gradients g_i = (p_i - onehot(y_i)) (x) h_i,
+    in units of the held-out gradient's norm. L_val is halved at random; each half's
+    rows are aligned with the mean gradient of the other half, which they are not in."""
+    residual = probs.astype(np.float64) - np.eye(probs.shape[1])[y]
+    h = embedding.astype(np.float64)
+    halves = np.array_split(np.random.default_rng(seed).permutation(len(y)), 2)
+    means = [residual[half].T @ h[half] / len(half) for half in halves]          # [C, D] each
+    scale2 = np.mean([(m ** 2).sum() for m in means]) + 1e-12
+    align = np.empty(len(y))
+    for half, other in zip(halves, means[::-1]):
+        align[half] = np.einsum("ic,cd,id->i", residual[half], other, h[half]) / scale2
+    return align, residual / math.sqrt(scale2)
+
+
+def cycle_rows(strategy: AutoAL, spec, sc: SearchConfig, x: torch.Tensor, y: torch.Tensor, e: torch.Tensor,
+               seed: int, mc_samples: int, gpus: float, device) -> tuple[objective.Rows, float]:
+    """One cycle's search rows (every FitNet's L_val) and FitNets' mean accuracy on them."""
+    parts, correct = [], 0
+    needs = strategy.needs - {"search_weights"} | {"probs", "embedding"}
+    for space, (tr, val) in enumerate(folds(len(x), seed, sc.fitnet)):
+        net = fit_fitnet(spec, x[tr], y[tr], sc, seed + space, device)
+        rows = np.concatenate([val, tr]) if strategy.needs_labeled else val
+        torch.manual_seed(seed)  # MC dropout: every rank draws the same masks
+        stats = scoring.score(spec, net.state_dict(), np.arange(len(rows)), x[rows].numpy(), needs,
+                              mc_samples=mc_samples, actors=0, gpus=gpus)
+        val_stats = stats.take(np.arange(len(val)))
+        labeled = stats.take(np.arange(len(val), len(rows))) if strategy.needs_labeled else None
+        q = min(max(math.ceil(sc.rho * len(val)), 1), len(val))
+        y_val = y[val].numpy()
+        align, residual = gradient_rows(val_stats.probs, val_stats.embedding, y_val, seed + space)
+        ce = -np.log(np.clip(val_stats.probs[np.arange(len(val)), y_val], 1e-12, None))
+        correct += int((val_stats.probs.argmax(1) == y_val).sum())
+        parts.append(objective.Rows(
+            x=x[val], e=e[val], a=torch.from_numpy(strategy.candidate_matrix(val_stats, q, labeled, seed)),
+            ce=torch.tensor(ce, dtype=torch.float32), align=torch.tensor(align, dtype=torch.float32),
+            residual=torch.tensor(residual, dtype=torch.float32), h=torch.from_numpy(val_stats.embedding).float(),
+            space=torch.full((len(val),), space)))
+    rows = objective.Rows.cat(parts)
+    return rows, correct / len(rows)
+
+
+def broadcast(rows: objective.Rows, device) -> objective.Rows:
+    """Rank 0's rows on every rank (on `device`: NCCL broadcasts only GPU tensors)."""
+    rows = rows.to(device)
     if dist.is_available() and dist.is_initialized():
-        dist.broadcast(a, 0)  # MC dropout draws differ per rank: every rank uses rank 0's matrix
-    return a
-
-
-def search_epoch(nets, optimizers, tensors, rho: float, sc: SearchConfig, seed: int, epoch: int,
-                 device) -> list[dict[str, float]]:
-    """One pass of alternating updates over L_val; every tensor is indexed by the same rows."""
-    fit_model, search_model = nets
-    rows = []
-    for i, index in enumerate(training.shard_batches(len(tensors[0]), sc.batch_size, seed, epoch)):
-        xb, yb, eb, ab = (t[index].to(device) for t in tensors)
-        ce, fit_pred, r, l_hat = per_sample(fit_model, search_model, xb, yb, eb, ab)
-        s = soft_selection(r, rho, sc.threshold, seed=seed + 1000 * epoch + i)
-        parts = losses(ce, fit_pred, s, l_hat, rho, sc)
-        step(optimizers[0], parts["fit"])
-        optimizers[1].zero_grad()
-        parts["searchnet_loss"].backward()
-        norm = grad_norm(search_model)
-        optimizers[1].step()
-        rows.append(dict({k: float(parts[k].detach()) for k in TELEMETRY if k != "grad_norm"}, grad_norm=norm))
+        for tensor in (rows.a, rows.ce, rows.align, rows.residual, rows.h):
+            dist.broadcast(tensor, 0)
     return rows
 
 
-def search_loop(config: dict) -> dict | None:
-    """Ray Train loop of one round's search; rank 0 returns both nets' states and telemetry.
+def gather(t: torch.Tensor) -> torch.Tensor:
+    """t over every rank's equal-sized batch, this rank's part keeping its gradient."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return t
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.detach().contiguous())
+    parts[dist.get_rank()] = t
+    return torch.cat(parts)
 
-    Telemetry is the mean over the steps of the last search epoch of the last cycle.
-    """
+
+def search_terms(model, alpha, rows: objective.Rows, sc: SearchConfig, seed: int, gather_fn=gather):
+    logits, l_hat = model(rows.x, rows.e)
+    return objective.terms(logits, alpha, l_hat, rows, rho=sc.rho, kind=sc.reward, eta=sc.eta, lam=sc.lam,
+                           gamma=sc.gamma, method=sc.threshold, seed=seed, gather=gather_fn)
+
+
+def search_loop(config: dict) -> dict | None:
+    """Ray Train loop of one round's search; rank 0 returns SearchNet's state and telemetry:
+    the mean of each term over the last epoch's steps, and the selection and rank
+    gradient norms on the whole of the last cycle's rows."""
     sc, spec, seed = config["search"], config["spec"], config["seed"]
-    x_np, y_np, e_np = ray.get(config["data"])
-    x, y, e = torch.tensor(x_np), torch.tensor(y_np), torch.tensor(e_np)  # copies: object-store arrays are read-only
-    torch.manual_seed(seed)
+    x, y, e = (torch.tensor(a) for a in ray.get(config["data"]))   # copies: object-store arrays are read-only
     device = ray.train.torch.get_device()
-    fit_net, search_net = spec.build(), SearchNet(spec, len(sc.candidates), sc.backbone, sc.loss_module,
-                                                  e.shape[1])
-    for net, state in ((fit_net, config["fit_state"]), (search_net, config["search_state"])):
-        if state is not None:
-            net.load_state_dict(state)
-    nets = (ray.train.torch.prepare_model(fit_net), ray.train.torch.prepare_model(search_net))
-    strategy, rho = AutoAL(sc.candidates), config["rho"]
-    rows = []
+    torch.manual_seed(seed)
+    net = SearchNet(spec, len(sc.candidates), sc.backbone, sc.loss_module, e.shape[1])
+    if config["search_state"] is not None:
+        net.load_state_dict(config["search_state"])
+    model = ray.train.torch.prepare_model(net)
+    strategy, steps = AutoAL(sc.candidates), []
     for cycle_seed in np.random.default_rng(seed).integers(2**31, size=config["cycles"]).tolist():
-        optimizers = (torch.optim.Adam(nets[0].parameters(), lr=sc.lr),
-                      torch.optim.Adam(nets[1].parameters(), lr=sc.lr))
-        tr, val = split(len(x), cycle_seed)
-        fit(nets[0], optimizers[0], x[tr], y[tr], sc.fit_epochs, sc.batch_size, cycle_seed, device)
-        q = min(max(math.ceil(rho * len(val)), 1), len(val))
-        a = candidate_matrix(strategy, spec, fit_net, x_np, val, tr, q, cycle_seed, config["mc_samples"],
-                             config["gpus"], device)
+        rows, accuracy = cycle_rows(strategy, spec, sc, x, y, e, cycle_seed, config["mc_samples"],
+                                    config["gpus"], device)
+        rows = broadcast(rows, device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=sc.lr)
         for epoch in range(sc.search_epochs):
-            rows = search_epoch(nets, optimizers, (x[val], y[val], e[val], a), rho, sc, cycle_seed, epoch, device)
+            model.train()
+            steps = []
+            for i, index in enumerate(training.shard_batches(len(rows), sc.batch_size, cycle_seed, epoch)):
+                parts = search_terms(model, net.alpha, rows.take(index.to(device)), sc, cycle_seed + 1000 * epoch + i)
+                optimizer.zero_grad()
+                (parts["selection"] + parts["rank"]).backward()
+                optimizer.step()
+                steps.append({k: float(parts[k].detach()) for k in objective.TELEMETRY})
     if ray.train.get_context().get_world_rank() != 0:
         return None
-    telemetry = {k: float(np.mean([r[k] for r in rows])) if rows else float("nan") for k in TELEMETRY}
-    return dict(fit_state=training.portable_state(fit_net), search_state=training.portable_state(search_net),
-                telemetry=telemetry)
+    net.eval()
+    norms = objective.gradient_norms(net, search_terms(net, net.alpha, rows, sc, seed, gather_fn=lambda t: t))
+    telemetry = {k: float(np.mean([s[k] for s in steps])) if steps else float("nan") for k in objective.TELEMETRY}
+    return dict(search_state=training.portable_state(net),
+                telemetry=dict(telemetry, **norms, fitnet_accuracy=accuracy, val_rows=len(rows)))
 
 
-# --- the round hook -----------------------------------------------------------
+# --- the round hooks -------------------------------------------------------------
 
 @hooks.register("autoal")
 class AutoALHook(hooks.RoundHook):
-    """Runs the search before each query and keeps FitNet and SearchNet warm across rounds."""
+    """Runs the search before each query; keeps SearchNet warm across rounds."""
 
     def __init__(self, cfg: ExperimentConfig):
-        super().__init__(cfg, get("autoal", candidates=cfg.search.candidates))
-        hooked = [c.name for c in self.strategy.candidates if not c.needs <= set(scoring.POOL_FIELDS)]
-        if hooked:
-            raise AutoALError(f"bad config: search.candidates {', '.join(hooked)} need statistics that only their "
-                              f"own round hooks provide; candidates use {', '.join(scoring.POOL_FIELDS)}")
+        sc = cfg.search
+        super().__init__(cfg, scored_candidates(get("autoal", candidates=sc.candidates, hard=sc.hard)))
         need = MIN_PER_WORKER * max(cfg.workers, 1)
         if cfg.initial < need:
             raise AutoALError(f"bad config: autoal splits the labeled set in halves over {max(cfg.workers, 1)} "
                               f"worker(s); initial must be >= {need}")
-        self.fit_state: dict | None = None
         self.search_state: dict | None = None
         self.rounds = 0                       # rounds searched so far: the first gets cycles_first
         self.telemetry: dict[str, float] = {}
@@ -259,14 +192,13 @@ class AutoALHook(hooks.RoundHook):
         sc, t0 = self.cfg.search, time.perf_counter()
         embedding = task_embedding(ctx) if not sc.backbone else np.zeros((len(ctx.labeled_x), 0), np.float32)
         cycles = sc.cycles_first if self.rounds == 0 else sc.cycles
-        config = dict(spec=ctx.spec, search=sc, seed=ctx.rng_seed, rho=ctx.k / len(ctx.unlabeled_ids),
-                      cycles=cycles, mc_samples=self.cfg.mc_samples, gpus=self.cfg.gpus,
-                      fit_state=self.fit_state, search_state=self.search_state,
+        config = dict(spec=ctx.spec, search=sc, seed=ctx.rng_seed, cycles=cycles, mc_samples=self.cfg.mc_samples,
+                      gpus=self.cfg.gpus, search_state=self.search_state,
                       data=ray.put((np.asarray(ctx.labeled_x, np.float32), np.asarray(ctx.labeled_y, np.int64),
                                     embedding)))
         out = training.run_on_ray_train(search_loop, config, self.cfg.workers, self.cfg.gpus,
                                         name=f"autoal-search-s{ctx.seed}-r{ctx.round}")
-        self.fit_state, self.search_state = (training.torch_state(out[k]) for k in ("fit_state", "search_state"))
+        self.search_state = training.torch_state(out["search_state"])
         self.rounds += 1
         self.telemetry = dict(out["telemetry"], cycles=cycles, search_s=time.perf_counter() - t0)
         build = functools.partial(SearchScorer, ctx.spec, len(sc.candidates), sc.backbone, sc.loss_module,
@@ -275,18 +207,35 @@ class AutoALHook(hooks.RoundHook):
 
     def after_select(self, ctx: hooks.RoundContext, stats: PoolStats, picks: np.ndarray,
                      labels: np.ndarray) -> dict[str, list[dict]]:
-        """Each candidate's mean weight over the pool and over the picked batch (the paper's Fig. 5)."""
-        w = stats.search_weights
-        batch = w[np.isin(stats.ids, picks)]
-        weights = [dict(candidate=name, weight_pool=float(w[:, j].mean()), weight_batch=float(batch[:, j].mean()))
+        """Each candidate's mean mixture weight over the pool and over the batch (the paper's
+        Fig. 5), and how much of the batch the unweighted vote count would have picked too."""
+        pi = stats.search_weights
+        batch = pi[np.isin(stats.ids, picks)]
+        weights = [dict(candidate=name, weight_pool=float(pi[:, j].mean()), weight_batch=float(batch[:, j].mean()))
                    for j, name in enumerate(self.strategy.candidate_names)]
-        return {"strategy_weights": weights, "search": [dict(self.telemetry)]}
+        overlap = len(np.intersect1d(picks, self.strategy.last["vote"])) / len(picks)
+        return {"strategy_weights": weights, "search": [dict(self.telemetry, vote_overlap=overlap)]}
 
     def state_dict(self) -> dict:
-        return {"fit": self.fit_state, "search": self.search_state, "rounds": self.rounds}
+        return {"search": self.search_state, "rounds": self.rounds}
 
     def load_state_dict(self, state: dict) -> None:
-        self.fit_state, self.search_state, self.rounds = state["fit"], state["search"], state["rounds"]
+        self.search_state, self.rounds = state["search"], state["rounds"]
+
+
+@hooks.register("vote")
+def vote_hook(cfg: ExperimentConfig) -> hooks.RoundHook:
+    """`vote` counts the votes of AutoAL's configured candidates."""
+    return hooks.RoundHook(cfg, scored_candidates(get("vote", candidates=cfg.search.candidates)))
+
+
+def scored_candidates(strategy: AutoAL) -> AutoAL:
+    """`strategy`, if the fused pass alone serves every candidate (no hook runs for a candidate)."""
+    hooked = [c.name for c in strategy.candidates if not c.needs <= set(scoring.POOL_FIELDS)]
+    if hooked:
+        raise AutoALError(f"bad config: search.candidates {', '.join(hooked)} need statistics that only their "
+                          f"own round hooks provide; candidates use {', '.join(scoring.POOL_FIELDS)}")
+    return strategy
 
 
 def task_embedding(ctx: hooks.RoundContext) -> np.ndarray:

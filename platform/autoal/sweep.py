@@ -49,9 +49,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy  # n
 from autoal import config, datasets, metrics, plots, runtime  # noqa: E402
 from autoal.errors import AutoALError  # noqa: E402
 from autoal.store import ExperimentDir, atomic_write, parquet_bytes  # noqa: E402
-
-# The paper's nested candidate pools (section 4.3): size n is the first n names.
-PAPER_CANDIDATES = ("entropy", "margin", "least_confidence", "kmeans", "bald", "var_ratio", "mean_std")
+from autoal.strategies.autoal import CANDIDATES as PAPER_CANDIDATES  # noqa: E402  (size n: the first n)
 SPEC_FILE = "sweep.yaml"
 SPEC_KEYS = ("name", "base", "axes", "resources", "scheduler", "max_concurrent_trials", "num_samples")
 # Keys that change how a sweep executes, not what it computes: they may differ on resume.
