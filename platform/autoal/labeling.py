@@ -222,7 +222,7 @@ class LabelProject:
             raise AutoALError(f"nothing left to ask: all {len(self.pool)} samples are labeled or queried")
         k = min(k, len(unasked))
         runtime.init_ray()
-        experiment = Experiment(cfg, known, known.subset("test"), self.model_spec, self.store, log)
+        experiment = Experiment(replace(cfg, batch=k), known, known.subset("test"), self.model_spec, self.store, log)
         labeled = self.trainable()
         rows = known.rows(labeled)
         result = dict(dataset=cfg.dataset, strategy=RUN, seed=seed, round=round_, n_labeled=len(rows),
@@ -244,6 +244,9 @@ class LabelProject:
         files = label_files.write_round(self.root / "queries", round_ + 1, batch_frame,
                                         self.pool.x[at] if self.pool.is_image else None)
         self.store.append_result(result)
+        log(f"round {round_}: trained on {len(rows)} labels, accuracy {result['accuracy']:.4f}"
+            f"{' (estimate)' if result['accuracy_estimated'] else ''}; asked {len(picks)} queries by "
+            f"{result['query_strategy']}")
         self.store.append_rows("queries", [dict(strategy=RUN, seed=seed, round=round_ + 1, id=int(i),
                                                 query_strategy=result["query_strategy"], predicted=p,
                                                 confidence=float(c))
@@ -342,11 +345,12 @@ class LabelProject:
     def status(self) -> str:
         from autoal import plots
 
+        open_by_round = self.open_queries().groupby("round").size()
         lines = [f"project {self.root}: pool {self.spec.pool} ({len(self.pool)} samples), "
                  f"test split {len(self.test[1]) or 'none'}",
                  "labels: " + ", ".join(f"{k} {v}" for k, v in self.counts().items()),
-                 f"rounds asked: {self.committed}; open queries: {len(self.open_queries())}"
-                 + "".join(f" (round {r}: {n})" for r, n in self.open_queries().groupby("round").size().items())]
+                 f"rounds asked: {self.committed}; open queries: {open_by_round.sum()}"
+                 + "".join(f", {n} of round {r}" for r, n in open_by_round.items())]
         results = self.store.results
         measured = results[results["accuracy"].notna()] if len(results) else results
         if not len(measured):
