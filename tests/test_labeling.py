@@ -3,7 +3,6 @@
 The pool is a real folder of PNG and JPEG files written from scikit-learn's
 digits (classes 0, 1, 2): three per class in class folders, the rest loose.
 """
-import hashlib
 import json
 import os
 import shutil
@@ -20,10 +19,12 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
+import test_cli
 from autoal import cli, datasets, images, store
 from autoal.labeling import LabelProject
 from autoal.pool import UNLABELED, from_arrays, read_parquet, write_parquet
 from autoal.training import ModelSpec
+from test_cli import fingerprint
 
 CLASSES = ("zero", "one", "two")
 CONFIG = "epochs: 5\nmin_steps: 40\nbatch: 10\nactors: 0\nmc_samples: 3\n"
@@ -44,16 +45,8 @@ def write_digit_folder(root: Path, n: int = 90, seeds_per_class: int = 3) -> dic
     return truth
 
 
-def fingerprint(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 def fails(capsys, argv, message):
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err
-    assert message in err and err.startswith("autoal: error:") and err.count("\n") == 1, err
-    return err
+    assert message in test_cli.fails(capsys, argv, message).splitlines()[0]
 
 
 def true_label(truth: dict, pool_root: Path, source: str) -> str:
@@ -310,5 +303,6 @@ def test_class_folders_alone_are_a_labeled_dataset(tmp_path):
     truth = write_digit_folder(tmp_path / "digits", n=12, seeds_per_class=4)
     pool = datasets.load(f"images:{tmp_path / 'digits'}@8", "unused")
     assert pool.classes == 3 and pool.shape == (1, 8, 8) and len(pool) == len(truth)
-    expected = {images.stable_id(rel): CLASSES.index(c) if "/" in rel else UNLABELED for rel, c in truth.items()}
+    expected = {images.stable_id(rel): sorted(CLASSES).index(c) if "/" in rel else UNLABELED  # folders, sorted
+                for rel, c in truth.items()}
     assert [expected[i] for i in pool.ids] == list(pool.y) and set(pool.y) == {UNLABELED, 0, 1, 2}

@@ -83,7 +83,8 @@ def _guess(row) -> str:
 def contact_sheet(rows: list, thumbs: list[str], title: str) -> str:
     cards = "\n".join(
         f'<figure><img src="{thumb}" alt="{row.id}"><figcaption><b>{row.id}</b><br>'
-        f"{html.escape(Path(row.source).name if row.source else '')}<br>{html.escape(_guess(row))}</figcaption></figure>"
+        f"{html.escape(Path(row.source).name if row.source else '')}<br>{html.escape(_guess(row))}"
+        "</figcaption></figure>"
         for row, thumb in zip(rows, thumbs))
     style = ("body{font-family:sans-serif}figure{display:inline-block;margin:6px;width:140px;vertical-align:top}"
              "img{width:128px;height:128px;object-fit:contain;image-rendering:pixelated;background:#eee}"
@@ -160,3 +161,38 @@ def _label_studio_answer(annotations: list) -> str:
             if result.get("type") == "choices" and choices:
                 return str(choices[0]).strip()
     return SKIP if any(a.get("was_cancelled") for a in annotations) else ""
+
+
+def new_answers(path: Path, answers: pd.DataFrame, queries: pd.DataFrame, answered: pd.DataFrame,
+                codes: dict[str, int]) -> pd.DataFrame:
+    """(id, label) of the answers in `path` to append: each answers a query, once, with a known label.
+
+    An answer already in the ledger (`answered`) with the same label is passed over, so a
+    CSV filled further can be imported again; a changed answer is an error, as is a
+    file with nothing new (a round imported twice)."""
+    if not len(answers):
+        raise AutoALError(f"{path} holds no answers: fill the label column with a class, {SKIP} or {OOD_ANSWER}")
+    twice = answers["id"][answers["id"].duplicated()]
+    if len(twice):
+        raise AutoALError(f"{path} answers id {twice.iloc[0]} more than once")
+    unknown = answers[~answers["id"].isin(queries["id"])]
+    if len(unknown):
+        raise AutoALError(f"{path} answers {len(unknown)} ids that were never queried "
+                          f"(e.g. {', '.join(map(str, unknown['id'][:3]))})")
+    bad = answers[~answers["answer"].isin(list(codes))]
+    if len(bad):
+        raise AutoALError(f"{path}: label {bad['answer'].iloc[0]!r} (id {bad['id'].iloc[0]}) is not one of the "
+                          f"classes {', '.join(c for c in codes if c not in (SKIP, OOD_ANSWER))} (or {SKIP}, "
+                          f"{OOD_ANSWER}); {len(bad)} such rows")
+    answers = answers.assign(label=answers["answer"].map(codes).astype("int64"))
+    before = answers.merge(answered[["id", "label"]], on="id", suffixes=("", "_before"))
+    changed = before[before["label"] != before["label_before"]]
+    if len(changed):
+        raise AutoALError(f"{path}: id {changed['id'].iloc[0]} was already answered differently; "
+                          "an answer in the ledger is never changed")
+    new = answers[~answers["id"].isin(answered["id"])]
+    if not len(new):
+        rounds = sorted(set(queries[queries["id"].isin(answers["id"])]["round"]))
+        raise AutoALError(f"every answer in {path} was already imported (round {', '.join(map(str, rounds))}); "
+                          "fill the queries of a newer round")
+    return new[["id", "label"]]

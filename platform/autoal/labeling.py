@@ -6,7 +6,7 @@ the append-only ledger, results, strategy state) plus
   queries.parquet              every query asked: round, id, strategy, predicted, confidence
   queries/round-NNN.csv|html|json   each batch, for the person and for Label Studio
   queries/label-studio.xml     the Label Studio labeling config
-  models/round-NNN.pt          the task model that chose round NNN (state dict)
+  state/task-model/seed<s>/round<N>.pt   the task model that chose round N's queries (state dict)
 Labels the pool already carries (class folders, labeled Parquet rows) are
 seeds read from the pool; the ledger holds the person's answers, each under
 the round of its query (a skip is label -2, out-of-distribution -1).
@@ -20,11 +20,7 @@ as it was before the command.
 """
 from __future__ import annotations
 
-import io
-import os
 import re
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -32,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import ray
-import torch
 import yaml
 
 from autoal import config, datasets, images, label_files, models, runtime, scoring, training
@@ -41,7 +36,8 @@ from autoal.experiment import Experiment, derive_seed, hook, initial_pool
 from autoal.pool import OOD, UNLABELED, Pool, write_parquet
 from autoal.store import ExperimentDir, atomic_write, parquet_bytes
 
-ROUND_FILE = re.compile(r"round-?(\d+)$")  # queries/round-NNN.*, models/round-NNN.pt, state/.../roundN.pt
+ROUND_FILE = re.compile(r"round-?(\d+)$")  # queries/round-NNN.*, state/.../roundN.pt
+MODEL = "task-model"  # store state key of each round's task model: state/task-model/seed<s>/round<r>.pt
 RUN = "label"  # the ledger's and results' `strategy` key: one run, whatever strategy asks each round
 PROTECTED_TABLES = ("ledger", "queries")  # tables whose rows a rollback never touches
 
@@ -270,9 +266,7 @@ class LabelProject:
         state = round_hook.state_dict()
         if state is not None:
             self.store.save_state(name, seed, round_ + 1, state)
-        models_dir = self.root / "models"
-        models_dir.mkdir(exist_ok=True)
-        atomic_write(models_dir / f"round-{round_ + 1:03d}.pt", _torch_bytes(fit.state))
+        self.store.save_state(MODEL, seed, round_ + 1, fit.state)
         probs = scoring.score(self.model_spec, fit.state, picks, x[experiment.train.rows(picks)],
                               frozenset({"probs"}), mc_samples=self.cfg.mc_samples, actors=0).probs
         return picks, np.asarray(self.spec.classes)[probs.argmax(1)], probs.max(1)
@@ -298,34 +292,9 @@ class LabelProject:
     def import_answers(self, path: str | Path) -> str:
         """Check a file of answers against the open queries, then append them to the ledger at once."""
         answers = label_files.read_answers(path)
-        if not len(answers):
-            raise AutoALError(f"{path} holds no answers: fill the label column with a class, "
-                              f"{label_files.SKIP} or {label_files.OOD_ANSWER}")
-        twice = answers["id"][answers["id"].duplicated()]
-        if len(twice):
-            raise AutoALError(f"{path} answers id {twice.iloc[0]} more than once")
-        unknown = answers[~answers["id"].isin(self.queries["id"])]
-        if len(unknown):
-            raise AutoALError(f"{path} answers {len(unknown)} ids that were never queried "
-                              f"(e.g. {', '.join(map(str, unknown['id'][:3]))})")
         codes = {name: i for i, name in enumerate(self.spec.classes)}
-        codes.update({label_files.SKIP: UNLABELED, label_files.OOD_ANSWER: OOD})
-        bad = answers[~answers["answer"].isin(list(codes))]
-        if len(bad):
-            raise AutoALError(f"{path}: label {bad['answer'].iloc[0]!r} (id {bad['id'].iloc[0]}) is not one of "
-                              f"the classes {', '.join(self.spec.classes)} (or {label_files.SKIP}, "
-                              f"{label_files.OOD_ANSWER}); {len(bad)} such rows")
-        answers = answers.assign(label=answers["answer"].map(codes).astype("int64"))
-        before = answers.merge(self.answers[["id", "label"]], on="id", suffixes=("", "_before"))
-        changed = before[before["label"] != before["label_before"]]
-        if len(changed):
-            raise AutoALError(f"{path}: id {changed['id'].iloc[0]} was already answered differently; "
-                              "an answer in the ledger is never changed")
-        new = answers[~answers["id"].isin(self.answers["id"])]
-        if not len(new):
-            rounds = sorted(set(self.queries[self.queries["id"].isin(answers["id"])]["round"]))
-            raise AutoALError(f"every answer in {path} was already imported (round {', '.join(map(str, rounds))} "
-                              "is answered); fill the queries of a newer round")
+        new = label_files.new_answers(path, answers, self.queries, self.answers,
+                                      {**codes, label_files.SKIP: UNLABELED, label_files.OOD_ANSWER: OOD})
         round_of = self.queries.drop_duplicates("id", keep="last").set_index("id")["round"]
         self.store.append_ledger(pd.DataFrame({"strategy": RUN, "seed": self.seed,
                                                "round": new["id"].map(round_of).to_numpy(np.int64),
@@ -376,26 +345,13 @@ class LabelProject:
         pool = Pool(self.pool.name, np.concatenate([self.pool.ids[keep], np.arange(start, start + len(test_y))]),
                     np.concatenate([self.pool.x[keep], test_x]), np.concatenate([self.known[keep], test_y]),
                     np.array(["train"] * int(keep.sum()) + ["test"] * len(test_y)), self.pool.classes)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
-            write_parquet(pool, tmp / "pool")
-            latest = sorted((self.root / "models").glob("round-*.pt"))
-            if latest:
-                shutil.copyfile(latest[-1], tmp / "model.pt")
-            atomic_write(tmp / "model.yaml", yaml.safe_dump(dict(
-                asdict(self.model_spec), shape=list(self.model_spec.shape), class_names=list(self.spec.classes),
-                state=latest[-1].name if latest else None), sort_keys=False).encode())
-            if out.exists():
-                out.rmdir()
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        write_parquet(pool, out / "pool")
+        latest = sorted(self.store.state_path(MODEL, self.seed, 0).parent.glob("round*.pt"),
+                        key=lambda p: int(ROUND_FILE.match(p.stem)[1]))
+        if latest:
+            atomic_write(out / "model.pt", latest[-1].read_bytes())
+        atomic_write(out / "model.yaml", yaml.safe_dump(dict(
+            asdict(self.model_spec), shape=list(self.model_spec.shape), class_names=list(self.spec.classes),
+            round=int(ROUND_FILE.match(latest[-1].stem)[1]) if latest else None), sort_keys=False).encode())
         return out
 
-
-def _torch_bytes(state: dict) -> bytes:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    return buf.getvalue()
