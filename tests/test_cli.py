@@ -114,7 +114,7 @@ def test_console_script_exits_2_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["autoal: error: unknown data source 'nosuch' in 'nosuch'; "
                                                 "known sources: digits, cifar10, cifar100, svhn, medmnist, "
-                                                "parquet, synthetic"]
+                                                "parquet, images, synthetic"]
 
 
 def test_listing_commands(capsys):

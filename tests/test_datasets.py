@@ -64,7 +64,7 @@ def write_medmnist(path, size=28, channels=1, classes=2, n=(6, 3, 4), drop=(), l
 
 def test_sources_lists_every_loader_with_one_line():
     listed = dict(datasets.sources())
-    assert set(listed) == {"digits", "cifar10", "cifar100", "svhn", "medmnist", "parquet", "synthetic"}
+    assert set(listed) == {"digits", "cifar10", "cifar100", "svhn", "medmnist", "parquet", "images", "synthetic"}
     assert all(desc and "\n" not in desc for desc in listed.values())
 
 

@@ -1,4 +1,4 @@
-"""`autoal`: run experiments, sweeps and reports; list strategies and datasets; prepare pools.
+"""`autoal`: run experiments, sweeps and reports; label data; list strategies and datasets; prepare pools.
 
 User errors (AutoALError) print one line and exit 2, never a traceback.
 """
@@ -71,6 +71,74 @@ def _sweep(args) -> None:
     print(f"sweep results in {out}")
 
 
+def _label_init(args) -> None:
+    from autoal.labeling import LabelProject
+
+    project = LabelProject.create(args.dir, args.pool, args.classes, test=args.test, config_path=args.config,
+                                  strategy=args.strategy, cv_folds=args.cv_folds)
+    print(project.status())
+    print(f"next: autoal label next {args.dir}")
+
+
+def _label_next(args) -> None:
+    from autoal.labeling import LabelProject
+
+    files = LabelProject.open(args.dir).next(batch=args.batch, strategy=args.strategy,
+                                             log=lambda line: print(line, flush=True))
+    print("queries: " + "  ".join(map(str, files)))
+    print(f"fill the label column of {files[0]}, then: autoal label import {args.dir} {files[0]}")
+
+
+def _label_import(args) -> None:
+    from autoal.labeling import LabelProject
+
+    print(LabelProject.open(args.dir).import_answers(args.file))
+
+
+def _label_status(args) -> None:
+    from autoal.labeling import LabelProject
+
+    print(LabelProject.open(args.dir).status())
+
+
+def _label_export(args) -> None:
+    from autoal.labeling import LabelProject
+
+    print(f"labeled pool and latest model in {LabelProject.open(args.dir).export(args.out)}")
+
+
+def _label_parser(sub) -> None:
+    """`autoal label init|next|import|status|export`: a person answers the queries."""
+    label = sub.add_parser("label", help="label your own data: a person answers each round's queries")
+    commands = label.add_subparsers(dest="label_command", required=True)
+    init = commands.add_parser("init", help="start a labeling project on a pool")
+    init.add_argument("dir", help="the project directory (new or empty)")
+    init.add_argument("--pool", required=True, help="images:<dir>[@<size>], parquet:<dir>, or any dataset spec")
+    init.add_argument("--classes", required=True, help="class names, comma-separated (class folders use them)")
+    init.add_argument("--test", help="a fully labeled pool to measure accuracy on (default: cross-validation)")
+    init.add_argument("--config", help="YAML experiment config: model, epochs, batch, actors, workers, ...")
+    init.add_argument("--strategy", default="entropy", help="query strategy (see `autoal strategies`)")
+    init.add_argument("--cv-folds", type=int, default=3,
+                      help="without --test, estimate accuracy by k-fold cross-validation (0: no estimate)")
+    init.set_defaults(func=_label_init)
+    nxt = commands.add_parser("next", help="train on the labels so far and write the next batch of queries")
+    nxt.add_argument("dir")
+    nxt.add_argument("--batch", type=int, help="queries in this batch (default: the config's batch)")
+    nxt.add_argument("--strategy", help="query strategy for this batch (default: the project's)")
+    nxt.set_defaults(func=_label_next)
+    imp = commands.add_parser("import", help="import answers: the filled queries CSV or a Label Studio export")
+    imp.add_argument("dir")
+    imp.add_argument("file")
+    imp.set_defaults(func=_label_import)
+    status = commands.add_parser("status", help="labels per class, rounds, open queries, accuracy, curve")
+    status.add_argument("dir")
+    status.set_defaults(func=_label_status)
+    export = commands.add_parser("export", help="write the labeled set as a Parquet pool, plus the latest model")
+    export.add_argument("dir")
+    export.add_argument("out")
+    export.set_defaults(func=_label_export)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="autoal", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -115,6 +183,7 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", help="sweep directory (default: runs/<spec name>)")
     sw.add_argument("--storage", help="Tune storage path or URI (default: <out>/tune)")
     sw.set_defaults(func=_sweep)
+    _label_parser(sub)
     return p
 
 

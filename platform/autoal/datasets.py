@@ -1,7 +1,7 @@
 """Pool sources: a registry from a spec `name[:arg]` to a loader returning a Pool.
 
 Specs: `digits`, `cifar10`, `cifar100`, `svhn`, `medmnist:<flag>[@<size>]`,
-`parquet:<dir>`, `synthetic[:<n>]`. Every problem with the user's data (missing
+`parquet:<dir>`, `images:<dir>[@<size>]`, `synthetic[:<n>]`. Every problem with the user's data (missing
 or damaged files, bad specs) becomes an AutoALError naming the file or the
 valid options. Heavy libraries (torchvision, medmnist, scipy) are imported
 inside the loaders that need them, so listing sources stays instant.
@@ -305,6 +305,14 @@ def _parquet(arg: str | None, root: Path, download: bool) -> Pool:
     if not arg:
         raise AutoALError("parquet needs a directory: parquet:<dir>")
     return read_parquet(Path(arg).expanduser())
+
+
+@_source("images", "images:<dir>[@<size>]: image files, in <dir>/<class>/ subfolders (labels) or loose "
+                   "(unlabeled, for `autoal label`)")
+def _images(arg: str | None, root: Path, download: bool) -> Pool:
+    from autoal.images import read_folder
+
+    return read_folder(arg)[0]
 
 
 @_source("synthetic", "synthetic[:<n>]: n (default 2000) generated 16-d Gaussian-cluster vectors, 4 classes")

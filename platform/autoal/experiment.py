@@ -21,7 +21,7 @@ from autoal import search  # noqa: F401  (registers the autoal round hook)
 from autoal import adversarial, baselines  # noqa: F401  (register the baselines' round hooks)
 from autoal.config import ExperimentConfig
 from autoal.errors import AutoALError
-from autoal.pool import OOD, Pool, with_ood_classes
+from autoal.pool import OOD, UNLABELED, Pool, with_ood_classes
 from autoal.store import ExperimentDir
 from autoal.strategies import PoolStats, get
 
@@ -58,7 +58,12 @@ class Experiment:
         """Validate everything that can be wrong before touching `out`."""
         for name in cfg.strategies:
             hook(name, cfg)
-        pool = with_ood_classes(datasets.load(cfg.dataset, cfg.data_root, download=download), cfg.ood_classes)
+        pool = datasets.load(cfg.dataset, cfg.data_root, download=download)
+        unknown = int((pool.y == UNLABELED).sum())
+        if unknown:
+            raise AutoALError(f"dataset {cfg.dataset!r} has {unknown} samples without a label, and `autoal run` "
+                              "simulates the oracle from known labels; label them with `autoal label`")
+        pool = with_ood_classes(pool, cfg.ood_classes)
         train, test = pool.subset("train"), pool.subset("test")
         if not len(test):
             raise AutoALError(f"dataset {cfg.dataset!r} has no test split to evaluate on")
@@ -97,11 +102,7 @@ class Experiment:
         for round_ in range(start, cfg.rounds + 1):
             t0 = time.perf_counter()
             rows = self.trainable_rows(labeled)
-            fit = training.fit(self.spec, (self.train.x[rows], self.train.y[rows]), self.test_ref,
-                               seed=derive_seed(seed, round_, 1), epochs=cfg.epochs, lr=cfg.lr,
-                               weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
-                               min_steps=cfg.min_steps, workers=cfg.workers, gpus=cfg.gpus,
-                               name=f"{name}-s{seed}-r{round_}")
+            fit = self.fit(rows, self.test_ref, seed, round_, name=f"{name}-s{seed}-r{round_}")
             result = dict(dataset=cfg.dataset, strategy=name, seed=seed, round=round_, n_labeled=len(labeled),
                           ood_queries=int((self.train.y[self.train.rows(labeled[cfg.initial:])] == OOD).sum()),
                           accuracy=fit.accuracy, train_loss=fit.train_loss,
@@ -119,6 +120,14 @@ class Experiment:
             self.log(f"[{name} seed={seed}] round {round_}/{cfg.rounds}: {result['n_labeled']} labeled, "
                      f"accuracy {fit.accuracy:.4f} (train {result['train_s']:.1f}s, "
                      f"score {result['score_s']:.1f}s, select {result['select_s']:.2f}s)")
+
+    def fit(self, rows: np.ndarray, test_ref, seed: int, round_: int, name: str) -> training.FitResult:
+        """Train this round's task model on the train pool's `rows`; its accuracy is on `test_ref` = (x, y)."""
+        cfg = self.cfg
+        return training.fit(self.spec, (self.train.x[rows], self.train.y[rows]), test_ref,
+                            seed=derive_seed(seed, round_, 1), epochs=cfg.epochs, lr=cfg.lr,
+                            weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, min_steps=cfg.min_steps,
+                            workers=cfg.workers, gpus=cfg.gpus, name=name)
 
     def query(self, name: str, round_hook: hooks.RoundHook, task_state: dict, labeled: np.ndarray,
               rows: np.ndarray, seed: int, round_: int, result: dict) -> np.ndarray:
@@ -149,9 +158,9 @@ class Experiment:
         return picks
 
     def trainable_rows(self, labeled: np.ndarray) -> np.ndarray:
-        """Rows of the labeled ids to train on: an out-of-distribution answer never is a training label."""
+        """Rows of the labeled ids to train on: an out-of-distribution or skipped answer never is a training label."""
         rows = self.train.rows(labeled)
-        return rows[self.train.y[rows] != OOD]
+        return rows[self.train.y[rows] >= 0]
 
     def ledger_rows(self, name: str, seed: int, round_: int, ids: np.ndarray) -> pd.DataFrame:
         """The simulated oracle: reveal the hidden labels of the queried ids."""

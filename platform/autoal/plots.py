@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def curves(results: pd.DataFrame, path: Path, title: str = "") -> Path:
+def curves(results: pd.DataFrame, path: Path, title: str = "", ylabel: str = "test accuracy") -> Path:
     """Accuracy vs labeled samples: mean over seeds, band of one std, one line per strategy."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for strategy, rows in sorted(results.groupby("strategy"), key=lambda kv: kv[0]):
@@ -19,7 +19,7 @@ def curves(results: pd.DataFrame, path: Path, title: str = "") -> Path:
         ax.plot(stats.index, stats["mean"], marker=".", label=strategy)
         ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.15)
     ax.set_xlabel("labeled samples")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

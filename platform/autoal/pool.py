@@ -2,7 +2,8 @@
 
 Parquet pool format (one directory of `part-*.parquet` shards):
   id int64, x list<float32> (flattened features), y int64 (-1: out of
-  distribution, train split only), split string ("train" / "test"); schema
+  distribution; null: unknown, for pools a person labels; both in the train
+  split only), split string ("train" / "test"); schema
   metadata: `shape` (JSON list, per-sample shape, e.g. [1, 28, 28]),
   `classes` (number of classes), `name`.
 """
@@ -23,6 +24,7 @@ from autoal.errors import AutoALError
 
 SPLITS = ("train", "test")
 OOD = -1  # the label of an out-of-distribution sample: the oracle's "none of the classes"
+UNLABELED = -2  # the label is unknown (null in Parquet): nobody has answered for this sample yet
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,11 +50,12 @@ class Pool:
             raise AutoALError(f"pool {self.name!r}: {bad} samples have NaN or infinite features")
         if self.classes < 2:
             raise AutoALError(f"pool {self.name!r}: needs at least 2 classes, has {self.classes}")
-        out = (self.y < OOD) | (self.y >= self.classes) | ((self.y == OOD) & (self.split != "train"))
+        out = (self.y < UNLABELED) | (self.y >= self.classes) | ((self.y < 0) & (self.split != "train"))
         if out.any():
             raise AutoALError(
                 f"pool {self.name!r}: {int(out.sum())} labels outside 0..{self.classes - 1} "
-                f"(e.g. {int(self.y[out][0])}; {OOD} marks out-of-distribution samples, in the train split only)")
+                f"(e.g. {int(self.y[out][0])}; {OOD} marks out-of-distribution samples and null unknown labels, "
+                "in the train split only)")
         unknown = set(np.unique(self.split)) - set(SPLITS)
         if unknown:
             raise AutoALError(f"pool {self.name!r}: unknown split values {sorted(unknown)}; expected train/test")
@@ -127,7 +130,8 @@ def write_parquet(pool: Pool, out_dir: str | os.PathLike, rows_per_shard: int = 
             end = min(start + rows_per_shard, len(pool))
             xs = pa.FixedSizeListArray.from_arrays(pa.array(flat[start:end].ravel()), flat.shape[1])
             table = pa.table([pa.array(pool.ids[start:end]), xs.cast(pa.list_(pa.float32())),
-                              pa.array(pool.y[start:end]), pa.array(pool.split[start:end].astype(str))],
+                              pa.array(pool.y[start:end], mask=pool.y[start:end] == UNLABELED),
+                              pa.array(pool.split[start:end].astype(str))],
                              schema=schema)
             pq.write_table(table, tmp / f"part-{shard:05d}.parquet")
         if out.exists():
@@ -162,7 +166,7 @@ def read_parquet(path: str | os.PathLike) -> Pool:
     if int(np.prod(shape)) != width:
         raise AutoALError(f"parquet pool {path}: shape metadata {list(shape)} does not match {width} features")
     x = xs.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape((len(table), *shape))
-    y = table.column("y").to_numpy().astype(np.int64)
+    y = table.column("y").fill_null(UNLABELED).to_numpy().astype(np.int64)
     classes = int(meta[b"classes"]) if b"classes" in meta else int(y.max()) + 1
     name = meta.get(b"name", path.name.encode()).decode()
     return Pool(name, table.column("id").to_numpy().astype(np.int64), x, y,

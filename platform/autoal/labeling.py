@@ -1,0 +1,357 @@
+"""A labeling project: the AL loop of `autoal run` with a person as the oracle.
+
+The directory is an experiment directory (store.ExperimentDir: config.yaml,
+the append-only ledger, results, strategy state) plus
+  project.yaml                 pool spec, class names, test spec, default strategy, CV folds
+  queries.parquet              every query asked: round, id, strategy, predicted, confidence
+  queries/round-NNN.csv|html|json   each batch, for the person and for Label Studio
+  queries/label-studio.xml     the Label Studio labeling config
+  state/task-model/seed<s>/round<N>.pt   the task model that chose round N's queries (state dict)
+Labels the pool already carries (class folders, labeled Parquet rows) are
+seeds read from the pool; the ledger holds the person's answers, each under
+the round of its query (a skip is label -2, out-of-distribution -1).
+
+`next` at round r trains on every known label, writes results row r and the
+round r+1 files, and commits by appending its queries to queries.parquet
+(one atomic write); `import` is one atomic ledger write. Opening a project
+first rolls back what a killed `next` wrote past the last committed round and
+the temporary files of a killed write, so a crash or kill leaves the project
+as it was before the command.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import ray
+import yaml
+
+from autoal import config, datasets, images, label_files, models, runtime, scoring, training
+from autoal.errors import AutoALError
+from autoal.experiment import Experiment, derive_seed, hook, initial_pool
+from autoal.pool import OOD, UNLABELED, Pool, write_parquet
+from autoal.store import ExperimentDir, atomic_write, parquet_bytes
+
+ROUND_FILE = re.compile(r"round-?(\d+)$")  # queries/round-NNN.*, state/.../roundN.pt
+MODEL = "task-model"  # store state key of each round's task model: state/task-model/seed<s>/round<r>.pt
+RUN = "label"  # the ledger's and results' `strategy` key: one run, whatever strategy asks each round
+PROTECTED_TABLES = ("ledger", "queries")  # tables whose rows a rollback never touches
+
+
+@dataclass(frozen=True)
+class ProjectSpec:
+    """project.yaml: what is labeled, into which classes, and how progress is measured."""
+
+    pool: str
+    classes: tuple[str, ...]
+    test: str | None = None      # a fully labeled pool to measure accuracy on
+    strategy: str = "entropy"    # the default query strategy of `next`
+    cv_folds: int = 3            # without a test split: accuracy estimated by k-fold CV on the labels (0: none)
+
+
+def parse_classes(text: str) -> tuple[str, ...]:
+    classes = tuple(c.strip() for c in text.split(","))
+    reserved = {label_files.SKIP, label_files.OOD_ANSWER} & set(classes)
+    if len(classes) < 2 or "" in classes or len(set(classes)) != len(classes) or reserved:
+        raise AutoALError(f"--classes {text!r}: give at least 2 distinct, non-empty class names, comma-separated"
+                          f"{'; skip and ood are answers, not classes' if reserved else ''}")
+    return classes
+
+
+def load_pool(spec: str, classes: tuple[str, ...], data_root: str) -> tuple[Pool, np.ndarray]:
+    """The pool of `spec` with labels numbered by `classes`, and each sample's source file ('' if none)."""
+    name, _, arg = spec.partition(":")
+    if name == "images":  # class folders are matched to the classes by name
+        return images.read_folder(arg, classes)
+    pool = datasets.load(spec, data_root)
+    if pool.classes > len(classes):
+        raise AutoALError(f"pool {spec!r} has {pool.classes} classes but --classes names {len(classes)}")
+    return Pool(pool.name, pool.ids, pool.x, pool.y, pool.split, len(classes)), np.full(len(pool), "")
+
+
+def absolute_spec(spec: str) -> str:
+    """`images:` and `parquet:` specs with an absolute path, so the project works from any directory."""
+    name, sep, arg = spec.partition(":")
+    return f"{name}:{Path(arg).expanduser().resolve()}" if name in ("images", "parquet") and arg else spec
+
+
+class LabelProject:
+    """An open labeling project: its spec, config, store, pool (labels known so far) and test split."""
+
+    def __init__(self, root: Path, spec: ProjectSpec, cfg: config.ExperimentConfig):
+        self.root, self.spec, self.cfg, self.seed = root, spec, cfg, cfg.seeds[0]
+        pool, sources = load_pool(spec.pool, spec.classes, cfg.data_root)
+        train = pool.split == "train"
+        self.pool, self.sources = pool.subset("train"), sources[train]
+        self.test = self._test_split(pool.subset("test"))
+        self.model_spec = training.ModelSpec(models.resolve(cfg.model, pool.shape), pool.shape, len(spec.classes),
+                                             cfg.dropout)
+
+    def _test_split(self, test: Pool) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) of the pool's test split plus the --test pool, every sample labeled."""
+        xs, ys = [test.x], [test.y]
+        if self.spec.test:
+            extra, _ = load_pool(self.spec.test, self.spec.classes, self.cfg.data_root)
+            if extra.shape != test.shape:
+                raise AutoALError(f"test pool {self.spec.test!r} has samples of shape {list(extra.shape)}, "
+                                  f"the pool {list(test.shape)}")
+            xs.append(extra.x)
+            ys.append(extra.y)
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        if (y < 0).any():
+            raise AutoALError(f"the test split has {int((y < 0).sum())} samples without a class label; "
+                              "every test sample needs one (class folders or labeled rows)")
+        return x, y
+
+    # --- creating and opening -------------------------------------------------------
+
+    @classmethod
+    def create(cls, root: str | Path, pool: str, classes: str, test: str | None = None,
+               config_path: str | None = None, strategy: str = "entropy", cv_folds: int = 3) -> "LabelProject":
+        """Check everything (config, strategy, every image) before the directory is made."""
+        root = Path(root)
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise AutoALError(f"{root} already exists and is not empty; `autoal label next {root}` "
+                              "continues a project there")
+        if cv_folds < 0 or cv_folds == 1:
+            raise AutoALError("--cv-folds must be 0 (no estimate) or at least 2")
+        spec = ProjectSpec(absolute_spec(pool), parse_classes(classes), test and absolute_spec(test), strategy,
+                           cv_folds)
+        cfg = config.load(config_path, {"dataset": spec.pool, "strategies": [strategy]})
+        project = cls(root, spec, cfg)
+        project.round_hook(strategy)
+        project.store = ExperimentDir(root).open(cfg)
+        (root / "queries").mkdir(exist_ok=True)
+        atomic_write(root / "queries" / "label-studio.xml", label_files.label_studio_config(spec.classes).encode())
+        atomic_write(root / "project.yaml", yaml.safe_dump(
+            dict(asdict(spec), classes=list(spec.classes)), sort_keys=False).encode())
+        project._load_progress()
+        return project
+
+    @classmethod
+    def open(cls, root: str | Path) -> "LabelProject":
+        root = Path(root)
+        path = root / "project.yaml"
+        if not path.is_file():
+            raise AutoALError(f"{root} is not a labeling project (no project.yaml); start one with "
+                              "`autoal label init`")
+        try:
+            data = yaml.safe_load(path.read_text())
+            spec = ProjectSpec(**dict(data, classes=tuple(data["classes"])))
+        except (yaml.YAMLError, TypeError, KeyError) as exc:
+            raise AutoALError(f"{path} is damaged ({exc}); restore it from a backup") from None
+        project = cls(root, spec, ExperimentDir(root).saved_config())
+        project._roll_back()
+        project.store = ExperimentDir(root).open(project.cfg)
+        project._load_progress()
+        return project
+
+    def _load_progress(self) -> None:
+        path = self.root / "queries.parquet"
+        self.queries = pd.read_parquet(path) if path.exists() else pd.DataFrame(
+            {"round": pd.Series(dtype="int64"), "id": pd.Series(dtype="int64")})
+        self.answers = self.store.labeled(RUN, self.seed)
+        asked = np.union1d(self.queries["id"].to_numpy(np.int64), self.answers["id"].to_numpy(np.int64))
+        gone = np.setdiff1d(asked, self.pool.ids)
+        if len(gone):
+            raise AutoALError(f"{len(gone)} queried samples are no longer in pool {self.spec.pool!r} "
+                              f"(e.g. id {gone[0]}); put their files back or start a new project")
+        self.known = self.pool.y.copy()  # seeds, then every answer
+        self.known[self.pool.rows(self.answers["id"].to_numpy(np.int64))] = self.answers["label"].to_numpy(np.int64)
+
+    @property
+    def committed(self) -> int:
+        """Query rounds asked so far."""
+        path = self.root / "queries.parquet"
+        return int(pd.read_parquet(path, columns=["round"])["round"].max()) if path.exists() else 0
+
+    def _roll_back(self) -> None:
+        """Undo what a killed `next` wrote past the last committed round, and a killed write's temp files."""
+        committed = self.committed
+        for path in list(self.root.rglob("*")):
+            stale = ROUND_FILE.match(path.stem)
+            if path.is_file() and (path.name.startswith(".") or (stale and int(stale[1]) > committed)):
+                path.unlink()
+        for path in self.root.glob("*.parquet"):
+            frame = pd.read_parquet(path) if path.stem not in PROTECTED_TABLES else None
+            if frame is not None and (frame["round"] >= committed).any():
+                kept = frame[frame["round"] < committed]
+                atomic_write(path, parquet_bytes(kept))
+                if path.stem == "results":
+                    atomic_write(self.root / "results.csv", kept.to_csv(index=False).encode())
+
+    # --- the loop -------------------------------------------------------------------
+
+    def round_hook(self, name: str):
+        round_hook = hook(name, self.cfg)
+        if round_hook.strategy.learns:
+            raise AutoALError(f"strategy {name!r} learns from the oracle's answer right after it asks, "
+                              "which a person gives later; choose another strategy for labeling")
+        return round_hook
+
+    def trainable(self) -> np.ndarray:
+        """Pool ids with a class label, seeds first, then answers in the order they were imported."""
+        seeds = self.pool.ids[self.pool.y >= 0]
+        answered = self.answers["id"].to_numpy(np.int64)
+        return np.concatenate([seeds, answered[self.known[self.pool.rows(answered)] >= 0]])
+
+    def open_queries(self) -> pd.DataFrame:
+        return self.queries[~self.queries["id"].isin(self.answers["id"])]
+
+    def next(self, batch: int | None = None, strategy: str | None = None, log=print) -> list[Path]:
+        """Train on the labels so far, then ask the next batch; returns the files written for the person."""
+        cfg, seed, round_ = self.cfg, self.seed, self.committed
+        name = strategy or self.spec.strategy
+        round_hook = self.round_hook(name)
+        k = cfg.batch if batch is None else batch
+        if k <= 0:
+            raise AutoALError(f"--batch must be positive, got {k}")
+        known = Pool(self.pool.name, self.pool.ids, self.pool.x, self.known, self.pool.split, self.pool.classes)
+        asked = np.union1d(self.pool.ids[self.known != UNLABELED], self.queries["id"].to_numpy(np.int64))
+        asked = np.union1d(asked, self.answers["id"].to_numpy(np.int64))
+        unasked = np.setdiff1d(self.pool.ids, asked)
+        if not len(unasked):
+            raise AutoALError(f"nothing left to ask: all {len(self.pool)} samples are labeled or queried")
+        k = min(k, len(unasked))
+        runtime.init_ray()
+        experiment = Experiment(replace(cfg, batch=k), known, known.subset("test"), self.model_spec, self.store, log)
+        labeled = self.trainable()
+        rows = known.rows(labeled)
+        result = dict(dataset=cfg.dataset, strategy=RUN, seed=seed, round=round_, n_labeled=len(rows),
+                      accuracy=float("nan"), accuracy_estimated=not len(self.test[1]), query_strategy=name,
+                      train_loss=float("nan"), train_s=0.0, hook_s=0.0, score_s=0.0, select_s=0.0)
+        if len(np.unique(self.known[rows])) >= 2:
+            picks, predicted, confidence = self._model_round(experiment, round_hook, name, labeled, rows, asked,
+                                                             result)
+        else:  # no model before two classes have labels: the initial pool's rule picks
+            mask = np.isin(known.ids, unasked)
+            candidates = Pool(known.name, known.ids[mask], known.x[mask], known.y[mask], known.split[mask],
+                              known.classes)
+            picks = initial_pool(candidates, replace(cfg, initial=k), derive_seed(seed, round_))
+            predicted, confidence = np.full(len(picks), ""), np.full(len(picks), np.nan)
+            result["query_strategy"] = f"initial:{cfg.initial_method}"
+        at = self.pool.rows(picks)
+        batch_frame = pd.DataFrame({"id": picks, "source": self.sources[at], "predicted": predicted,
+                                    "confidence": confidence})
+        files = label_files.write_round(self.root / "queries", round_ + 1, batch_frame,
+                                        self.pool.x[at] if self.pool.is_image else None)
+        self.store.append_result(result)
+        log(f"round {round_}: trained on {len(rows)} labels, accuracy {result['accuracy']:.4f}"
+            f"{' (estimate)' if result['accuracy_estimated'] else ''}; asked {len(picks)} queries by "
+            f"{result['query_strategy']}")
+        self.store.append_rows("queries", [dict(strategy=RUN, seed=seed, round=round_ + 1, id=int(i),
+                                                query_strategy=result["query_strategy"], predicted=p,
+                                                confidence=float(c))
+                                           for i, p, c in zip(picks, predicted, confidence)])  # the commit
+        self._load_progress()
+        return files
+
+    def _model_round(self, experiment: Experiment, round_hook, name: str, labeled: np.ndarray, rows: np.ndarray,
+                     asked: np.ndarray, result: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fit, measure, score and select: (picks, predicted class names, confidences)."""
+        seed, round_, x, y = self.seed, self.committed, experiment.train.x, experiment.train.y
+        t0 = time.perf_counter()
+        test = self.test if len(self.test[1]) else (x[rows], y[rows])
+        fit = experiment.fit(rows, ray.put(test), seed, round_, name=f"label-r{round_}")
+        result.update(accuracy=fit.accuracy if len(self.test[1]) else self._cv_accuracy(experiment, rows),
+                      train_loss=fit.train_loss, train_s=time.perf_counter() - t0)
+        saved = self.store.load_state(name, seed, round_)
+        if saved is not None:
+            round_hook.load_state_dict(saved)
+        picks = experiment.query(name, round_hook, fit.state, asked, rows, seed, round_, result)
+        state = round_hook.state_dict()
+        if state is not None:
+            self.store.save_state(name, seed, round_ + 1, state)
+        self.store.save_state(MODEL, seed, round_ + 1, fit.state)
+        probs = scoring.score(self.model_spec, fit.state, picks, x[experiment.train.rows(picks)],
+                              frozenset({"probs"}), mc_samples=self.cfg.mc_samples, actors=0).probs
+        return picks, np.asarray(self.spec.classes)[probs.argmax(1)], probs.max(1)
+
+    def _cv_accuracy(self, experiment: Experiment, rows: np.ndarray) -> float:
+        """Accuracy estimated by k-fold cross-validation on the labels (NaN with cv_folds 0)."""
+        from sklearn.model_selection import KFold
+
+        folds = min(self.spec.cv_folds, len(rows))
+        if folds < 2:
+            return float("nan")
+        x, y, correct = experiment.train.x, experiment.train.y, 0.0
+        split = KFold(folds, shuffle=True, random_state=derive_seed(self.seed, self.committed, 4)).split(rows)
+        for fold, (fit_at, held_at) in enumerate(split):
+            held = rows[held_at]
+            fit = experiment.fit(rows[fit_at], ray.put((x[held], y[held])), self.seed, self.committed,
+                                 name=f"label-r{self.committed}-cv{fold}")
+            correct += fit.accuracy * len(held)
+        return correct / len(rows)
+
+    # --- answers, status, export --------------------------------------------------
+
+    def import_answers(self, path: str | Path) -> str:
+        """Check a file of answers against the open queries, then append them to the ledger at once."""
+        answers = label_files.read_answers(path)
+        codes = {name: i for i, name in enumerate(self.spec.classes)}
+        new = label_files.new_answers(path, answers, self.queries, self.answers,
+                                      {**codes, label_files.SKIP: UNLABELED, label_files.OOD_ANSWER: OOD})
+        round_of = self.queries.drop_duplicates("id", keep="last").set_index("id")["round"]
+        self.store.append_ledger(pd.DataFrame({"strategy": RUN, "seed": self.seed,
+                                               "round": new["id"].map(round_of).to_numpy(np.int64),
+                                               "id": new["id"].to_numpy(np.int64),
+                                               "label": new["label"].to_numpy(np.int64)}))
+        self._load_progress()
+        return (f"imported {len(new)} answers ({len(answers) - len(new)} already in the ledger); "
+                f"{len(self.open_queries())} queries still open")
+
+    def counts(self) -> dict[str, int]:
+        """Known labels per class (seeds and answers), out-of-distribution and skipped answers."""
+        answered = self.known[self.pool.rows(self.answers["id"].to_numpy(np.int64))]
+        counts = {c: int((self.known == i).sum()) for i, c in enumerate(self.spec.classes)}
+        return {**counts, label_files.OOD_ANSWER: int((self.known == OOD).sum()),
+                "skipped": int((answered == UNLABELED).sum())}
+
+    def status(self) -> str:
+        from autoal import plots
+
+        open_by_round = self.open_queries().groupby("round").size()
+        lines = [f"project {self.root}: pool {self.spec.pool} ({len(self.pool)} samples), "
+                 f"test split {len(self.test[1]) or 'none'}",
+                 "labels: " + ", ".join(f"{k} {v}" for k, v in self.counts().items()),
+                 f"rounds asked: {self.committed}; open queries: {open_by_round.sum()}"
+                 + "".join(f", {n} of round {r}" for r, n in open_by_round.items())]
+        results = self.store.results
+        measured = results[results["accuracy"].notna()] if len(results) else results
+        if not len(measured):
+            lines.append("accuracy: none yet (a model trains once two classes have labels)")
+            return "\n".join(lines)
+        last = measured.iloc[-1]
+        what = (f"estimated by {self.spec.cv_folds}-fold cross-validation on the labels (no test split)"
+                if last["accuracy_estimated"] else "on the test split")
+        ylabel = "accuracy (CV estimate)" if last["accuracy_estimated"] else "test accuracy"
+        curve = plots.curves(measured, self.root / "curves.png", title=f"labeling {self.spec.pool}", ylabel=ylabel)
+        lines += [f"accuracy: {last['accuracy']:.4f} at round {int(last['round'])} with {int(last['n_labeled'])} "
+                  f"labels, {what}", f"learning curve: {curve}"]
+        return "\n".join(lines)
+
+    def export(self, out: str | Path) -> Path:
+        """The labeled samples (and test split) as a Parquet pool at OUT/pool, the latest model at OUT/model.pt."""
+        out = Path(out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise AutoALError(f"{out} exists and is not empty; choose a new directory")
+        keep = self.known != UNLABELED
+        test_x, test_y = self.test
+        start = int(self.pool.ids.max()) + 1
+        pool = Pool(self.pool.name, np.concatenate([self.pool.ids[keep], np.arange(start, start + len(test_y))]),
+                    np.concatenate([self.pool.x[keep], test_x]), np.concatenate([self.known[keep], test_y]),
+                    np.array(["train"] * int(keep.sum()) + ["test"] * len(test_y)), self.pool.classes)
+        write_parquet(pool, out / "pool")
+        latest = sorted(self.store.state_path(MODEL, self.seed, 0).parent.glob("round*.pt"),
+                        key=lambda p: int(ROUND_FILE.match(p.stem)[1]))
+        if latest:
+            atomic_write(out / "model.pt", latest[-1].read_bytes())
+        atomic_write(out / "model.yaml", yaml.safe_dump(dict(
+            asdict(self.model_spec), shape=list(self.model_spec.shape), class_names=list(self.spec.classes),
+            round=int(ROUND_FILE.match(latest[-1].stem)[1]) if latest else None), sort_keys=False).encode())
+        return out
+
