@@ -58,7 +58,7 @@ class Space:
     function of that name with the args in this order."""
 
     args: tuple[str, ...]
-    extremes: Callable[[dict], list]   # the values furthest apart a trial can get (validation tries them)
+    probes: Callable[[dict], list]   # what validation tries: every choice, or a range's bounds
 
 
 SPACES = {
@@ -85,8 +85,8 @@ SCHEDULER_METRICS = {"aubc": "area under the accuracy curve of the rounds so far
 
 
 def axis_values(value) -> list:
-    """The values an axis gives its trials; for a search space, its extremes."""
-    return value if isinstance(value, list) else SPACES[value["tune"]].extremes(value)
+    """The values an axis gives its trials; for a search space, every choice or its range's bounds."""
+    return value if isinstance(value, list) else SPACES[value["tune"]].probes(value)
 
 
 @dataclass(frozen=True)
@@ -296,8 +296,8 @@ def _check_scheduler(scheduler) -> dict | None:
 
 
 def _check_configs(spec: SweepSpec) -> None:
-    """Build the config of every axis value (search spaces: their extremes) on the base, so that a bad
-    field, value, strategy or dataset fails now and not in trial 57."""
+    """Build the config of every axis value (search spaces: every choice or their bounds) on the base,
+    so that a bad field, value, strategy or dataset fails now and not in trial 57."""
     from autoal.experiment import hook
 
     sources = {name for name, _ in datasets.sources()}
