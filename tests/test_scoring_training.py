@@ -1,7 +1,10 @@
 """Fused scoring (in-process and on Ray Data) and task-model training on Ray Train."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import ray
+import ray.train
 import torch
 
 from autoal import datasets, scoring, training
@@ -61,6 +64,16 @@ def test_epoch_batches_cover_the_set_and_merge_a_short_remainder(ray_local):
     assert training.run_on_ray_train(_epoch_batches, {"n": 100}, workers=0, gpus=0, name="batches")["sizes"] == [64, 36]
     one_left = training.run_on_ray_train(_epoch_batches, {"n": 5, "batch_size": 2}, workers=0, gpus=0, name="batches")
     assert one_left["sizes"] == [2, 3], "BatchNorm cannot train on a lone sample"
+
+
+def test_ray_train_runs_of_one_name_get_their_own_storage_removed_afterwards(ray_local):
+    """Concurrent trials fit models under the same run names: each run must have its own storage."""
+    def storage_path(config: dict) -> str:   # nested: pickled by value to the worker
+        return ray.train.get_context().get_storage().experiment_fs_path
+
+    paths = [training.run_on_ray_train(storage_path, {}, workers=1, gpus=0, name="task-s0-r1") for _ in range(2)]
+    assert paths[0] != paths[1] and all(Path(p).name == "task-s0-r1" for p in paths)
+    assert not any(Path(p).parent.exists() for p in paths)
 
 
 def test_ray_train_worker_group_of_two_trains_and_evaluates(ray_local, digits, spec):

@@ -1,4 +1,5 @@
 """Sweeps on Ray Tune: spec validation, candidate-pool expansion, a real grid, report, resume."""
+import json
 import os
 import re
 import signal
@@ -11,9 +12,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from autoal import sweep
 from autoal.errors import AutoALError
 from autoal.report import report
+from autoal.sweep import runner
+from autoal.store import ExperimentDir
+from autoal.sweep.spec import PAPER_CANDIDATES, SPEC_FILE, from_dict, load_spec, trial_count
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"dataset": "digits", "initial": 20, "batch": 10, "rounds": 2, "epochs": 5}
@@ -54,13 +57,13 @@ def write_spec(tmp_path, **spec) -> Path:
 def test_bad_specs_name_the_problem(tmp_path, spec, message):
     path = write_spec(tmp_path, **spec)
     with pytest.raises(AutoALError, match="sweep spec .*" + re.escape(message)):
-        sweep.load_spec(path)
+        load_spec(path)
 
 
 def test_candidates_size_expands_to_the_papers_nested_pools(tmp_path):
-    spec = sweep.load_spec(write_spec(tmp_path, name="pools", base={**TINY, "strategies": ["autoal"]},
-                                      axes={"candidates_size": [1, 3, 5, 7], "seed": [0, 1]}))
-    assert spec.param_space()["candidates_size"] == {"grid_search": [1, 3, 5, 7]}
+    spec = load_spec(write_spec(tmp_path, name="pools", base={**TINY, "strategies": ["autoal"]},
+                                axes={"candidates_size": [1, 3, 5, 7], "seed": [0, 1]}))
+    assert runner.param_space(spec)["candidates_size"] == {"grid_search": [1, 3, 5, 7]}
     pools = {n: spec.trial_config({"candidates_size": n, "seed": 0}).search.candidates for n in (1, 3, 5, 7)}
     assert pools == {
         1: ("entropy",),
@@ -72,45 +75,111 @@ def test_candidates_size_expands_to_the_papers_nested_pools(tmp_path):
 
 
 def test_axes_reach_nested_fields_and_search_spaces(tmp_path):
-    spec = sweep.load_spec(write_spec(tmp_path, name="spaces", base={**TINY, "search": {"gamma": 0.5}},
-                                      axes={"strategy": ["autoal"], "search.lam": {"tune": "loguniform",
-                                                                                   "low": 0.1, "high": 10.0}},
-                                      num_samples=3, resources={"cpu": 2}))
+    spec = load_spec(write_spec(tmp_path, name="spaces", base={**TINY, "search": {"gamma": 0.5}},
+                                axes={"strategy": ["autoal"], "search.lam": {"tune": "loguniform",
+                                                                             "low": 0.1, "high": 10.0}},
+                                num_samples=3, resources={"cpu": 2}))
     cfg = spec.trial_config({"strategy": "autoal", "search.lam": 2.5})
     assert (cfg.strategies, cfg.search.lam, cfg.search.gamma, cfg.actors, cfg.workers) == (("autoal",), 2.5, 0.5, 0, 0)
     assert spec.task_resources() == {"CPU": 2.0}
-    assert spec.tune_config().num_samples == 3
+    assert runner.tune_config(spec).num_samples == 3
 
 
 @pytest.mark.parametrize("name, trials", [("smoke", 8), ("benchmark", 216), ("ablation_candidates", 144),
                                           ("ablation_searchnet", 72), ("ablation_regularisation", 72)])
 def test_job_specs_are_valid(name, trials):
-    spec = sweep.load_spec(ROOT / "jobs" / f"{name}.yaml")
-    assert sweep.trial_count(spec) == trials
+    spec = load_spec(ROOT / "jobs" / f"{name}.yaml")
+    assert trial_count(spec) == trials
     if name != "smoke":   # the paper's protocol
         cfg = spec.trial_config({})
         assert (cfg.initial, cfg.batch, cfg.model, spec.resources["gpu"]) == (2000, 1000, "resnet18", 1.0)
 
 
 def test_benchmark_spec_covers_the_papers_grid():
-    axes = sweep.load_spec(ROOT / "jobs" / "benchmark.yaml").axes
+    axes = load_spec(ROOT / "jobs" / "benchmark.yaml").axes
     assert axes["dataset"] == ["cifar10", "cifar100", "svhn", "medmnist:organcmnist", "medmnist:pathmnist",
                                "medmnist:tissuemnist"]
-    assert set(axes["strategy"]) == {*sweep.PAPER_CANDIDATES, "badge", "lpl", "random", "autoal", "vote"}
+    assert set(axes["strategy"]) == {*PAPER_CANDIDATES, "badge", "lpl", "random", "autoal", "vote"}
     assert axes["seed"] == [0, 1, 2]
 
 
 def test_asha_scheduler_from_spec(tmp_path):
-    spec = sweep.load_spec(write_spec(tmp_path, name="asha", base=TINY, axes={"strategy": ["random", "entropy"]},
-                                      scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3}))
-    tune_config = spec.tune_config()
+    spec = load_spec(write_spec(tmp_path, name="asha", base=TINY, axes={"strategy": ["random", "entropy"]},
+                                scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3}))
+    tune_config = runner.tune_config(spec)
     assert (tune_config.metric, tune_config.mode) == ("aubc", "max")
     assert type(tune_config.scheduler).__name__ == "AsyncHyperBandScheduler"
     assert (tune_config.scheduler._max_t, tune_config.scheduler._reduction_factor) == (3, 3)
 
 
+@pytest.mark.parametrize("rounds, max_t", [({"tune": "randint", "low": 1, "high": 6}, 6),
+                                           ({"tune": "choice", "values": [3, 7, 2]}, 8), ([1, 4], 5)])
+def test_asha_max_t_follows_the_largest_rounds_a_rounds_axis_gives(tmp_path, rounds, max_t):
+    """A trial reports rounds 0..rounds; ASHA must not stop the longest trials early (base rounds is 2)."""
+    spec = load_spec(write_spec(tmp_path, name="rounds", base={**TINY, "strategies": ["random"]},
+                                axes={"rounds": rounds}, scheduler={"type": "asha"}))
+    assert runner.tune_config(spec).scheduler._max_t == max_t
+
+
+def test_explicit_defaults_and_nulls_read_like_absent_keys(tmp_path):
+    """Counts given equal to their default (or null) are validated by value, not identity, and the spec
+    saved in a sweep directory reads back as itself (what a resume compares)."""
+    spec = load_spec(write_spec(tmp_path, name="counts", base=TINY, axes={"strategy": ["random"]}, num_samples=1,
+                                max_concurrent_trials=None, scheduler={"type": "asha", "grace_period": None}))
+    assert (spec.num_samples, spec.max_concurrent_trials) == (1, None)
+    assert spec.scheduler == {"type": "asha", "metric": "aubc", "grace_period": 2, "reduction_factor": 2}
+    assert from_dict(yaml.safe_load(yaml.safe_dump(spec.to_dict()))) == spec
+    with pytest.raises(AutoALError, match="num_samples must be a positive integer, got 1.0"):
+        from_dict({**spec.to_dict(), "num_samples": 1.0})
+
+
+# Runs `autoal report DIR` in a process where importing ray.tune fails.
+REPORT_WITHOUT_TUNE = """
+import sys
+
+class NoTune:
+    def find_spec(self, name, path=None, target=None):
+        if name == "ray.tune" or name.startswith("ray.tune."):
+            raise ImportError(f"{name} is blocked")
+
+sys.meta_path.insert(0, NoTune())
+from autoal.cli import main
+main(["report", sys.argv[1]])
+try:
+    import ray.tune
+except ImportError:
+    print("ray.tune stayed blocked")
+"""
+
+
+def test_report_of_a_sweep_directory_needs_no_ray_tune(tmp_path):
+    spec = load_spec(write_spec(tmp_path, name="lr", base={**TINY, "strategies": ["random"]},
+                                axes={"lr": [0.001, 0.01], "seed": [0, 1]}))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / SPEC_FILE).write_text(yaml.safe_dump(spec.to_dict()))
+    for index, (lr, seed) in enumerate((lr, seed) for lr in (0.001, 0.01) for seed in (0, 1)):
+        params = {"lr": lr, "seed": seed}
+        trial = out / "trials" / f"{index:05d}-lr={lr},seed={seed}"
+        store = ExperimentDir(trial).open(spec.trial_config(params))
+        (trial / "params.json").write_text(json.dumps(params))
+        for round_ in range(3):   # the larger learning rate gains twice as much per round
+            store.append_result({"dataset": "digits", "strategy": "random", "seed": seed, "round": round_,
+                                 "n_labeled": 20 + 10 * round_, "accuracy": 0.5 + round_ * lr * 5 + seed / 100})
+    done = subprocess.run([sys.executable, "-c", REPORT_WITHOUT_TUNE, str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip().endswith("ray.tune stayed blocked")
+    rows = [line.split()[:3] for line in done.stdout.splitlines() if line.startswith("digits")]
+    assert rows == [["digits", "random,", "lr=0.01"], ["digits", "random,", "lr=0.001"]]
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary["lr"]) == [0.01, 0.001] and list(summary["seeds"]) == [2, 2]
+    assert summary["aubc_vs_best"].iloc[0] == 0 and summary["aubc_vs_best"].iloc[1] < 0
+    assert (out / "curves_digits.png").stat().st_size > 0
+
+
 def test_smoke_sweep_writes_table_summary_plots_and_report(ray_local, tmp_path):
-    out = sweep.run_sweep(str(ROOT / "jobs" / "smoke.yaml"), str(tmp_path / "smoke"), None, log=print)
+    out = runner.run_sweep(str(ROOT / "jobs" / "smoke.yaml"), str(tmp_path / "smoke"), None, log=print)
     results = pd.read_parquet(out / "results.parquet")
     assert len(results) == 8 * 3 and results["trial"].nunique() == 8
     assert set(results["initial_method"]) == {"random", "kcenter"}
@@ -128,12 +197,12 @@ def test_smoke_sweep_writes_table_summary_plots_and_report(ray_local, tmp_path):
     assert "random" in report(trial) and (trial / "curves.png").exists()
 
     stamps = {p: p.stat().st_mtime_ns for p in (out / "trials").glob("*/results.parquet")}
-    sweep.run_sweep(str(ROOT / "jobs" / "smoke.yaml"), str(out), None)   # finished: nothing runs again
+    runner.run_sweep(str(ROOT / "jobs" / "smoke.yaml"), str(out), None)   # finished: nothing runs again
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "trials").glob("*/results.parquet")}
 
     other = write_spec(tmp_path, name="smoke", base=TINY, axes={"seed": [0]})
     with pytest.raises(AutoALError, match="holds a different sweep"):
-        sweep.run_sweep(str(other), str(out), None)
+        runner.run_sweep(str(other), str(out), None)
     with pytest.raises(AutoALError, match="not an autoal run or sweep directory"):
         report(tmp_path)
 
@@ -141,7 +210,7 @@ def test_smoke_sweep_writes_table_summary_plots_and_report(ray_local, tmp_path):
 def test_failed_trials_are_named_and_the_others_still_written(ray_local, tmp_path):
     spec = write_spec(tmp_path, name="budget", base={**TINY, "strategies": ["random"]}, axes={"initial": [20, 5000]})
     with pytest.raises(AutoALError, match=r"1 of 2 trials failed; first 00001-initial=5000: .*budget 5020"):
-        sweep.run_sweep(str(spec), str(tmp_path / "out"), None)
+        runner.run_sweep(str(spec), str(tmp_path / "out"), None)
     assert set(pd.read_parquet(tmp_path / "out" / "results.parquet")["initial"]) == {20}
 
 
@@ -152,7 +221,7 @@ def test_interrupted_candidates_size_sweep_resumes_without_redoing_finished_tria
                       base={**TINY, "rounds": 1, "strategies": ["autoal"],
                             "search": {"cycles_first": 1, "fit_epochs": 1, "search_epochs": 1}})
     out = tmp_path / "out"
-    code = f"from autoal.sweep import run_sweep; run_sweep({str(spec)!r}, {str(out)!r})"
+    code = f"from autoal.sweep.runner import run_sweep; run_sweep({str(spec)!r}, {str(out)!r})"
     driver = subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -167,11 +236,11 @@ def test_interrupted_candidates_size_sweep_resumes_without_redoing_finished_tria
     assert len([p for p in (out / "trials").glob("*/results.parquet") if len(pd.read_parquet(p)) == 2]) < 4
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in finished}
 
-    sweep.run_sweep(str(spec), str(out), None)
+    runner.run_sweep(str(spec), str(out), None)
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in finished} == before
     results = pd.read_parquet(out / "results.parquet")
     assert sorted(results["candidates_size"]) == [1, 1, 3, 3, 5, 5, 7, 7] and results["complete"].all()
     weights = pd.read_parquet(out / "strategy_weights.parquet")
     pools = weights.groupby("candidates_size")["candidate"].apply(tuple).to_dict()
-    assert pools == {n: sweep.PAPER_CANDIDATES[:n] for n in (1, 3, 5, 7)}
+    assert pools == {n: PAPER_CANDIDATES[:n] for n in (1, 3, 5, 7)}
     assert (out / "candidates_size.png").exists() and len(list((out / "strategy_weights").glob("*.png"))) == 4

@@ -65,7 +65,7 @@ def _report(args) -> None:
 
 
 def _sweep(args) -> None:
-    from autoal.sweep import run_sweep
+    from autoal.sweep.runner import run_sweep
 
     out = run_sweep(args.spec, args.out, args.storage, log=lambda line: print(line, flush=True))
     print(f"sweep results in {out}")

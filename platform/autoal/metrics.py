@@ -34,9 +34,22 @@ def summary(results: pd.DataFrame, by=("strategy",)) -> pd.DataFrame:
     return table.fillna(0.0).sort_values("aubc_mean", ascending=False).reset_index()
 
 
-def format_table(table: pd.DataFrame) -> str:
-    lines = [f"{'strategy':<20} {'AUBC':>16} {'F-acc':>16} {'seeds':>5}"]
-    for row in table.itertuples():
-        lines.append(f"{row.strategy:<20} {row.aubc_mean:>8.4f} ± {row.aubc_std:<5.4f} "
-                     f"{row.f_acc_mean:>8.4f} ± {row.f_acc_std:<5.4f} {row.seeds:>5}")
+# Columns of a summary table shown as mean ± std: header, mean column, std column, sign shown.
+SPREADS = (("AUBC", "aubc_mean", "aubc_std", ""), ("F-acc", "f_acc_mean", "f_acc_std", ""),
+           ("vs best", "aubc_vs_best", "aubc_vs_best_std", "+"))
+COUNTS = ("seeds", "incomplete")
+
+
+def format_table(table: pd.DataFrame, keys=("strategy",)) -> str:
+    """A summary table as aligned text: its `keys` columns, then each mean ± std it holds (AUBC, F-acc,
+    a sweep's AUBC vs the best configuration) and its counts (seeds, a sweep's incomplete runs)."""
+    widths = {key: max([20, *(len(str(v)) for v in table[key])]) for key in keys}
+    spreads = [s for s in SPREADS if s[1] in table]
+    counts = [c for c in COUNTS if c in table]
+    lines = [" ".join([*(f"{k:<{w}}" for k, w in widths.items()), *(f"{s[0]:>16}" for s in spreads),
+                       *(f"{c:>5}" for c in counts)])]
+    for row in table.to_dict("records"):
+        lines.append(" ".join([*(f"{str(row[k]):<{w}}" for k, w in widths.items()),
+                               *(f"{row[mean]:>{sign}8.4f} ± {row[std]:<5.4f}" for _, mean, std, sign in spreads),
+                               *(f"{row[c]:>{max(5, len(c))}}" for c in counts)]))
     return "\n".join(lines)

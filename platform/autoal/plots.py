@@ -1,4 +1,4 @@
-"""Result plots: learning curves with std bands; AutoAL's strategy-weight heatmap."""
+"""Result plots: learning curves with std bands; AutoAL's strategy-weight heatmap; AUBC vs candidate pool size."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -51,4 +51,21 @@ def strategy_weights(frame: pd.DataFrame, path: Path, value: str = "weight_pool"
     ax.set_xlabel("round")
     ax.set_title(title or f"AutoAL mean {value}")
     fig.colorbar(image, ax=ax)
+    return save(fig, path)
+
+
+def candidates_size(table: pd.DataFrame, path: Path) -> Path:
+    """AUBC (mean ± std over seeds) vs candidate pool size (the paper's pool-size ablation), one line per
+    `line` of `table` (columns line, candidates_size, aubc_mean, aubc_std)."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for line, rows in table.groupby("line"):
+        rows = rows.sort_values("candidates_size")
+        ax.errorbar(rows["candidates_size"], rows["aubc_mean"], yerr=rows["aubc_std"], marker="o", capsize=3,
+                    label=line)
+    ax.set_xlabel("candidate pool size")
+    ax.set_ylabel("AUBC")
+    ax.set_xticks(sorted(table["candidates_size"].unique()))
+    ax.set_title("AUBC vs candidate pool size")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return save(fig, path)

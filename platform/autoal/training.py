@@ -55,11 +55,15 @@ def torch_state(state: dict) -> dict[str, torch.Tensor]:
 
 
 def run_on_ray_train(loop, config: dict, workers: int, gpus: float, name: str):
-    """Run `loop(config)` under a TorchTrainer and return rank 0's return value."""
+    """Run `loop(config)` under a TorchTrainer and return rank 0's return value.
+
+    Each run gets its own storage directory, removed afterwards (nothing in it is kept): runs with the
+    same name in concurrent trials or experiments must not share Ray Train's run state."""
     scaling = ScalingConfig(num_workers=workers, use_gpu=gpus > 0 and workers > 0,
                             resources_per_worker={"GPU": gpus} if gpus > 0 and workers > 0 else None)
-    run_config = RunConfig(name=name, storage_path=tempfile.gettempdir() + "/autoal_ray_train")
-    result = TorchTrainer(loop, train_loop_config=config, scaling_config=scaling, run_config=run_config).fit()
+    with tempfile.TemporaryDirectory(prefix=f"autoal_ray_train-{name}-", ignore_cleanup_errors=True) as storage:
+        run_config = RunConfig(name=name, storage_path=storage)
+        result = TorchTrainer(loop, train_loop_config=config, scaling_config=scaling, run_config=run_config).fit()
     if result.error:
         raise result.error
     return result.return_value

@@ -1,0 +1,266 @@
+"""Running a sweep on Ray Tune: one trial per axis point, resume and restore, local or URI storage.
+
+Every grid point (or sample of a search space) of a spec is one Tune trial that
+runs one experiment through the same loop as `autoal run`; this is the only
+module of the sweep that imports Tune, and it builds the Tune objects (search
+spaces, scheduler, placement) from the plain spec.
+
+The experiment does not run in the trial function itself: Ray Train's local
+mode (workers=0) calls `ray.train.get_context()`, which Ray 2.60 refuses
+inside a Tune function trial. The trial function starts the experiment as a
+streaming-generator task in the trial's placement group and turns each round
+it yields into a `tune.report`.
+
+Where trial results live: with a local storage path, each trial's experiment
+directory is `<out>/trials/<trial>` and resumes in place. With a storage URI
+(s3://, gs://, file://) the experiment runs in a scratch directory on the
+trial's node, every round is reported with a Tune checkpoint of that
+directory (so it lives in the storage), a restarted trial resumes from it,
+and the driver copies the final checkpoints to `<out>/trials` at the end.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import queue
+import shutil
+import tempfile
+import threading
+from collections import defaultdict
+from pathlib import Path
+
+import ray
+import yaml
+from ray import tune
+from ray.tune.schedulers import create_scheduler
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from autoal import config, metrics, runtime
+from autoal.errors import AutoALError
+from autoal.report import sweep_report
+from autoal.store import atomic_write
+from autoal.sweep.spec import (EXECUTION_KEYS, NAME_CHARS, SCHEDULERS, SPACES, SPEC_FILE, SweepSpec, load_spec,
+                               read_spec, show, trial_count)
+
+
+# --- the spec as Tune objects -------------------------------------------------
+
+def param_space(spec: SweepSpec) -> dict:
+    """A list axis is a grid; a search space is Tune's function of its name."""
+    return {key: tune.grid_search(value) if isinstance(value, list)
+            else getattr(tune, value["tune"])(*(value[arg] for arg in SPACES[value["tune"]].args))
+            for key, value in spec.axes.items()}
+
+
+def tune_config(spec: SweepSpec) -> tune.TuneConfig:
+    scheduler, metric = None, None
+    if spec.scheduler:
+        options = dict(spec.scheduler)
+        kind, metric = options.pop("type"), options.pop("metric")
+        scheduler = create_scheduler(SCHEDULERS[kind].tune_name, time_attr="training_iteration",
+                                     max_t=spec.max_reports(), **options)
+    return tune.TuneConfig(metric=metric, mode="max" if metric else None, scheduler=scheduler,
+                           num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent_trials,
+                           trial_name_creator=trial_label, trial_dirname_creator=trial_label, reuse_actors=True)
+
+
+def placement(spec: SweepSpec) -> tune.PlacementGroupFactory:
+    """An empty bundle for the trial function (it only relays rounds) and one for the experiment task."""
+    return tune.PlacementGroupFactory([{}, spec.task_resources()], strategy="STRICT_PACK")
+
+
+# --- trials ------------------------------------------------------------------
+
+def trial_name(params: dict, trial_id: str) -> str:
+    """`<trial index>-<axis=value,...>`: unique, stable across restores, readable in a listing."""
+    shown = ",".join(f"{k}={show(v)}" for k, v in params.items())
+    return f"{trial_id.rsplit('_', 1)[-1]}-{NAME_CHARS.sub('_', shown)[:120]}"
+
+
+def trial_label(trial) -> str:
+    """Tune's trial name and directory name (picklable: Tune saves it with the experiment)."""
+    return trial_name(trial.config, trial.trial_id)
+
+
+def scratch_dir(experiment_path: str) -> Path:
+    """Where trials of a sweep with remote storage keep their experiment on the node (one per storage,
+    so that sweeps of the same name do not share it)."""
+    digest = hashlib.sha1(experiment_path.encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / "autoal-sweeps" / f"{Path(experiment_path).name}-{digest}"
+
+
+def _trainable(spec: SweepSpec, trials_dir: Path, remote: bool):
+    def sweep_trial(params: dict) -> None:
+        run_trial(spec, params, str(trials_dir), remote)
+    return tune.with_resources(sweep_trial, placement(spec))
+
+
+def run_trial(spec: SweepSpec, params: dict, trials_dir: str, remote: bool) -> None:
+    """One Tune trial: run its experiment in a task and report each round (with a checkpoint of the
+    experiment directory when the results must travel through remote storage)."""
+    runtime.quiet()
+    name = trial_name(params, tune.get_context().get_trial_id())
+    cfg = spec.trial_config(params)
+    exp_dir = Path(trials_dir) / name
+    task = experiment_rounds.options(
+        num_cpus=spec.resources["cpu"], num_gpus=spec.resources["gpu"],
+        scheduling_strategy=PlacementGroupSchedulingStrategy(ray.util.get_current_placement_group(),
+                                                             placement_group_capture_child_tasks=False))
+    rounds = task.remote(cfg.to_dict(), params, str(exp_dir), name, tune.get_checkpoint() if remote else None,
+                         remote)
+    curves: dict[tuple, list] = defaultdict(list)
+    try:
+        for ref in rounds:
+            row, snapshot, new = ray.get(ref)
+            curve = curves[row["strategy"], row["seed"]]
+            curve.append((row["n_labeled"], row["accuracy"]))
+            if not new:   # Tune has it from before the checkpoint this trial was restored from
+                continue
+            report = {key: row[key] for key in ("strategy", "seed", "round", "n_labeled", "accuracy")}
+            report["aubc"] = metrics.aubc(*zip(*curve))
+            if snapshot:
+                tune.report(report, checkpoint=tune.Checkpoint.from_directory(snapshot))
+                shutil.rmtree(snapshot)
+            else:
+                tune.report(report)
+    except BaseException:  # stopped by the scheduler (SystemExit inside report) or failed: end the experiment too
+        ray.cancel(rounds, force=True)
+        raise
+
+
+@ray.remote(max_retries=0, num_returns="streaming")
+def experiment_rounds(cfg: dict, params: dict, exp_dir: str, name: str, checkpoint, snapshots: bool):
+    """Run one experiment, yielding (results row, snapshot dir or None, report it) per round.
+
+    Rounds already in the directory come first: a trial restarted without a Tune
+    checkpoint begins at Tune iteration 0 and reports them again; one restored from
+    a checkpoint continues its iteration count and only counts them into its AUBC.
+    """
+    from autoal.experiment import Experiment
+
+    root = Path(exp_dir)
+    _drop_snapshots(root)
+    if checkpoint is not None:
+        shutil.rmtree(root, ignore_errors=True)
+        checkpoint.to_directory(str(root))
+    done = object()
+    rows: queue.Queue = queue.Queue()
+
+    def on_round(row: dict) -> None:
+        rows.put((row, _snapshot(root, row) if snapshots else None, True))
+
+    experiment = Experiment.prepare(config.from_dict(cfg), root, log=lambda line: print(f"[{name}] {line}"),
+                                    on_round=on_round)
+    atomic_write(root / "params.json", json.dumps(params).encode())
+    for row in experiment.store.results.to_dict("records"):
+        yield row, None, checkpoint is None
+
+    def work() -> None:
+        try:
+            experiment.run()
+            rows.put(done)
+        except BaseException as exc:  # handed to the generator, which re-raises it in the task
+            rows.put(exc)
+
+    threading.Thread(target=work, daemon=True).start()
+    while (item := rows.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+    if snapshots:  # the storage holds it now; scratch space on the node is not kept
+        shutil.rmtree(root, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the sweep's scratch folder, once its last trial is done
+            root.parent.rmdir()
+
+
+def _drop_snapshots(root: Path) -> None:
+    """Remove snapshots a killed attempt left behind (a finished attempt's trial function removes its own)."""
+    for stale in root.parent.glob(f".{root.name}.*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _snapshot(root: Path, row: dict) -> str:
+    """A consistent copy of the experiment directory, taken between rounds (the run waits for it)."""
+    target = root.parent / f".{root.name}.{row['strategy']}-s{row['seed']}-r{row['round']}"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(root, target)
+    return str(target)
+
+
+# --- the sweep ---------------------------------------------------------------
+
+def run_sweep(spec_path: str, out: str | None = None, storage: str | None = None, log=print) -> Path:
+    """Run (or resume) the sweep of `spec_path`; returns its output directory.
+
+    Raises AutoALError for a bad spec, an `out` holding another sweep, or failed
+    trials (after writing the results of the others); KeyboardInterrupt when
+    interrupted (Tune has saved its state: the same command resumes).
+    """
+    spec = load_spec(spec_path)
+    root = Path(out or Path("runs") / spec.name).resolve()
+    _claim(root, spec)
+    remote = storage is not None and "://" in storage
+    storage_path = storage.rstrip("/") if remote else str(Path(storage or root / "tune").resolve())
+    runtime.init_ray()
+    # Checkpointing every round forces Tune state snapshots, which Tune warns about each time.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    experiment_path = f"{storage_path}/{spec.name}"
+    trainable = _trainable(spec, scratch_dir(experiment_path) if remote else root / "trials", remote)
+    if tune.Tuner.can_restore(experiment_path):
+        log(f"sweep {spec.name}: resuming from {experiment_path}")
+        tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        log(f"sweep {spec.name}: {trial_count(spec)} trials -> {root}")
+        tuner = tune.Tuner(trainable, param_space=param_space(spec), tune_config=tune_config(spec),
+                           run_config=tune.RunConfig(name=spec.name, storage_path=storage_path, verbose=0,
+                                                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    grid = tuner.fit()
+    if remote:
+        _fetch(grid, root / "trials")
+    log(sweep_report(root))
+    failed = [r for r in grid if r.error]
+    if failed:
+        first = failed[0]
+        raise AutoALError(f"{len(failed)} of {len(grid)} trials failed; first {Path(first.path).name}: "
+                          f"{_root_cause(first.error)}. Results of the others are in {root}; "
+                          f"re-run the same command to retry the failed trials once their cause is fixed")
+    # After Ctrl-C Tune returns normally; its saved state (what a resume reads) then lists trials
+    # that are neither terminated nor errored, or fewer trials than the grid (later ones not created).
+    saved = tune.ExperimentAnalysis(experiment_path).trials
+    if len(saved) < trial_count(spec) or any(t.status not in ("TERMINATED", "ERROR") for t in saved):
+        raise KeyboardInterrupt(f"sweep {spec.name} interrupted; re-run the same command to resume")
+    return root
+
+
+def _claim(root: Path, spec: SweepSpec) -> None:
+    """Write the spec into `root`, or check that `root` holds this same sweep."""
+    path = root / SPEC_FILE
+    if path.exists():
+        saved = read_spec(root).to_dict()
+        diff = sorted(k for k, v in spec.to_dict().items() if k not in EXECUTION_KEYS and saved[k] != v)
+        if diff:
+            raise AutoALError(f"{root} holds a different sweep (differs in {', '.join(diff)}); "
+                              f"choose another --out or restore its spec")
+    elif root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise AutoALError(f"output {root} is not empty and holds no autoal sweep")
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, yaml.safe_dump(spec.to_dict(), sort_keys=False).encode())
+
+
+def _fetch(grid, trials: Path) -> None:
+    """Copy each trial's latest checkpoint (its experiment directory) from the storage into `trials`."""
+    for result in grid:
+        if result.checkpoint is not None:
+            target = trials / Path(result.path).name
+            shutil.rmtree(target, ignore_errors=True)
+            result.checkpoint.to_directory(str(target))
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost error under Ray's task and actor wrappers, in one line."""
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    text = (str(error).strip().splitlines() or [""])[-1]
+    return text if isinstance(error, AutoALError) else f"{type(error).__name__}: {text}"
