@@ -90,7 +90,8 @@ def top(values, share=0.25):
     return mask
 
 
-def train_search(rows, kind: str, steps: int = 150, lam: float = 1.0, gamma: float = 0.0, seed: int = 0):
+def train_search(rows, kind: str, steps: int = 150, lam: float = 1.0, gamma: float = 0.0, seed: int = 0,
+                 prior: float = config.SearchConfig.prior):
     """SearchNet (a head on the rows' features) trained on the objective alone."""
     torch.manual_seed(seed)
     net = SearchNet(SPEC, rows.a.shape[1], backbone=False, loss_module=gamma > 0, embed_dim=rows.e.shape[1])
@@ -98,7 +99,7 @@ def train_search(rows, kind: str, steps: int = 150, lam: float = 1.0, gamma: flo
     for step in range(steps):
         logits, l_hat = net(rows.x, rows.e)
         parts = objective.terms(logits, net.alpha, l_hat, rows, rho=0.25, kind=kind, eta=0.1, lam=lam, gamma=gamma,
-                                seed=step)
+                                prior=prior, seed=step)
         optimizer.zero_grad()
         (parts["selection"] + parts["rank"]).backward()
         optimizer.step()
@@ -120,6 +121,16 @@ def test_search_raises_the_useful_candidate_and_lowers_the_useless_one(kind):
     start = 1 / 3
     assert pi[:, 0].mean() > start + 0.1
     assert pi[:, 1].mean() < start - 0.1
+
+
+def test_prior_holds_the_mixture_near_vote_without_hiding_the_useful_candidate():
+    rows = fitted_rows({"useful": lambda p, ce, align: top(align), "useless": lambda p, ce, align: top(-ce)})
+    kl = {}
+    for prior in (0.0, 2.0):
+        pi = train_search(rows, "lookahead", prior=prior)
+        kl[prior] = float((pi * torch.log(pi * 2)).sum(1).mean())
+        assert pi[:, 0].mean() > 0.5 > pi[:, 1].mean()
+    assert kl[2.0] < 0.5 * kl[0.0]
 
 
 def test_lookahead_rewards_samples_that_lower_held_out_loss():

@@ -33,6 +33,7 @@ class SearchConfig:
     fit_steps: int = 50            # ... raised until FitNet takes at least this many optimiser steps
     search_epochs: int = 10        # SearchNet epochs over L_val per cycle
     lam: float = 1.0               # count regulariser weight (lambda)
+    prior: float = 0.0             # weight of KL(pi || flat mixture): shrinks AutoAL toward vote
     gamma: float = 0.1             # ranking loss weight
     threshold: str = "gmm"         # "gmm" (paper) or "quantile" (exact)
     lr: float = 1e-3
@@ -105,6 +106,7 @@ class ExperimentConfig:
             (self.search.fitnet in ("fresh", "crossfit"), "search.fitnet must be fresh or crossfit"),
             (0.0 < self.search.rho < 1.0, "search.rho must be in (0, 1)"),
             (self.search.eta > 0, "search.eta must be positive"),
+            (self.search.prior >= 0, "search.prior must be >= 0"),
             (self.search.fit_steps >= 0, "search.fit_steps must be >= 0"),
             (len(self.search.candidates) > 0, "search.candidates must not be empty"),
             (self.baselines.noise_scope in ("head", "model"), "baselines.noise_scope must be head or model"),

@@ -33,7 +33,7 @@ GMM_SAMPLES = 4096     # draws from the fitted mixture to read the threshold qua
 TEMPERATURE = 0.1      # of the sigmoid, in standard deviations of r: neither a step nor flat
 REWARDS = ("lookahead", "loss")
 # one row per search step; `selected` is the mean soft selection s
-TELEMETRY = ("reward", "count_reg", "rank_loss", "selected")
+TELEMETRY = ("reward", "count_reg", "mixture_kl", "rank_loss", "selected")
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,8 @@ def lookahead(q: torch.Tensor, rows: Rows, eta: float) -> torch.Tensor:
     smallest gradients: confident, uninformative picks. The best step per batch
     (eta* = linear / quadratic) is no cure: it makes the reward blind to diluting
     the picks with zero-gradient samples. A small eta keeps the first-order gain
-    in charge and the quadratic term as a redundancy penalty.
+    in charge and the quadratic term as a redundancy penalty. The change is
+    returned divided by eta, so that the reward's scale does not depend on it.
     """
     linear = (q * rows.align).sum()
     quadratic = q.new_zeros(())
@@ -118,7 +119,7 @@ def lookahead(q: torch.Tensor, rows: Rows, eta: float) -> torch.Tensor:
         at = rows.space == space
         step = (q[at, None] * rows.residual[at]).T @ rows.h[at]          # sum_i q_i g_i as [C, D]
         quadratic = quadratic + (step ** 2).sum()
-    return -eta * linear + eta ** 2 / 2 * quadratic
+    return -linear + eta / 2 * quadratic
 
 
 def reward(s: torch.Tensor, rows: Rows, kind: str, eta: float) -> torch.Tensor:
@@ -132,17 +133,22 @@ def reward(s: torch.Tensor, rows: Rows, kind: str, eta: float) -> torch.Tensor:
 
 
 def terms(logits: torch.Tensor, alpha: torch.Tensor, l_hat: torch.Tensor | None, rows: Rows, *, rho: float,
-          kind: str, eta: float, lam: float, gamma: float, method: str = "quantile", seed: int = 0,
-          gather=lambda t: t) -> dict[str, torch.Tensor]:
+          kind: str, eta: float, lam: float, gamma: float, prior: float = 0.0, method: str = "quantile",
+          seed: int = 0, gather=lambda t: t) -> dict[str, torch.Tensor]:
     """Every term of SearchNet's loss on one mini-batch; `selection` and `rank`
-    are kept apart so that their gradients can be told apart."""
+    are kept apart so that their gradients can be told apart.
+
+    `prior` weighs KL(pi || flat), the mixture's distance from `vote`'s: a few
+    dozen labeled rows are thin evidence, and without it one candidate can take
+    all the weight on one round's noise."""
     pi = mixture(logits, alpha)
     s = soft_selection((rows.a * pi).sum(1), rho, method, seed, gather)
     count = (s.mean() - rho) ** 2
+    kl = (pi * torch.log(pi.clamp_min(1e-12) * pi.shape[1])).sum(1).mean()
     r = reward(s, rows, kind, eta)
     rank = loss_ranking(l_hat, rows.ce) if l_hat is not None else logits.new_zeros(())
-    return dict(selection=r + lam * count, rank=gamma * rank, reward=r, count_reg=count, rank_loss=rank,
-                selected=s.mean())
+    return dict(selection=r + lam * count + prior * kl, rank=gamma * rank, reward=r, count_reg=count,
+                mixture_kl=kl, rank_loss=rank, selected=s.mean())
 
 
 def gradient_norms(module: torch.nn.Module, parts: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -132,7 +132,7 @@ def gather(t: torch.Tensor) -> torch.Tensor:
 def search_terms(model, alpha, rows: objective.Rows, sc: SearchConfig, seed: int, gather_fn=gather):
     logits, l_hat = model(rows.x, rows.e)
     return objective.terms(logits, alpha, l_hat, rows, rho=sc.rho, kind=sc.reward, eta=sc.eta, lam=sc.lam,
-                           gamma=sc.gamma, method=sc.threshold, seed=seed, gather=gather_fn)
+                           gamma=sc.gamma, prior=sc.prior, method=sc.threshold, seed=seed, gather=gather_fn)
 
 
 def search_loop(config: dict) -> dict | None:
