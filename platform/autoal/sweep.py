@@ -48,6 +48,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy  # n
 
 from autoal import config, datasets, metrics, plots, runtime  # noqa: E402
 from autoal.errors import AutoALError  # noqa: E402
+from autoal.lock import DirLock  # noqa: E402
 from autoal.store import ExperimentDir, atomic_write, parquet_bytes  # noqa: E402
 
 # The paper's nested candidate pools (section 4.3): size n is the first n names.
@@ -485,6 +486,11 @@ def run_sweep(spec_path: str, out: str | None = None, storage: str | None = None
     spec = load_spec(spec_path)
     root = Path(out or Path("runs") / spec.name).resolve()
     _claim(root, spec)
+    with DirLock(root):  # one driver per sweep; each trial locks its own experiment directory
+        return _run_claimed(spec, root, storage, log)
+
+
+def _run_claimed(spec: SweepSpec, root: Path, storage: str | None, log) -> Path:
     remote = storage is not None and "://" in storage
     storage_path = storage.rstrip("/") if remote else str(Path(storage or root / "tune").resolve())
     runtime.init_ray()
@@ -566,34 +572,36 @@ def _root_cause(error: BaseException) -> str:
 
 # --- results -----------------------------------------------------------------
 
-def finish(root: Path) -> str:
-    """Collect every trial of the sweep in `root`, write the table, summary and plots; the summary as text."""
+def finish(root: Path, out: Path | None = None) -> str:
+    """Collect every trial of the sweep in `root`, write the table, summary and plots (into `out`,
+    by default `root`); the summary as text."""
+    out = root if out is None else out
     spec = read_spec(root)
     results, weights = collect(root, spec)
     if results.empty:
         return f"sweep {spec.name}: no finished rounds yet in {root / 'trials'}"
     by = config_columns(spec)
     table = summarize(results, by)
-    atomic_write(root / "results.parquet", parquet_bytes(results))
-    atomic_write(root / "results.csv", results.to_csv(index=False).encode())
-    atomic_write(root / "summary.csv", table.to_csv(index=False).encode())
-    written = [root / "results.parquet", root / "results.csv", root / "summary.csv"]
+    atomic_write(out / "results.parquet", parquet_bytes(results))
+    atomic_write(out / "results.csv", results.to_csv(index=False).encode())
+    atomic_write(out / "summary.csv", table.to_csv(index=False).encode())
+    written = [out / "results.parquet", out / "results.csv", out / "summary.csv"]
     labelled = results.assign(strategy=_labels(results, by))
     for dataset, rows in labelled.groupby("dataset"):
-        written.append(plots.curves(rows, root / f"curves_{_file_name(dataset)}.png", title=dataset))
+        written.append(plots.curves(rows, out / f"curves_{_file_name(dataset)}.png", title=dataset))
     if "candidates_size" in spec.axes:
-        written.append(candidates_size_plot(results, by, root / "candidates_size.png"))
+        written.append(candidates_size_plot(results, by, out / "candidates_size.png"))
     if not weights.empty:
-        atomic_write(root / "strategy_weights.parquet", parquet_bytes(weights))
-        written.append(root / "strategy_weights.parquet")
-        heatmaps = root / "strategy_weights"
+        atomic_write(out / "strategy_weights.parquet", parquet_bytes(weights))
+        written.append(out / "strategy_weights.parquet")
+        heatmaps = out / "strategy_weights"
         heatmaps.mkdir(exist_ok=True)
         for (dataset, label), rows in weights.groupby(["dataset", _labels(weights, by)]):
             plots.strategy_weights(rows, heatmaps / f"{_file_name(f'{dataset}-{label}')}.png",
                                    title=f"{dataset}: {label}")
         written.append(heatmaps)
     return (f"sweep {spec.name}: {results['trial'].nunique()} trials, {len(results)} rounds\n\n"
-            f"{format_summary(table, by)}\n\nwritten: {', '.join(p.name for p in written)} in {root}")
+            f"{format_summary(table, by)}\n\nwritten: {', '.join(p.name for p in written)} in {out}")
 
 
 def collect(root: Path, spec: SweepSpec) -> tuple[pd.DataFrame, pd.DataFrame]:

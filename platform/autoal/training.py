@@ -18,10 +18,11 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from ray.train import RunConfig, ScalingConfig
+from ray.train import ControllerError, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from autoal import models
+from autoal.errors import AutoALError
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,15 @@ def run_on_ray_train(loop, config: dict, workers: int, gpus: float, name: str):
     """Run `loop(config)` under a TorchTrainer and return rank 0's return value."""
     scaling = ScalingConfig(num_workers=workers, use_gpu=gpus > 0 and workers > 0,
                             resources_per_worker={"GPU": gpus} if gpus > 0 and workers > 0 else None)
-    run_config = RunConfig(name=name, storage_path=tempfile.gettempdir() + "/autoal_ray_train")
-    result = TorchTrainer(loop, train_loop_config=config, scaling_config=scaling, run_config=run_config).fit()
+    # A worker group that cannot start (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s by default) is
+    # retried once, not for ever as Ray Train's default would.
+    run_config = RunConfig(name=name, storage_path=tempfile.gettempdir() + "/autoal_ray_train",
+                           failure_config=FailureConfig(controller_failure_limit=1))
+    try:
+        result = TorchTrainer(loop, train_loop_config=config, scaling_config=scaling, run_config=run_config).fit()
+    except ControllerError as exc:
+        raise AutoALError(f"Ray Train could not start {workers} worker(s) for {name} "
+                          f"({str(exc).strip().splitlines()[-1]})") from None
     if result.error:
         raise result.error
     return result.return_value
