@@ -166,10 +166,10 @@ def _value(hint, value, name: str):
             raise AutoALError(f"bad config: {name} must be an integer or {AUTO}, got {value!r}")
         return _value(get_args(hint)[0], value, name)
     if hint in (int, float):
-        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-                or (hint is int and value != int(value))):
-            kind = "an integer" if hint is int else "a finite number"
-            raise AutoALError(f"bad config: {name} must be {kind}, got {value!r}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
+            raise AutoALError(f"bad config: {name} must be finite, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and value != int(value)):
+            raise AutoALError(f"bad config: {name} must be {'an integer' if hint is int else 'a number'}, got {value!r}")
         return hint(value)
     if hint is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
