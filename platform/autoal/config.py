@@ -178,6 +178,13 @@ def _value(hint, value, name: str):
     return value
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: its problem and where."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{getattr(exc, 'problem', None) or exc}{where}".replace("\n", " ")
+
+
 def from_dict(data: dict[str, Any]) -> ExperimentConfig:
     return _coerce(ExperimentConfig, data, "")
 
@@ -198,7 +205,7 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise AutoALError(f"config {path} is not valid YAML: {exc}") from None
+            raise AutoALError(f"config {path} is not valid YAML: {yaml_problem(exc)}") from None
         if not isinstance(data, dict):
             raise AutoALError(f"config {path} must be a YAML mapping of keys to values")
     for key, value in (overrides or {}).items():

@@ -152,8 +152,9 @@ class _BatchUnpickler(pickle.Unpickler):
     """Builds only what a CIFAR python batch holds: a dict of strings, lists and numpy arrays.
     A plain unpickler would call any function a planted file names (os.system, ...)."""
 
-    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-               ("numpy._core.multiarray", "_reconstruct"), ("_codecs", "encode")}
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+               *((f"numpy.{core}.multiarray", "_reconstruct") for core in ("core", "_core")),
+               *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core"))}  # pickle protocol 5
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -147,7 +148,9 @@ class ExperimentDir:
         if not path.exists():
             return None
         try:
-            return _from_tensors(torch.load(path, weights_only=True))
+            with warnings.catch_warnings():  # a foreign file's pickle protocol draws a UserWarning first
+                warnings.simplefilter("ignore")
+                return _from_tensors(torch.load(path, weights_only=True))
         except Exception as exc:  # weights_only refusals and damaged files raise several types
             raise AutoALError(f"{path} is not a checkpoint autoal wrote ({type(exc).__name__}); "
                               "delete it and the rounds after it, or start a new --out") from None
