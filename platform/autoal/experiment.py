@@ -21,6 +21,7 @@ from autoal import search  # noqa: F401  (registers the autoal round hook)
 from autoal import adversarial, baselines  # noqa: F401  (register the baselines' round hooks)
 from autoal.config import ExperimentConfig
 from autoal.errors import AutoALError
+from autoal.lock import describe
 from autoal.pool import OOD, Pool, with_ood_classes
 from autoal.store import ExperimentDir
 from autoal.strategies import PoolStats, get
@@ -73,7 +74,11 @@ class Experiment:
         spec = training.ModelSpec(models.resolve(cfg.model, train.shape), train.shape, pool.classes, cfg.dropout)
         runtime.init_ray()
         runtime.check_resources(cfg.workers, scoring.actors_for(cfg.actors, len(train)), cfg.gpus, log)
-        return cls(cfg, train, test, spec, ExperimentDir(out).open(cfg), log, on_round)
+        store = ExperimentDir(out).open(cfg)
+        if store.lock.stale:
+            log(f"autoal: {out} was locked by a run that ended without releasing it "
+                f"({describe(store.lock.stale)}); taking it over")
+        return cls(cfg, train, test, spec, store, log, on_round)
 
     def run(self) -> pd.DataFrame:
         """Run every strategy and seed not yet finished; the directory's lock is released however it ends."""
