@@ -54,7 +54,8 @@ def demand(workers: int, actors: int, gpus: float) -> dict[str, float]:
 
 
 def _short(need: dict[str, float], have: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in need.items() if v > have.get(k, 0.0) + 1e-9}
+    """What `have` lacks of `need`."""
+    return {k: v - have.get(k, 0.0) for k, v in need.items() if v > have.get(k, 0.0) + 1e-9}
 
 
 def _show(resources: dict[str, float]) -> str:

@@ -44,8 +44,10 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         as_created(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:  # fsync and write do not say which file
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
 
 
