@@ -22,6 +22,7 @@ from autoal.errors import AutoALError
 from autoal.experiment import Experiment
 from autoal.hooks import ScorerExtra
 from autoal.pool import OOD, Pool, with_ood_classes
+from autoal.store import ExperimentDir
 from autoal.strategies import PoolStats, get
 from autoal.strategies.adversarial import online_uncertainty
 from autoal.strategies.albl import Exp4P, importance_weighted_accuracy
@@ -463,8 +464,7 @@ def test_every_baseline_runs_on_an_ood_digits_pool_and_resumes_with_its_state(ra
     pd.testing.assert_frame_equal(ledger, full.store.ledger[columns].sort_values(order).reset_index(drop=True),
                                   check_dtype=False)
     for round_ in (1, 2, 3):
-        saved = [torch.load(d / "state" / "albl" / "seed0" / f"round{round_}.pt", weights_only=False)
-                 for d in (tmp_path / "full", tmp_path / "cut")]
+        saved = [ExperimentDir(d).load_state("albl", 0, round_) for d in (tmp_path / "full", tmp_path / "cut")]
         np.testing.assert_array_equal(saved[0]["log_w"], saved[1]["log_w"])
     assert (saved[0]["log_w"] != 0).any()         # later answers rewarded earlier slots
 
