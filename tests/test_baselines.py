@@ -428,7 +428,8 @@ def test_bad_baseline_options_end_with_one_clear_message(tmp_path):
 # --- in the loop ----------------------------------------------------------------------------
 
 LOOP = {"dataset": "digits", "strategies": list(BASELINES), "initial": 20, "batch": 10, "rounds": 3, "epochs": 2,
-        "actors": 0, "mc_samples": 3, "ood_classes": [7, 8, 9], "baselines.albl_arms": ["entropy", "kmeans", "bald"],
+        "actors": 0, "min_steps": 0,
+        "mc_samples": 3, "ood_classes": [7, 8, 9], "baselines.albl_arms": ["entropy", "kmeans", "bald"],
         "baselines.noise_samples": 3, "baselines.poal_iterations": 200, "baselines.adversarial_epochs": 1}
 
 
