@@ -43,7 +43,7 @@ def toy(n_easy: int, n_hard: int, seed: int, d: int = 8) -> tuple[np.ndarray, np
 
 
 def toy_cfg(**overrides) -> config.ExperimentConfig:
-    return config.load(None, {"dataset": "toy", "strategies": ["autoal"], "actors": 0, "mc_samples": 4,
+    return config.load(None, {"dataset": "toy", "strategies": ["autoal"], "actors": 0, "mc_samples": 4, "min_steps": 0,
                               "search.candidates": ["margin", "kmeans", "bald"], **FAST, **overrides})
 
 
@@ -428,7 +428,8 @@ def resumed_run(ray_local, tmp_path_factory):
     """An uninterrupted run and one killed after round 0 then re-run, on digits;
     also the hook states that the re-run loaded."""
     cfg = config.load(None, {"dataset": "digits", "strategies": ["autoal"], "initial": 20, "batch": 10, "rounds": 2,
-                             "epochs": 2, "actors": 0, "mc_samples": 3, **FAST, "search.cycles_first": 2})
+                             "epochs": 2, "min_steps": 0, "actors": 0, "mc_samples": 3, **FAST,
+                             "search.cycles_first": 2})
     root = tmp_path_factory.mktemp("resume")
     full = Experiment.prepare(cfg, root / "full", log=lambda m: None)
     full.run()
@@ -448,7 +449,7 @@ def test_resume_restores_searchnet(resumed_run):
     """The state saved after round 0 is what the re-run loads, and round 1 is not searched as a first round."""
     root, _, _, loaded = resumed_run
     assert len(loaded) == 1 and loaded[0]["rounds"] == 1
-    saved = torch.load(root / "full" / "state" / "autoal" / "seed0" / "round1.pt", weights_only=False)
+    saved = ExperimentDir(root / "full").load_state("autoal", 0, 1)
     for key, value in saved["search"].items():
         torch.testing.assert_close(loaded[0]["search"][key], value)
     telemetry = pd.read_parquet(root / "cut" / "search.parquet")

@@ -22,6 +22,7 @@ from autoal.errors import AutoALError
 from autoal.experiment import Experiment
 from autoal.hooks import ScorerExtra
 from autoal.pool import OOD, Pool, with_ood_classes
+from autoal.store import ExperimentDir
 from autoal.strategies import PoolStats, get
 from autoal.strategies.adversarial import online_uncertainty
 from autoal.strategies.albl import Exp4P, importance_weighted_accuracy
@@ -427,7 +428,8 @@ def test_bad_baseline_options_end_with_one_clear_message(tmp_path):
 # --- in the loop ----------------------------------------------------------------------------
 
 LOOP = {"dataset": "digits", "strategies": list(BASELINES), "initial": 20, "batch": 10, "rounds": 3, "epochs": 2,
-        "actors": 0, "mc_samples": 3, "ood_classes": [7, 8, 9], "baselines.albl_arms": ["entropy", "kmeans", "bald"],
+        "actors": 0, "min_steps": 0,
+        "mc_samples": 3, "ood_classes": [7, 8, 9], "baselines.albl_arms": ["entropy", "kmeans", "bald"],
         "baselines.noise_samples": 3, "baselines.poal_iterations": 200, "baselines.adversarial_epochs": 1}
 
 
@@ -463,8 +465,7 @@ def test_every_baseline_runs_on_an_ood_digits_pool_and_resumes_with_its_state(ra
     pd.testing.assert_frame_equal(ledger, full.store.ledger[columns].sort_values(order).reset_index(drop=True),
                                   check_dtype=False)
     for round_ in (1, 2, 3):
-        saved = [torch.load(d / "state" / "albl" / "seed0" / f"round{round_}.pt", weights_only=False)
-                 for d in (tmp_path / "full", tmp_path / "cut")]
+        saved = [ExperimentDir(d).load_state("albl", 0, round_) for d in (tmp_path / "full", tmp_path / "cut")]
         np.testing.assert_array_equal(saved[0]["log_w"], saved[1]["log_w"])
     assert (saved[0]["log_w"] != 0).any()         # later answers rewarded earlier slots
 

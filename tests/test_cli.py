@@ -12,7 +12,7 @@ import pytest
 from autoal import cli
 
 SMALL = ["--dataset", "digits", "--initial", "10", "--batch", "5", "--rounds", "1", "--epochs", "2",
-         "--actors", "0", "--seeds", "0"]
+         "--actors", "0", "--seeds", "0", "--min-steps", "0"]
 
 
 def fingerprint(root: Path) -> dict:

@@ -7,7 +7,7 @@ from autoal import config, experiment, metrics
 from autoal.experiment import Experiment
 
 TINY = dict(dataset="digits", strategies=["random", "entropy", "coreset"], initial=20, batch=10, rounds=2,
-            seeds=[0, 1], epochs=5, actors=0)
+            seeds=[0, 1], epochs=5, min_steps=0, actors=0)
 
 
 def run(out, **overrides):

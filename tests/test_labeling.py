@@ -105,8 +105,9 @@ def test_second_round_trains_on_the_imported_labels(flow):
     assert list(results["round"]) == [0, 1]
     assert list(results["n_labeled"]) == [9, 9 + 8], "9 seeds, then 8 class answers (a skip does not train)"
     assert results["accuracy_estimated"].all() and results["accuracy"].notna().all()
-    project = LabelProject.open(flow["project"])
-    assert set(flow["ledger_after_import"]["id"][flow["ledger_after_import"]["label"] >= 0]) <= set(project.trainable())
+    with LabelProject.open(flow["project"]) as project:
+        trainable = set(project.trainable())
+    assert set(flow["ledger_after_import"]["id"][flow["ledger_after_import"]["label"] >= 0]) <= trainable
     second = project.queries[project.queries["round"] == 2]["id"]
     assert len(second) == 10 and not set(second) & set(project.queries[project.queries["round"] == 1]["id"])
     assert len(project.open_queries()) == 1 + 10, "the blank row of round 1 stays open"
@@ -156,7 +157,8 @@ def test_label_studio_export_imports(flow, tmp_path):
     new = ledger[ledger["round"] == 2]
     assert list(new["id"]) == [int(t["data"]["autoal_id"]) for t in tasks[:1] + tasks[2:]]
     assert list(new["label"]) == [UNLABELED, *(CLASSES.index(c) for c in truth[2:])]
-    assert len(LabelProject.open(project).open_queries()) == 2
+    with LabelProject.open(project) as opened:
+        assert len(opened.open_queries()) == 2
 
 
 BAD_ANSWERS = {
@@ -267,7 +269,7 @@ def test_crash_during_next_rolls_back_and_the_rerun_asks_the_same(flow, monkeypa
     assert cli.main(["label", "next", str(project)]) == 130
     assert (project / "queries" / "round-002.csv").exists(), "the crash came after the batch's files"
     monkeypatch.undo()
-    LabelProject.open(project)
+    LabelProject.open(project).close()
     assert fingerprint(project) == before
     assert cli.main(["label", "next", str(project)]) == 0
     asked = pd.read_parquet(project / "queries.parquet")

@@ -1,10 +1,14 @@
 """`autoal`: run experiments, sweeps and reports; label data; list strategies and datasets; prepare pools.
 
-User errors (AutoALError) print one line and exit 2, never a traceback.
+User errors (AutoALError) and failed file operations (OSError: a read-only or
+full disk, a path under a file) print one line and exit 2, never a traceback.
+The config is checked before torch and Ray are imported, so a typo is reported
+at once.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
@@ -21,12 +25,17 @@ RUN_FLAGS = {
 
 def _run(args) -> None:
     from autoal import config
-    from autoal.experiment import Experiment
-    from autoal.metrics import format_table, summary
 
     overrides = {key: getattr(args, flag) for flag, key in RUN_FLAGS.items() if getattr(args, flag) is not None}
     cfg = config.load(args.config, overrides)
     out = Path(args.out or Path("runs") / (Path(args.config).stem if args.config else cfg.dataset))
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise AutoALError(f"output {out} lies under {parent}, which is a file, not a directory")
+
+    from autoal.experiment import Experiment
+    from autoal.metrics import format_table, summary
+
     print(f"autoal: {cfg.dataset}, strategies {', '.join(cfg.strategies)}, seeds {list(cfg.seeds)}, "
           f"{cfg.rounds} rounds of {cfg.batch} after {cfg.initial} -> {out}", flush=True)
     experiment = Experiment.prepare(cfg, out, log=lambda line: print(line, flush=True), download=args.download)
@@ -61,7 +70,7 @@ def _prepare(args) -> None:
 def _report(args) -> None:
     from autoal.report import report
 
-    print(report(args.path))
+    print(report(args.path, plots=args.plots))
 
 
 def _sweep(args) -> None:
@@ -74,17 +83,17 @@ def _sweep(args) -> None:
 def _label_init(args) -> None:
     from autoal.labeling import LabelProject
 
-    project = LabelProject.create(args.dir, args.pool, args.classes, test=args.test, config_path=args.config,
-                                  strategy=args.strategy, cv_folds=args.cv_folds)
-    print(project.status())
+    with LabelProject.create(args.dir, args.pool, args.classes, test=args.test, config_path=args.config,
+                             strategy=args.strategy, cv_folds=args.cv_folds) as project:
+        print(project.status())
     print(f"next: autoal label next {args.dir}")
 
 
 def _label_next(args) -> None:
     from autoal.labeling import LabelProject
 
-    files = LabelProject.open(args.dir).next(batch=args.batch, strategy=args.strategy,
-                                             log=lambda line: print(line, flush=True))
+    with LabelProject.open(args.dir) as project:
+        files = project.next(batch=args.batch, strategy=args.strategy, log=lambda line: print(line, flush=True))
     print("queries: " + "  ".join(map(str, files)))
     print(f"fill the label column of {files[0]}, then: autoal label import {args.dir} {files[0]}")
 
@@ -92,19 +101,22 @@ def _label_next(args) -> None:
 def _label_import(args) -> None:
     from autoal.labeling import LabelProject
 
-    print(LabelProject.open(args.dir).import_answers(args.file))
+    with LabelProject.open(args.dir) as project:
+        print(project.import_answers(args.file))
 
 
 def _label_status(args) -> None:
     from autoal.labeling import LabelProject
 
-    print(LabelProject.open(args.dir).status())
+    with LabelProject.open(args.dir) as project:
+        print(project.status())
 
 
 def _label_export(args) -> None:
     from autoal.labeling import LabelProject
 
-    print(f"labeled pool and latest model in {LabelProject.open(args.dir).export(args.out)}")
+    with LabelProject.open(args.dir) as project:
+        print(f"labeled pool and latest model in {project.export(args.out)}")
 
 
 def _label_parser(sub) -> None:
@@ -159,7 +171,8 @@ def parser() -> argparse.ArgumentParser:
                      help="at least this many optimiser steps per round (more epochs on few labels)")
     run.add_argument("--model", help="auto, cnn, mlp or resnet18")
     run.add_argument("--workers", type=int, help="Ray Train workers (0: local mode in the driver)")
-    run.add_argument("--actors", type=int, help="Ray Data scoring actors (0: score in the driver)")
+    run.add_argument("--actors", type=_actors, help="Ray Data scoring actors (0: score in the driver; "
+                     "auto, the default: in the driver for small pools)")
     run.add_argument("--gpus", type=float, help="GPUs per training worker and per scoring actor")
     run.add_argument("--out", help="experiment directory (default: runs/<config name or dataset>)")
     run.set_defaults(func=_run)
@@ -176,6 +189,7 @@ def parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="summary table and plots of a run or sweep directory")
     rep.add_argument("path")
+    rep.add_argument("--plots", help="write the plots here (default: next to the results, when writable)")
     rep.set_defaults(func=_report)
 
     sw = sub.add_parser("sweep", help="run a Ray Tune sweep of experiments from a spec")
@@ -187,12 +201,39 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _actors(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or auto, got {text!r}") from None
+
+
+# what to do about a failed file operation, by errno
+OS_HINTS = {errno.ENOSPC: "free some space and re-run the same command: finished rounds are kept",
+            errno.EDQUOT: "free some space and re-run the same command: finished rounds are kept",
+            errno.EROFS: "the filesystem is read-only; choose a writable --out",
+            errno.EACCES: "choose a path you may write to",
+            errno.ENOTDIR: "a part of the path is a file, not a directory",
+            errno.EEXIST: "a file is in the way of a directory"}
+
+
+def _os_error(exc: OSError) -> str:
+    path = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+    hint = OS_HINTS.get(exc.errno)
+    return (f"{path}: " if path else "") + f"{exc.strerror or exc}" + (f"; {hint}" if hint else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.func(args)
     except AutoALError as exc:
         print(f"autoal: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"autoal: error: {_os_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("autoal: interrupted; re-run the same command to resume", file=sys.stderr)

@@ -5,6 +5,8 @@ Flags win over the YAML file; unknown keys and ill-typed values are errors.
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -12,6 +14,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from autoal.errors import AutoALError
+
+AUTO = "auto"  # a value some fields take instead of a number: decided by the run (e.g. `actors`)
 
 
 @dataclass(frozen=True)
@@ -73,14 +77,14 @@ class ExperimentConfig:
     rounds: int = 10                        # query rounds after the initial pool
     seeds: tuple[int, ...] = (0,)
     epochs: int = 30                        # task-model epochs per round (retrained from scratch)
-    min_steps: int = 0                      # at least this many optimiser steps per round (more epochs on few labels)
+    min_steps: int = 100                    # at least this many optimiser steps per round (more epochs on few labels)
     lr: float = 1e-3
     weight_decay: float = 5e-4
     batch_size: int = 64
     dropout: float = 0.3                    # dropout of the classifier head (MC dropout)
     mc_samples: int = 10                    # T, MC-dropout samples of the head
     workers: int = 0                        # Ray Train workers; 0 = local mode in the driver
-    actors: int = 1                         # Ray Data scoring actors
+    actors: int | str = AUTO                # Ray Data scoring actors; auto: in the driver for small pools
     gpus: float = 0.0                       # GPUs per training worker and per scoring actor
     search: SearchConfig = field(default_factory=SearchConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
@@ -96,9 +100,11 @@ class ExperimentConfig:
             (self.mc_samples >= 2, "mc_samples must be >= 2"),
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
             (self.workers >= 0, "workers must be >= 0"),
-            (self.actors >= 0, "actors must be >= 0"),
+            (self.actors == AUTO or self.actors >= 0, "actors must be >= 0 or auto"),
             (self.gpus >= 0, "gpus must be >= 0"),
             (len(self.seeds) > 0, "seeds must not be empty"),
+            (all(seed >= 0 for seed in self.seeds), "seeds must be >= 0"),
+            (len(set(self.seeds)) == len(self.seeds), "a seed is listed twice"),
             (len(self.strategies) > 0, "strategies must not be empty"),
             (self.initial_method in ("random", "kcenter"), "initial_method must be random or kcenter"),
             (self.search.threshold in ("gmm", "quantile"), "search.threshold must be gmm or quantile"),
@@ -166,7 +172,15 @@ def _value(hint, value, name: str):
         if isinstance(value, bool):
             return value
         raise AutoALError(f"bad config: {name} must be true or false, got {value!r}")
+    if isinstance(hint, types.UnionType):  # a number or AUTO
+        if value == AUTO:
+            return AUTO
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise AutoALError(f"bad config: {name} must be an integer or {AUTO}, got {value!r}")
+        return _value(get_args(hint)[0], value, name)
     if hint in (int, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
+            raise AutoALError(f"bad config: {name} must be finite, got {value!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and value != int(value)):
             raise AutoALError(f"bad config: {name} must be {'an integer' if hint is int else 'a number'}, got {value!r}")
         return hint(value)
@@ -175,6 +189,13 @@ def _value(hint, value, name: str):
             raise AutoALError(f"bad config: {name} must be a string, got {value!r}")
         return str(value)
     return value
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: its problem and where."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{getattr(exc, 'problem', None) or exc}{where}".replace("\n", " ")
 
 
 def from_dict(data: dict[str, Any]) -> ExperimentConfig:
@@ -189,13 +210,15 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise AutoALError(f"cannot read config {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise AutoALError(f"config {path} is not a UTF-8 text file") from None
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise AutoALError(f"config {path} is not valid YAML: {exc}") from None
+            raise AutoALError(f"config {path} is not valid YAML: {yaml_problem(exc)}") from None
         if not isinstance(data, dict):
             raise AutoALError(f"config {path} must be a YAML mapping of keys to values")
     for key, value in (overrides or {}).items():

@@ -53,7 +53,10 @@ def load(spec: str, data_root: str | Path, download: bool = False) -> Pool:
     src = _SOURCES.get(name.lower())
     if src is None:
         raise AutoALError(f"unknown data source {name!r} in {spec!r}; known sources: {', '.join(_SOURCES)}")
-    return src.load(arg if sep else None, Path(data_root).expanduser(), download)
+    root = Path(data_root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise AutoALError(f"data root {root} is a file; --data-root names the directory dataset files live in")
+    return src.load(arg if sep else None, root, download)
 
 
 def prepare(spec: str, data_root: str | Path, out_dir: str | Path, download: bool = False) -> Path:
@@ -145,9 +148,24 @@ def _digits(arg: str | None, root: Path, download: bool) -> Pool:
     return from_arrays("digits", x_train, y_train, x_test, y_test, classes=10)
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Builds only what a CIFAR python batch holds: a dict of strings, lists and numpy arrays.
+    A plain unpickler would call any function a planted file names (os.system, ...)."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+               *((f"numpy.{core}.multiarray", "_reconstruct") for core in ("core", "_core")),
+               *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core"))}  # pickle protocol 5
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: a CIFAR batch holds only "
+                                         "strings, lists and numpy arrays")
+        return super().find_class(module, name)
+
+
 def _read_pickle(path: Path) -> object:
     with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")  # the batches were pickled by Python 2, as torchvision reads them
+        return _BatchUnpickler(f, encoding="latin1").load()  # batches pickled by Python 2, as torchvision reads
 
 
 def _read_cifar_batch(path: Path, label_key: str, classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -21,6 +21,7 @@ from autoal import search  # noqa: F401  (registers the autoal round hook)
 from autoal import adversarial, baselines  # noqa: F401  (register the baselines' round hooks)
 from autoal.config import ExperimentConfig
 from autoal.errors import AutoALError
+from autoal.lock import describe
 from autoal.pool import OOD, UNLABELED, Pool, with_ood_classes
 from autoal.store import ExperimentDir
 from autoal.strategies import PoolStats, get
@@ -70,21 +71,35 @@ class Experiment:
         if cfg.budget > len(train):
             raise AutoALError(f"budget {cfg.budget} (initial {cfg.initial} + {cfg.rounds} rounds x "
                               f"batch {cfg.batch}) exceeds the pool of {len(train)} training samples")
+        present = np.unique(train.y[train.y != OOD])
+        if len(present) < 2:
+            raise AutoALError(f"the train split of {cfg.dataset!r} holds {len(present)} class(es) "
+                              f"({present.tolist()}) of the {pool.classes} its metadata declares; "
+                              "a classifier needs at least 2")
         spec = training.ModelSpec(models.resolve(cfg.model, train.shape), train.shape, pool.classes, cfg.dropout)
-        return cls(cfg, train, test, spec, ExperimentDir(out).open(cfg), log, on_round)
+        runtime.init_ray()
+        runtime.check_resources(cfg.workers, scoring.actors_for(cfg.actors, len(train)), cfg.gpus, log)
+        store = ExperimentDir(out).open(cfg)
+        if store.lock.stale:
+            log(f"autoal: {out} was locked by a run that ended without releasing it "
+                f"({describe(store.lock.stale)}); taking it over")
+        return cls(cfg, train, test, spec, store, log, on_round)
 
     def run(self) -> pd.DataFrame:
-        runtime.init_ray()
-        self.test_ref = ray.put((self.test.x, self.test.y))
-        for seed in self.cfg.seeds:
-            initial = initial_pool(self.train, self.cfg, seed)
-            for name in self.cfg.strategies:
-                self.run_strategy(name, hook(name, self.cfg), seed, initial)
-        root = self.store.root
-        plots.curves(self.store.results, root / "curves.png", title=self.cfg.dataset)
-        if (root / "strategy_weights.parquet").exists():
-            plots.strategy_weights(pd.read_parquet(root / "strategy_weights.parquet"), root / "strategy_weights.png",
-                                   title=f"{self.cfg.dataset}: AutoAL weights")
+        """Run every strategy and seed not yet finished; the directory's lock is released however it ends."""
+        try:
+            self.test_ref = ray.put((self.test.x, self.test.y))
+            for seed in self.cfg.seeds:
+                initial = initial_pool(self.train, self.cfg, seed)
+                for name in self.cfg.strategies:
+                    self.run_strategy(name, hook(name, self.cfg), seed, initial)
+            root = self.store.root
+            plots.curves(self.store.results, root / "curves.png", title=self.cfg.dataset)
+            if (root / "strategy_weights.parquet").exists():
+                plots.strategy_weights(pd.read_parquet(root / "strategy_weights.parquet"),
+                                       root / "strategy_weights.png", title=f"{self.cfg.dataset}: AutoAL weights")
+        finally:
+            self.store.close()
         return self.store.results
 
     def run_strategy(self, name: str, round_hook: hooks.RoundHook, seed: int, initial: np.ndarray) -> None:
@@ -92,6 +107,8 @@ class Experiment:
         start = store.rounds_done(name, seed)
         if start > cfg.rounds:
             return
+        if start:
+            self.log(f"[{name} seed={seed}] resuming at round {start}/{cfg.rounds}")
         if start == 0 and not len(store.labeled(name, seed)):
             store.append_ledger(self.ledger_rows(name, seed, 0, initial))
         saved = store.load_state(name, seed, start)
@@ -145,7 +162,8 @@ class Experiment:
         stats = PoolStats(ids=scored)
         if strat.needs:
             stats = scoring.score(self.spec, task_state, scored, self.train.x[self.train.rows(scored)], strat.needs,
-                                  mc_samples=cfg.mc_samples, actors=cfg.actors, gpus=cfg.gpus, extra=extra)
+                                  mc_samples=cfg.mc_samples, actors=scoring.actors_for(cfg.actors, len(scored)),
+                                  gpus=cfg.gpus, extra=extra)
         t2 = time.perf_counter()
         pool_stats = stats.take(np.arange(len(unlabeled)))
         labeled_stats = (replace(stats.take(np.arange(len(unlabeled), len(scored))),

@@ -33,6 +33,7 @@ import yaml
 from autoal import config, datasets, images, label_files, models, runtime, scoring, training
 from autoal.errors import AutoALError
 from autoal.experiment import Experiment, derive_seed, hook, initial_pool
+from autoal.lock import LOCK_FILE
 from autoal.pool import OOD, UNLABELED, Pool, write_parquet
 from autoal.store import ExperimentDir, atomic_write, parquet_bytes
 
@@ -145,10 +146,25 @@ class LabelProject:
         except (yaml.YAMLError, TypeError, KeyError) as exc:
             raise AutoALError(f"{path} is damaged ({exc}); restore it from a backup") from None
         project = cls(root, spec, ExperimentDir(root).saved_config())
-        project._roll_back()
         project.store = ExperimentDir(root).open(project.cfg)
-        project._load_progress()
+        try:
+            project._roll_back()
+            project.store.reload()
+            project._load_progress()
+        except BaseException:
+            project.close()
+            raise
         return project
+
+    def close(self) -> None:
+        """Release the project directory's lock."""
+        self.store.close()
+
+    def __enter__(self) -> "LabelProject":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _load_progress(self) -> None:
         path = self.root / "queries.parquet"
@@ -174,7 +190,8 @@ class LabelProject:
         committed = self.committed
         for path in list(self.root.rglob("*")):
             stale = ROUND_FILE.match(path.stem)
-            if path.is_file() and (path.name.startswith(".") or (stale and int(stale[1]) > committed)):
+            temporary = path.name.startswith(".") and path.name != LOCK_FILE
+            if path.is_file() and (temporary or (stale and int(stale[1]) > committed)):
                 path.unlink()
         for path in self.root.glob("*.parquet"):
             frame = pd.read_parquet(path) if path.stem not in PROTECTED_TABLES else None

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from autoal.errors import AutoALError
+from autoal.modes import as_created
 
 SPLITS = ("train", "test")
 OOD = -1  # the label of an out-of-distribution sample: the oracle's "none of the classes"
@@ -58,7 +59,8 @@ class Pool:
                 "in the train split only)")
         unknown = set(np.unique(self.split)) - set(SPLITS)
         if unknown:
-            raise AutoALError(f"pool {self.name!r}: unknown split values {sorted(unknown)}; expected train/test")
+            raise AutoALError(f"pool {self.name!r}: unknown split values {sorted(map(str, unknown))}; "
+                              "expected train/test")
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -116,14 +118,15 @@ def from_arrays(name: str, x_train, y_train, x_test, y_test, classes: int | None
 def write_parquet(pool: Pool, out_dir: str | os.PathLike, rows_per_shard: int = 50_000) -> Path:
     """Write the pool as Parquet shards; the directory appears complete or not at all."""
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise AutoALError(f"{out} exists and is not empty; choose a new directory")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise AutoALError(f"{out} exists and is not an empty directory; choose a new directory")
     metadata = {b"shape": json.dumps(list(pool.shape)).encode(), b"classes": str(pool.classes).encode(),
                 b"name": pool.name.encode()}
     schema = pa.schema([("id", pa.int64()), ("x", pa.list_(pa.float32())), ("y", pa.int64()),
                         ("split", pa.string())], metadata=metadata)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    as_created(tmp, directory=True)
     try:
         flat = pool.x.reshape(len(pool), -1)
         for shard, start in enumerate(range(0, len(pool), rows_per_shard)):
@@ -156,18 +159,57 @@ def read_parquet(path: str | os.PathLike) -> Pool:
     if missing:
         raise AutoALError(f"parquet pool {path} lacks columns {sorted(missing)}; "
                           "expected id int64, x list<float32>, y int64, split string")
+    if not len(table):
+        raise AutoALError(f"parquet pool {path} has no rows")
     meta = table.schema.metadata or {}
     xs = table.column("x").combine_chunks()
+    if not pa.types.is_list(xs.type) and not pa.types.is_fixed_size_list(xs.type):
+        raise AutoALError(f"parquet pool {path}: x is {xs.type}; expected list<float32> (flattened features)")
+    if xs.null_count:
+        raise AutoALError(f"parquet pool {path}: {xs.null_count} rows have a null x")
     lengths = np.unique(xs.value_lengths().to_numpy(zero_copy_only=False))
     if len(lengths) != 1:
         raise AutoALError(f"parquet pool {path}: rows of x have different lengths {lengths[:5].tolist()}")
     width = int(lengths[0])
-    shape = tuple(json.loads(meta[b"shape"])) if b"shape" in meta else (width,)
-    if int(np.prod(shape)) != width:
+    shape = _metadata(meta, b"shape", path, lambda v: tuple(json.loads(v)), "a JSON list of ints, e.g. [1, 8, 8]",
+                      (width,))
+    if not all(isinstance(d, int) and d > 0 for d in shape) or int(np.prod(shape)) != width:
         raise AutoALError(f"parquet pool {path}: shape metadata {list(shape)} does not match {width} features")
     x = xs.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape((len(table), *shape))
-    y = table.column("y").fill_null(UNLABELED).to_numpy().astype(np.int64)
-    classes = int(meta[b"classes"]) if b"classes" in meta else int(y.max()) + 1
-    name = meta.get(b"name", path.name.encode()).decode()
-    return Pool(name, table.column("id").to_numpy().astype(np.int64), x, y,
-                table.column("split").to_numpy(zero_copy_only=False).astype(str), classes)
+    y = _int_column(table, "y", path, null=UNLABELED)
+    classes = _metadata(meta, b"classes", path, int, "an integer", None)
+    classes = int(y.max()) + 1 if classes is None else classes
+    name = meta.get(b"name", path.name.encode()).decode(errors="replace")
+    split = table.column("split")
+    if not pa.types.is_string(split.type) and not pa.types.is_large_string(split.type):
+        raise AutoALError(f"parquet pool {path}: split is {split.type}; expected string (train / test)")
+    return Pool(name, _int_column(table, "id", path), x, y, split.to_numpy(zero_copy_only=False).astype(str), classes)
+
+
+def _int_column(table: pa.Table, name: str, path: Path, null: int | None = None) -> np.ndarray:
+    """An int64 column, refusing what a cast would silently change: text, fractions, and
+    nulls unless `null` stands for them (y: an unknown label)."""
+    column = table.column(name)
+    if column.null_count:
+        if null is None:
+            raise AutoALError(f"parquet pool {path}: {column.null_count} rows have a null {name}")
+        column = column.fill_null(null)
+    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+        raise AutoALError(f"parquet pool {path}: {name} is {column.type}; expected int64")
+    values = column.to_numpy()
+    if not np.array_equal(values, np.round(values)):
+        bad = values[values != np.round(values)]
+        raise AutoALError(f"parquet pool {path}: {len(bad)} values of {name} are not whole numbers "
+                          f"(e.g. {bad[0].item()}); expected int64")
+    return values.astype(np.int64)
+
+
+def _metadata(meta: dict, key: bytes, path: Path, parse, expected: str, default):
+    """A schema-metadata value parsed by `parse`, or `default` when absent."""
+    if key not in meta:
+        return default
+    try:
+        return parse(meta[key].decode())
+    except (ValueError, TypeError, UnicodeDecodeError):
+        raise AutoALError(f"parquet pool {path}: metadata {key.decode()} is {meta[key].decode(errors='replace')!r}; "
+                          f"expected {expected}") from None

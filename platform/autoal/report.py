@@ -3,9 +3,12 @@
 Reports read only what is on disk, so they work on finished, running and
 interrupted runs and sweeps alike, and on directories copied from a cluster;
 they need no Ray Tune (a sweep's runner writes its report with `sweep_report`).
+Plots go next to the results, or to `--plots DIR`; a read-only run directory
+still gets its table, and a note where its plots could go.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,44 +22,51 @@ from autoal.sweep import results as sweep_results
 from autoal.sweep.spec import NAME_CHARS, read_spec
 
 
-def run_report(root: Path) -> str:
+def run_report(root: Path, out: Path | None) -> str:
     """Strategy x AUBC / F-acc over seeds; curves.png, and strategy_weights.png when telemetry exists."""
+    if not (root / "results.parquet").is_file():
+        return f"{root}: no finished rounds yet"
     results = _read(root / "results.parquet")
     if results.empty:
         return f"{root}: no finished rounds yet"
     dataset = str(results["dataset"].iloc[0])
-    written = [plots.curves(results, root / "curves.png", title=dataset)]
+    table = f"{root}: {dataset}, {len(results)} rounds\n\n{metrics.format_table(metrics.summary(results))}\n\n"
+    if out is None:
+        return table + f"plots not written: {root} is read-only; pass --plots DIR to write them elsewhere"
+    written = [plots.curves(results, out / "curves.png", title=dataset)]
     if (root / "strategy_weights.parquet").exists():
         written.append(plots.strategy_weights(_read(root / "strategy_weights.parquet"),
-                                              root / "strategy_weights.png", title=f"{dataset}: AutoAL weights"))
-    return (f"{root}: {dataset}, {len(results)} rounds\n\n"
-            f"{metrics.format_table(metrics.summary(results))}\n\n"
-            f"written: {', '.join(Path(p).name for p in written)} in {root}")
+                                              out / "strategy_weights.png", title=f"{dataset}: AutoAL weights"))
+    return table + f"written: {', '.join(Path(p).name for p in written)} in {out}"
 
 
-def sweep_report(root: Path) -> str:
+def sweep_report(root: Path, out: Path | None) -> str:
     """Every trial of the sweep in `root` collected: results and summary tables, curves per dataset,
-    AUBC vs candidate pool size when that is an axis, strategy-weight heatmaps; the summary as text."""
+    AUBC vs candidate pool size when that is an axis, strategy-weight heatmaps (all into `out`);
+    the summary as text."""
+    if out is None:
+        raise AutoALError(f"{root} is read-only and a sweep report writes its tables and plots; "
+                          "pass --plots DIR to write them elsewhere")
     spec = read_spec(root)
     results, weights = sweep_results.collect(root, spec)
     if results.empty:
         return f"sweep {spec.name}: no finished rounds yet in {root / 'trials'}"
     by = sweep_results.config_columns(spec)
     table = sweep_results.summarize(results, by)
-    atomic_write(root / "results.parquet", parquet_bytes(results))
-    atomic_write(root / "results.csv", results.to_csv(index=False).encode())
-    atomic_write(root / "summary.csv", table.to_csv(index=False).encode())
-    written = [root / "results.parquet", root / "results.csv", root / "summary.csv"]
+    atomic_write(out / "results.parquet", parquet_bytes(results))
+    atomic_write(out / "results.csv", results.to_csv(index=False).encode())
+    atomic_write(out / "summary.csv", table.to_csv(index=False).encode())
+    written = [out / "results.parquet", out / "results.csv", out / "summary.csv"]
     labelled = results.assign(strategy=sweep_results.labels(results, by))
     for dataset, rows in labelled.groupby("dataset"):
-        written.append(plots.curves(rows, root / f"curves_{_file_name(dataset)}.png", title=dataset))
+        written.append(plots.curves(rows, out / f"curves_{_file_name(dataset)}.png", title=dataset))
     if "candidates_size" in spec.axes:
         written.append(plots.candidates_size(sweep_results.by_candidates_size(results, by),
-                                             root / "candidates_size.png"))
+                                             out / "candidates_size.png"))
     if not weights.empty:
-        atomic_write(root / "strategy_weights.parquet", parquet_bytes(weights))
-        written.append(root / "strategy_weights.parquet")
-        heatmaps = root / "strategy_weights"
+        atomic_write(out / "strategy_weights.parquet", parquet_bytes(weights))
+        written.append(out / "strategy_weights.parquet")
+        heatmaps = out / "strategy_weights"
         heatmaps.mkdir(exist_ok=True)
         for (dataset, label), rows in weights.groupby(["dataset", sweep_results.labels(weights, by)]):
             plots.strategy_weights(rows, heatmaps / f"{_file_name(f'{dataset}-{label}')}.png",
@@ -65,7 +75,7 @@ def sweep_report(root: Path) -> str:
     summary = metrics.format_table(table.assign(configuration=sweep_results.labels(table, by)),
                                    keys=("dataset", "configuration"))
     return (f"sweep {spec.name}: {results['trial'].nunique()} trials, {len(results)} rounds\n\n"
-            f"{summary}\n\nwritten: {', '.join(p.name for p in written)} in {root}")
+            f"{summary}\n\nwritten: {', '.join(p.name for p in written)} in {out}")
 
 
 def _file_name(text) -> str:
@@ -85,20 +95,26 @@ class Kind:
 
     name: str
     marker: tuple[str, ...]          # files that must all exist
-    report: Callable[[Path], str]
+    report: Callable[[Path, Path | None], str]   # (directory, where plots go or None) -> text
 
 
 KINDS = (
     Kind("sweep", ("sweep.yaml",), sweep_report),
-    Kind("run", ("config.yaml", "results.parquet"), run_report),
+    Kind("run", ("config.yaml",), run_report),
 )
 
 
-def report(path: str | Path) -> str:
-    """The report of the run or sweep directory at `path` (plots are rewritten next to its results)."""
+def report(path: str | Path, plots: str | Path | None = None) -> str:
+    """The report of the run or sweep directory at `path`; plots are written to `plots`, else
+    next to the results where that directory is writable."""
     root = Path(path)
+    if not root.is_dir():
+        raise AutoALError(f"{root} {'is not a directory' if root.exists() else 'does not exist'}")
+    out = Path(plots) if plots is not None else (root if os.access(root, os.W_OK) else None)
     for kind in KINDS:
         if all((root / name).is_file() for name in kind.marker):
-            return kind.report(root)
+            if out is not None:
+                out.mkdir(parents=True, exist_ok=True)
+            return kind.report(root, out)
     expected = "; ".join(f"a {k.name} directory has {' + '.join(k.marker)}" for k in KINDS)
     raise AutoALError(f"{root} is not an autoal run or sweep directory ({expected})")

@@ -15,10 +15,22 @@ import ray
 import torch
 from ray.data.extensions import ArrowTensorArray
 
+from autoal.config import AUTO
 from autoal.strategies import PoolStats
 from autoal.training import ModelSpec
 
 POOL_FIELDS = ("probs", "mc_probs", "embedding", "pred_loss")
+# `actors: auto` scores pools smaller than this in the driver: a Ray Data actor pool's start-up
+# (5-10 s on 2 cores) costs more than scoring them (benchmarks/fused_scoring.py --actors 1).
+AUTO_ACTORS_FROM = 20_000
+
+
+def actors_for(actors: int | str, n: int) -> int:
+    """The scoring actors for a pass over `n` samples: `actors`, or for `auto` none below
+    AUTO_ACTORS_FROM samples and one from there."""
+    if actors == AUTO:
+        return 0 if n < AUTO_ACTORS_FROM else 1
+    return int(actors)
 
 
 def device_for(gpus: float) -> torch.device:

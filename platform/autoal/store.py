@@ -5,20 +5,30 @@ run killed at any moment leaves a readable directory. The ledger is
 append-only: rows are added, never changed. A round counts as done once its
 results row exists; ledger rows of a round beyond that (written just before a
 kill) are dropped on load and re-derived identically.
+
+One process at a time writes a directory: `open` takes its lock (autoal.lock)
+and `close` releases it. Strategy state is loaded with torch's weights_only
+unpickler, which builds nothing but tensors and plain containers: a file
+planted in a shared experiment directory cannot run code on the machine that
+resumes from it.
 """
 from __future__ import annotations
 
 import io
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import yaml
 
 from autoal.config import ExperimentConfig, from_dict
 from autoal.errors import AutoALError
+from autoal.lock import LOCK_FILE, DirLock
+from autoal.modes import as_created
 
 LEDGER_COLUMNS = ["strategy", "seed", "round", "id", "label"]
 # Fields that change how a run executes, not what it computes: they may differ on resume.
@@ -32,9 +42,12 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        as_created(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:  # fsync and write do not say which file
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
 
 
@@ -54,27 +67,53 @@ class ExperimentDir:
         self.results_path = self.root / "results.parquet"
 
     def open(self, config: ExperimentConfig) -> "ExperimentDir":
-        """Create the directory, or check that it holds this same experiment and load its progress."""
+        """Create the directory, or check that it holds this same experiment and load its progress;
+        hold the directory's lock until `close`."""
         if self.root.exists() and not self.root.is_dir():
             raise AutoALError(f"output {self.root} exists and is not a directory")
-        if self.config_path.exists():
-            saved = self.saved_config()
-            ours, theirs = config.to_dict(), saved.to_dict()
-            diff = sorted(k for k in ours if k not in EXECUTION_FIELDS and ours[k] != theirs[k])
-            if diff:
-                raise AutoALError(f"output {self.root} holds a different experiment (differs in "
-                                  f"{', '.join(diff)}); choose another --out or repeat its settings")
-            merged = dict(ours, strategies=_union(theirs["strategies"], ours["strategies"]),
-                          seeds=_union(theirs["seeds"], ours["seeds"]))
-            config = from_dict(merged)
-        elif self.root.exists() and any(self.root.iterdir()):
-            raise AutoALError(f"output {self.root} is not empty and holds no autoal experiment")
+        self._merged(config)  # refuse before touching anything, even the lock file
         self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.config_path, yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
+        self.lock = DirLock(self.root).acquire()
+        try:
+            config, fresh = self._merged(config)  # again under the lock: the last holder may have written
+            atomic_write(self.config_path, yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
+            self.reload()
+            if fresh:
+                self.ledger = self.ledger.iloc[:0]
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def reload(self) -> None:
+        """Read the results and the ledger (up to its last complete round) from disk, e.g. again
+        after the lock holder repaired the directory."""
         self.results = self._read(self.results_path, None)
         ledger = self._read(self.ledger_path, LEDGER_COLUMNS)
         self.ledger = ledger[ledger["round"] <= self._next_round(ledger)].reset_index(drop=True)
-        return self
+
+    def close(self) -> None:
+        """Release the directory's lock (a killed process releases it too)."""
+        if getattr(self, "lock", None) is not None:
+            self.lock.release()
+
+    def _merged(self, config: ExperimentConfig) -> tuple[ExperimentConfig, bool]:
+        """The config to run: `config` with the saved run's strategies and seeds, and whether the
+        directory starts afresh. A saved config that finished no round is replaced: a run that
+        failed at start-up must not block its corrected retry."""
+        if not self.config_path.exists():
+            if self.root.exists() and any(p.name != LOCK_FILE for p in self.root.iterdir()):
+                raise AutoALError(f"output {self.root} is not empty and holds no autoal experiment")
+            return config, True
+        ours, theirs = config.to_dict(), self.saved_config().to_dict()
+        diff = sorted(k for k in ours if k not in EXECUTION_FIELDS and ours[k] != theirs[k])
+        if diff and not self.results_path.exists():
+            return config, True
+        if diff:
+            raise AutoALError(f"output {self.root} holds a different experiment (differs in "
+                              f"{', '.join(diff)}); choose another --out or repeat its settings")
+        return from_dict(dict(ours, strategies=_union(theirs["strategies"], ours["strategies"]),
+                              seeds=_union(theirs["seeds"], ours["seeds"]))), False
 
     def saved_config(self) -> ExperimentConfig:
         try:
@@ -113,13 +152,21 @@ class ExperimentDir:
 
     def load_state(self, strategy: str, seed: int, round_: int):
         path = self.state_path(strategy, seed, round_)
-        return torch.load(path, weights_only=False) if path.exists() else None
+        if not path.exists():
+            return None
+        try:
+            with warnings.catch_warnings():  # a foreign file's pickle protocol draws a UserWarning first
+                warnings.simplefilter("ignore")
+                return _from_tensors(torch.load(path, weights_only=True))
+        except Exception as exc:  # weights_only refusals and damaged files raise several types
+            raise AutoALError(f"{path} is not a checkpoint autoal wrote ({type(exc).__name__}); "
+                              "delete it and the rounds after it, or start a new --out") from None
 
     def save_state(self, strategy: str, seed: int, round_: int, state) -> None:
         path = self.state_path(strategy, seed, round_)
         path.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
-        torch.save(state, buf)
+        torch.save(_to_tensors(state), buf)
         atomic_write(path, buf.getvalue())
 
     def append_ledger(self, rows: pd.DataFrame) -> None:
@@ -146,6 +193,34 @@ class ExperimentDir:
         self.results = new if not len(self.results) else pd.concat([self.results, new], ignore_index=True)
         atomic_write(self.results_path, parquet_bytes(self.results))
         atomic_write(self.root / "results.csv", self.results.to_csv(index=False).encode())
+
+
+NUMPY = "__numpy__"   # marks a numpy array stored as a tensor in a checkpoint
+
+
+def _to_tensors(state):
+    """`state` in what torch's weights_only loader accepts: tensors, numbers, strings and plain
+    containers; a numpy array becomes {NUMPY: tensor}. Anything else is a bug in a hook."""
+    if isinstance(state, np.ndarray):
+        return {NUMPY: torch.from_numpy(np.ascontiguousarray(state))}
+    if isinstance(state, dict):
+        return {k: _to_tensors(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_to_tensors(v) for v in state)
+    if state is None or isinstance(state, (torch.Tensor, bool, int, float, str)):
+        return state
+    raise TypeError(f"a round hook's state holds a {type(state).__name__}; keep it to tensors, arrays, "
+                    "numbers, strings and plain containers")
+
+
+def _from_tensors(state):
+    if isinstance(state, dict):
+        if set(state) == {NUMPY}:
+            return state[NUMPY].numpy()
+        return {k: _from_tensors(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_from_tensors(v) for v in state)
+    return state
 
 
 def _union(first, second) -> list:

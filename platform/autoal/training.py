@@ -9,6 +9,7 @@ shard of every epoch's permutation, so runs are reproducible for a seed.
 from __future__ import annotations
 
 import tempfile
+import threading
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -18,10 +19,11 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from ray.train import RunConfig, ScalingConfig
+from ray.train import ControllerError, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from autoal import models
+from autoal.errors import AutoALError
 
 
 @dataclass(frozen=True)
@@ -61,12 +63,41 @@ def run_on_ray_train(loop, config: dict, workers: int, gpus: float, name: str):
     same name in concurrent trials or experiments must not share Ray Train's run state."""
     scaling = ScalingConfig(num_workers=workers, use_gpu=gpus > 0 and workers > 0,
                             resources_per_worker={"GPU": gpus} if gpus > 0 and workers > 0 else None)
+    # A worker group that cannot start (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s by default) is
+    # retried once, not for ever as Ray Train's default would.
     with tempfile.TemporaryDirectory(prefix=f"autoal_ray_train-{name}-", ignore_cleanup_errors=True) as storage:
-        run_config = RunConfig(name=name, storage_path=storage)
-        result = TorchTrainer(loop, train_loop_config=config, scaling_config=scaling, run_config=run_config).fit()
+        run_config = RunConfig(name=name, storage_path=storage,
+                               failure_config=FailureConfig(controller_failure_limit=1))
+        trainer = TorchTrainer(loop, train_loop_config=config, scaling_config=scaling, run_config=run_config)
+        try:
+            result = trainer.fit() if workers == 0 else _off_the_main_thread(trainer.fit)
+        except ControllerError as exc:
+            raise AutoALError(f"Ray Train could not start {workers} worker(s) for {name} "
+                              f"({str(exc).strip().splitlines()[-1]})") from None
     if result.error:
         raise result.error
     return result.return_value
+
+
+def _off_the_main_thread(fn):
+    """`fn()` in a daemon thread, the main thread waiting. On the main thread Ray Train installs a
+    SIGINT handler that turns Ctrl-C into a graceful abort (slow, and left installed after the fit,
+    where it exits 0); here Ctrl-C raises KeyboardInterrupt at once, and the worker group ends with
+    the driver."""
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the waiting thread
+            box["error"] = exc
+    thread = threading.Thread(target=target, daemon=True, name="ray-train-fit")
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def shard_batches(n: int, batch_size: int, seed: int, epoch: int):

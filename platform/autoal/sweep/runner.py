@@ -39,6 +39,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from autoal import config, metrics, runtime
 from autoal.errors import AutoALError
+from autoal.lock import DirLock
 from autoal.report import sweep_report
 from autoal.store import atomic_write
 from autoal.sweep.spec import (EXECUTION_KEYS, NAME_CHARS, SCHEDULERS, SPACES, SPEC_FILE, SweepSpec, load_spec,
@@ -201,6 +202,11 @@ def run_sweep(spec_path: str, out: str | None = None, storage: str | None = None
     spec = load_spec(spec_path)
     root = Path(out or Path("runs") / spec.name).resolve()
     _claim(root, spec)
+    with DirLock(root):  # one driver per sweep; each trial locks its own experiment directory
+        return _run_claimed(spec, root, storage, log)
+
+
+def _run_claimed(spec: SweepSpec, root: Path, storage: str | None, log) -> Path:
     remote = storage is not None and "://" in storage
     storage_path = storage.rstrip("/") if remote else str(Path(storage or root / "tune").resolve())
     runtime.init_ray()
@@ -219,7 +225,7 @@ def run_sweep(spec_path: str, out: str | None = None, storage: str | None = None
     grid = tuner.fit()
     if remote:
         _fetch(grid, root / "trials")
-    log(sweep_report(root))
+    log(sweep_report(root, root))
     failed = [r for r in grid if r.error]
     if failed:
         first = failed[0]

@@ -164,7 +164,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     except OSError as exc:
         raise AutoALError(f"cannot read sweep spec {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise AutoALError(f"sweep spec {path} is not valid YAML: {exc}") from None
+        raise AutoALError(f"sweep spec {path} is not valid YAML: {config.yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise AutoALError(f"sweep spec {path} must be a YAML mapping (name, base, axes, ...)")
     try:

@@ -1,0 +1,406 @@
+"""Bad-input battery: each case must end in one `autoal: error:` line, exit 2, no
+traceback, and leave every file it was given (an experiment, a pool, a config)
+byte for byte as it was. Prints a table (case | exit | traceback? | dir intact).
+
+    .venv/bin/python benchmarks/bad_inputs.py [--only SUBSTRING]
+
+Cases run in this process through `autoal.cli.main`, so the ~60 of them take a
+minute or two: one Ray start for the few that get that far. tests/test_bad_inputs.py
+runs the same cases. As root, read-only cases bind-mount a directory read-only
+(a real EROFS); otherwise they remove write permission (EACCES).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# A run small enough to build in seconds; every case that starts a run adds these flags.
+SMALL = ["--dataset", "digits", "--initial", "10", "--batch", "5", "--rounds", "1", "--epochs", "1",
+         "--min-steps", "0", "--actors", "0", "--seeds", "0", "--strategy", "entropy"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """`make(dir)` builds the case's files under `dir` and returns the argv; `message` is part of the error."""
+
+    name: str
+    make: Callable[[Path], list[str]]
+    message: str
+    exit: int = 2
+    needs_template: bool = False   # make() copies a finished run (made once, by `template`)
+    gpu_free: bool = False         # only meaningful where torch sees no CUDA GPU
+
+
+@dataclass(frozen=True)
+class Outcome:
+    case: Case
+    exit: int | str     # "raised": an exception escaped the CLI
+    stderr: str
+    stdout: str
+    intact: bool        # every file the case was given is unchanged, and nothing was added
+
+    @property
+    def traceback(self) -> bool:
+        return "Traceback" in self.stderr or self.exit == "raised"
+
+    @property
+    def clean(self) -> bool:
+        """The expected exit; for errors exactly one `autoal: error:` line naming the problem; no traceback."""
+        lines = self.stderr.strip().splitlines()
+        one_line = (len(lines) == 1 and lines[0].startswith("autoal: error:")) if self.case.exit == 2 else not lines
+        return (self.exit == self.case.exit and not self.traceback and self.intact and one_line
+                and self.case.message in self.stderr + self.stdout)
+
+
+# --- building blocks ---------------------------------------------------------
+
+TEMPLATE: dict[str, Path] = {}
+
+
+def template(base: Path) -> Path:
+    """A finished tiny run, made once and copied by the cases that damage or reuse one."""
+    if "run" not in TEMPLATE:
+        from autoal import cli
+
+        out = base / "template-run"
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert cli.main(["run", *SMALL, "--out", str(out)]) == 0, "the template run failed"
+        TEMPLATE["run"] = out
+    return TEMPLATE["run"]
+
+
+def copy_run(d: Path) -> Path:
+    out = d / "run"
+    shutil.copytree(TEMPLATE["run"], out)
+    return out
+
+
+def config(d: Path, text: str | bytes) -> list[str]:
+    path = d / "bad.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return ["run", str(path), "--out", str(d / "out")]
+
+
+def run(d: Path, *flags: str, out: Path | None = None) -> list[str]:
+    return ["run", *SMALL, *flags, "--out", str(out or d / "out")]
+
+
+def pool(d: Path, columns: dict | None = None, metadata: dict | None = None, n: int = 60, x=None, **drop) -> list[str]:
+    """A Parquet pool of n rows of 4 features, 3 classes, 10 test rows; `columns` replace the defaults."""
+    rng = np.random.default_rng(0)
+    data = {"id": np.arange(n, dtype=np.int64),
+            "x": pa.array(list(rng.random((n, 4)).astype(np.float32)) if x is None else x,
+                          type=pa.list_(pa.float32())),
+            "y": np.arange(n, dtype=np.int64) % 3, "split": ["train"] * (n - 10) + ["test"] * 10}
+    data.update(columns or {})
+    for key in drop:
+        data.pop(key)
+    table = pa.table(data)
+    if metadata:
+        table = table.replace_schema_metadata({k.encode(): v.encode() for k, v in metadata.items()})
+    (d / "pool").mkdir()
+    pq.write_table(table, d / "pool" / "part-00000.parquet")
+    return run(d, "--dataset", f"parquet:{d / 'pool'}")
+
+
+def cifar(d: Path, payload: bytes) -> list[str]:
+    """A CIFAR-10 tree whose first training batch is `payload`; the others are valid."""
+    folder = d / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    batch = {"data": np.zeros((4, 3072), np.uint8), "labels": [0, 1, 2, 3]}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "data_batch_1").write_bytes(payload)
+    return run(d, "--dataset", "cifar10", "--data-root", str(d / "data"))
+
+
+class Planted:
+    """A pickle that runs a shell command when a plain unpickler loads it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def planted_pickle(d: Path) -> bytes:
+    return pickle.dumps({"data": Planted(d / "PWNED"), "labels": [0]})
+
+
+def read_only(path: Path) -> Path:
+    """Make `path` read-only for this process: a read-only bind mount as root, else no write permission."""
+    if os.geteuid() == 0:
+        subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True)
+        MOUNTS.append(path)
+    else:
+        for p in [path, *path.rglob("*")]:
+            p.chmod(p.stat().st_mode & ~0o222)
+    return path
+
+
+MOUNTS: list[Path] = []
+
+
+def release_mounts() -> None:
+    while MOUNTS:
+        subprocess.run(["umount", str(MOUNTS.pop())], check=False)
+
+
+def interrupted(d: Path) -> Path:
+    """A copy of the template with its last round's results row removed, as after a kill."""
+    import pandas as pd
+
+    out = copy_run(d)
+    results = pd.read_parquet(out / "results.parquet")
+    results.iloc[:-1].to_parquet(out / "results.parquet", index=False)
+    return out
+
+
+def planted_checkpoint(d: Path) -> list[str]:
+    out = interrupted(d)
+    state = out / "state" / "entropy" / "seed0" / "round1.pt"
+    state.parent.mkdir(parents=True)
+    state.write_bytes(planted_pickle(d))
+    return ["run", *SMALL, "--out", str(out)]
+
+
+def locked(d: Path) -> list[str]:
+    from autoal.lock import DirLock
+
+    out = copy_run(d)
+    HELD.append(DirLock(out).acquire())   # held by this process on another descriptor: flock refuses
+    return ["run", *SMALL, "--out", str(out)]
+
+
+HELD: list = []
+
+
+def sweep_spec(d: Path, spec: dict) -> list[str]:
+    path = d / "spec.yaml"
+    path.write_text(json.dumps(spec))
+    return ["sweep", str(path), "--out", str(d / "out")]
+
+
+def medmnist_npz(d: Path, payload: bytes) -> list[str]:
+    (d / "data").mkdir()
+    (d / "data" / "organcmnist.npz").write_bytes(payload)
+    return run(d, "--dataset", "medmnist:organcmnist", "--data-root", str(d / "data"))
+
+
+def file_at(d: Path, name: str = "afile") -> Path:
+    (d / name).write_text("not a directory")
+    return d / name
+
+
+def read_only_out(d: Path) -> list[str]:
+    (d / "ro").mkdir()
+    return run(d, out=read_only(d / "ro") / "out")
+
+
+def foreign_out(d: Path) -> list[str]:
+    (d / "out").mkdir()
+    file_at(d / "out", "notes.txt")
+    return run(d)
+
+
+def damaged_ledger(d: Path) -> list[str]:
+    out = copy_run(d)
+    (out / "ledger.parquet").write_bytes(b"junk")
+    return ["run", *SMALL, "--out", str(out)]
+
+
+def not_parquet(d: Path) -> list[str]:
+    file_at(d, "pool")
+    return run(d, "--dataset", f"parquet:{d / 'pool'}")
+
+
+def report_unfinished(d: Path) -> list[str]:
+    (copy_run(d) / "results.parquet").unlink()
+    return ["report", str(d / "run")]
+
+
+BASE_SPEC = {"base": {"dataset": "digits", "initial": 10, "batch": 5, "rounds": 1}, "axes": {"seed": [0]}}
+
+CASES = [
+    # flags
+    Case("unknown dataset", lambda d: run(d, "--dataset", "imagenet"), "unknown data source 'imagenet'"),
+    Case("unknown strategy", lambda d: run(d, "--strategy", "psychic"), "unknown strategy 'psychic'"),
+    Case("unknown model", lambda d: run(d, "--model", "vgg"), "unknown model 'vgg'"),
+    Case("budget beyond the pool", lambda d: run(d, "--rounds", "400"), "exceeds the pool"),
+    Case("batch 0", lambda d: run(d, "--batch", "0"), "batch must be positive"),
+    Case("initial 0", lambda d: run(d, "--initial", "0"), "initial must be positive"),
+    Case("epochs 0", lambda d: run(d, "--epochs", "0"), "epochs must be positive"),
+    Case("rounds -1", lambda d: run(d, "--rounds", "-1"), "rounds must be >= 0"),
+    Case("seeds -1", lambda d: run(d, "--seeds", "-1"), "seeds must be >= 0"),
+    Case("duplicate seeds", lambda d: run(d, "--seeds", "1", "1"), "a seed is listed twice"),
+    Case("strategy listed twice", lambda d: run(d, "--strategy", "entropy", "entropy"), "listed twice"),
+    Case("min-steps -1", lambda d: run(d, "--min-steps", "-1"), "min_steps must be >= 0"),
+    Case("workers -1", lambda d: run(d, "--workers", "-1"), "workers must be >= 0"),
+    Case("gpus -1", lambda d: run(d, "--gpus", "-1"), "gpus must be >= 0"),
+    # config files
+    Case("config: invalid YAML", lambda d: config(d, "dataset: [digits\n"), "not valid YAML"),
+    Case("config: unknown key", lambda d: config(d, "batchsize: 5\n"), "unknown key batchsize"),
+    Case("config: text for a number", lambda d: config(d, "batch: ten\n"), "batch must be an integer"),
+    Case("config: a list", lambda d: config(d, "- a\n- b\n"), "must be a YAML mapping"),
+    Case("config: nested text for a number", lambda d: config(d, "search:\n  lam: high\n"),
+         "search.lam must be a number"),
+    Case("config: rounds .nan", lambda d: config(d, "rounds: .nan\n"), "rounds must be finite"),
+    Case("config: rounds .inf", lambda d: config(d, "rounds: .inf\n"), "rounds must be finite"),
+    Case("config: lr .nan", lambda d: config(d, "lr: .nan\n"), "lr must be finite"),
+    Case("config: fractional batch", lambda d: config(d, "batch: 2.5\n"), "batch must be an integer"),
+    Case("config: binary file", lambda d: config(d, bytes(range(256)) * 4), "not a UTF-8 text file"),
+    Case("config: Latin-1 file", lambda d: config(d, "dataset: d\xefgits\n".encode("latin-1")), "not a UTF-8"),
+    Case("config: missing file", lambda d: ["run", str(d / "absent.yaml")], "cannot read config"),
+    Case("config: a directory", lambda d: ["run", str(d)], "cannot read config"),
+    Case("config: dropout 1.5", lambda d: config(d, "dropout: 1.5\n"), "dropout must be in [0, 1)"),
+    Case("config: mc_samples 1", lambda d: config(d, "mc_samples: 1\n"), "mc_samples must be >= 2"),
+    Case("config: no strategies", lambda d: config(d, "strategies: []\n"), "strategies must not be empty"),
+    Case("config: no seeds", lambda d: config(d, "seeds: []\n"), "seeds must not be empty"),
+    Case("config: initial_method", lambda d: config(d, "initial_method: best\n"), "initial_method must be"),
+    Case("config: search.threshold", lambda d: config(d, "search:\n  threshold: otsu\n"), "search.threshold"),
+    Case("config: actors many", lambda d: config(d, "actors: many\n"), "actors must be an integer or auto"),
+    Case("config: ood class not in the pool", lambda d: config(d, "ood_classes: [42]\n"), "ood_classes [42]"),
+    # pools
+    Case("pool: NaN features", lambda d: pool(d, x=[[np.nan, 0, 0, 0]] + [[0.5] * 4] * 59), "NaN"),
+    Case("pool: label out of range", lambda d: pool(d, {"y": np.r_[-4, np.arange(59) % 3]}), "labels outside"),
+    Case("pool: text labels", lambda d: pool(d, {"y": ["cat", "dog", "owl"] * 20}), "y is string"),
+    Case("pool: text ids", lambda d: pool(d, {"id": [f"s{i}" for i in range(60)]}), "id is string"),
+    Case("pool: classes metadata 'ten'", lambda d: pool(d, metadata={"classes": "ten"}), "metadata classes"),
+    Case("pool: shape metadata '1x8x8'", lambda d: pool(d, metadata={"shape": "1x8x8"}), "metadata shape"),
+    Case("pool: shape metadata mismatch", lambda d: pool(d, metadata={"shape": "[1, 8, 8]"}), "does not match"),
+    Case("pool: null label", lambda d: pool(d, {"y": pa.array([None] + [1] * 59, pa.int64())}), "null y"),
+    Case("pool: null x row", lambda d: pool(d, x=[None] + [[0.5] * 4] * 59), "null x"),
+    Case("pool: x rows of different lengths", lambda d: pool(d, x=[[0.5] * 3] + [[0.5] * 4] * 59),
+         "different lengths"),
+    Case("pool: empty", lambda d: pool(d, n=10, columns={"id": pa.array([], pa.int64()), "x": pa.array(
+        [], pa.list_(pa.float32())), "y": pa.array([], pa.int64()), "split": pa.array([], pa.string())}),
+         "has no rows"),
+    Case("pool: fractional labels", lambda d: pool(d, {"y": np.r_[0.5, np.arange(59) % 3]}), "not whole numbers"),
+    Case("pool: one class of ten", lambda d: pool(d, {"y": np.zeros(60, np.int64)}, {"classes": "10"}),
+         "holds 1 class(es)"),
+    Case("pool: unknown split value", lambda d: pool(d, {"split": ["train"] * 50 + ["validation"] * 10}),
+         "unknown split values ['validation']"),
+    Case("pool: duplicate ids", lambda d: pool(d, {"id": np.zeros(60, np.int64)}), "ids are not unique"),
+    Case("pool: no y column", lambda d: pool(d, y=True), "lacks columns ['y']"),
+    Case("pool: not Parquet", not_parquet, "not readable Parquet"),
+    Case("pool: missing directory", lambda d: run(d, "--dataset", f"parquet:{d / 'nowhere'}"), "does not exist"),
+    # dataset files
+    Case("medmnist: corrupt npz", lambda d: medmnist_npz(d, b"not a zip archive"), "organcmnist.npz"),
+    Case("medmnist: missing files", lambda d: run(d, "--dataset", "medmnist:organcmnist", "--data-root",
+                                                  str(d / "nothing")), "organcmnist not found"),
+    Case("data root is a file", lambda d: run(d, "--dataset", "medmnist:organcmnist", "--data-root",
+                                              str(file_at(d))), "is a file"),
+    Case("--download into a file", lambda d: run(d, "--dataset", "cifar10", "--download", "--data-root",
+                                                 str(file_at(d))), "is a file"),
+    Case("cifar: planted pickle", lambda d: cifar(d, planted_pickle(d)), "refused to load posix.system"),
+    Case("cifar: truncated batch", lambda d: cifar(d, pickle.dumps({"data": 1})[:9]), "not a readable CIFAR"),
+    # output directories
+    Case("--out under a file", lambda d: run(d, out=file_at(d) / "out"), "which is a file"),
+    Case("--out on a read-only filesystem", read_only_out, "ro/out"),
+    Case("--out holds other files", foreign_out, "holds no autoal experiment"),
+    Case("--out holds a different experiment", lambda d: ["run", *SMALL, "--batch", "7", "--out", str(copy_run(d))],
+         "differs in batch", needs_template=True),
+    Case("--out in use by another run", locked, "is in use by another autoal process (pid", needs_template=True),
+    Case("--out with a damaged ledger", damaged_ledger, "ledger.parquet is damaged", needs_template=True),
+    Case("--out with a planted checkpoint", planted_checkpoint, "is not a checkpoint autoal wrote",
+         needs_template=True),
+    # resources
+    Case("workers beyond the CPUs", lambda d: run(d, "--workers", "64"), "need 64 CPU"),
+    Case("actors beyond the CPUs", lambda d: run(d, "--actors", "64"), "need 64 CPU"),
+    Case("a GPU actor without a GPU", lambda d: run(d, "--gpus", "1", "--actors", "1", "--workers", "1"),
+         "need 1 CPU, 1 GPU", gpu_free=True),
+    Case("gpus in the driver without CUDA", lambda d: run(d, "--gpus", "1"), "sees no CUDA GPU", gpu_free=True),
+    # report, prepare, sweep
+    Case("report: missing path", lambda d: ["report", str(d / "nothing")], "does not exist"),
+    Case("report: foreign directory", lambda d: (file_at(d), ["report", str(d)])[1], "is not an autoal run"),
+    Case("report: read-only run", lambda d: ["report", str(read_only(copy_run(d)))], "plots not written", exit=0,
+         needs_template=True),
+    Case("report: interrupted run, no round finished", report_unfinished, "no finished rounds yet", exit=0,
+         needs_template=True),
+    Case("prepare into a file", lambda d: ["prepare", "digits", str(file_at(d))], "not an empty directory"),
+    Case("prepare under a file", lambda d: ["prepare", "digits", str(file_at(d) / "pool")], "afile"),
+    Case("prepare unknown source", lambda d: ["prepare", "mnist", str(d / "pool")], "unknown data source"),
+    Case("sweep: missing spec", lambda d: ["sweep", str(d / "absent.yaml")], "cannot read sweep spec"),
+    Case("sweep: unknown axis", lambda d: sweep_spec(d, {**BASE_SPEC, "axes": {"epoch": [1]}}), "unknown axis"),
+    Case("sweep: unknown key", lambda d: sweep_spec(d, {**BASE_SPEC, "shedule": 1}), "unknown key shedule"),
+]
+
+
+def fingerprint(root: Path) -> dict:
+    """Every file and directory under `root`: content hashes, and the set of names."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(root.rglob("*")) if not p.is_symlink()}
+
+
+def check(case: Case, d: Path) -> Outcome:
+    """Run one case in the empty directory `d`."""
+    from autoal import cli
+
+    argv = case.make(d)
+    before = fingerprint(d)
+    err, out = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            code = cli.main(argv)
+    except BaseException as exc:  # a case that escapes the CLI boundary is a failure, shown as such
+        import traceback
+
+        err.write("".join(traceback.format_exception(exc)))
+        code = "raised"
+    intact = fingerprint(d) == before and not (d / "PWNED").exists()
+    for lock in HELD:
+        lock.release()
+    HELD.clear()
+    release_mounts()
+    return Outcome(case, code, err.getvalue(), out.getvalue(), intact)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", help="run the cases whose name contains this")
+    args = ap.parse_args()
+    import torch
+
+    cases = [c for c in CASES if (not args.only or args.only in c.name)
+             and not (c.gpu_free and torch.cuda.is_available())]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="autoal-bad-inputs-") as tmp:
+        base = Path(tmp)
+        if any(c.needs_template for c in cases):
+            template(base)
+        for i, case in enumerate(cases):
+            d = base / f"case{i:02d}"
+            d.mkdir()
+            outcome = check(case, d)
+            rows.append(outcome)
+            if not outcome.clean:
+                print(f"--- {case.name}: exit {outcome.exit}\n{outcome.stderr}", file=sys.stderr)
+    width = max(len(r.case.name) for r in rows)
+    print(f"{'case':<{width}} | exit | traceback? | dir intact | clean")
+    for r in rows:
+        print(f"{r.case.name:<{width}} | {str(r.exit):>4} | {'yes' if r.traceback else 'no':>10} | "
+              f"{'yes' if r.intact else 'NO':>10} | {'yes' if r.clean else 'NO'}")
+    print(f"\n{sum(r.clean for r in rows)} of {len(rows)} cases clean")
+    return 0 if all(r.clean for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

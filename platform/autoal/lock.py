@@ -1,0 +1,89 @@
+"""An exclusive lock on a directory autoal writes: an experiment, a sweep trial, a sweep.
+
+Like git's index.lock or PostgreSQL's postmaster.pid, it refuses a second
+writer: two runs on one `--out` would each rewrite the ledger from their own
+copy, and the last writer would erase the other's rounds. The lock is `flock`
+on `<dir>/.autoal.lock`, so the kernel drops it when its holder exits in any
+way, kill -9 included: a killed run never blocks the next one. While held, the
+file names the holder (host, pid, start time) for the refusal message; a clean
+release empties it, so a non-empty file found unlocked is the trace of a run
+that died, which the next holder reports as it takes over. flock works on
+local filesystems and on NFSv4, where Linux maps it to byte-range locks.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from autoal.errors import AutoALError
+
+LOCK_FILE = ".autoal.lock"
+
+
+class DirLock:
+    """The lock of one directory; `acquire` or refuse, `release` when done (also a context manager)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.path = Path(root) / LOCK_FILE
+        self.fd: int | None = None
+        self.stale: dict | None = None   # the holder of a lock that was found abandoned and taken over
+
+    def acquire(self) -> "DirLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AutoALError(f"{self.path.parent} is in use by another autoal process ({describe(self.holder())}); "
+                              "wait for it to end, or give each process its own --out") from None
+        self.stale = _parse(os.pread(fd, 4096, 0))
+        me = {"host": socket.gethostname(), "pid": os.getpid(),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        self.fd = fd
+        return self
+
+    def holder(self) -> dict | None:
+        try:
+            return _parse(self.path.read_bytes())
+        except OSError:
+            return None
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        try:
+            os.ftruncate(fd, 0)
+        except OSError:  # a full or read-only disk must not keep the lock: closing releases it
+            pass
+        os.close(fd)
+
+    def __enter__(self) -> "DirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def _parse(data: bytes) -> dict | None:
+    try:
+        holder = json.loads(data.decode())
+    except ValueError:
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def describe(holder: dict | None) -> str:
+    """`pid 123 on host since 2026-01-01 10:00:00 +0000`, or a note that the holder has not written itself yet."""
+    if not holder:
+        return "holder still starting"
+    return f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started')}"
