@@ -37,7 +37,7 @@ class SearchConfig:
     fit_steps: int = 50            # ... raised until FitNet takes at least this many optimiser steps
     search_epochs: int = 10        # SearchNet epochs over L_val per cycle
     lam: float = 1.0               # count regulariser weight (lambda)
-    prior: float = 0.0             # weight of KL(pi || flat mixture): shrinks AutoAL toward vote
+    prior: float = 1.0             # weight of KL(pi || flat mixture): shrinks AutoAL toward vote
     gamma: float = 0.1             # ranking loss weight
     threshold: str = "gmm"         # "gmm" (paper) or "quantile" (exact)
     lr: float = 1e-3
