@@ -50,6 +50,10 @@ class BaselineConfig:
     adversarial_latent: int = 32           # VAE latent size
     adversarial_lr: float = 5e-4
     adversarial_batch_size: int = 64
+    lpl_weight: float = 1.0                # LPL: weight (lambda) of the loss-prediction ranking loss
+    lpl_joint_fraction: float = 0.6        # LPL: the ranking loss reaches the backbone for this fraction of the fit
+    bgadl_samples: int = 1                 # BGADL: synthetic samples generated per queried sample
+    bgadl_epochs: int = 100                # BGADL: VAE-ACGAN epochs over the labeled set per round
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,10 @@ class ExperimentConfig:
             (self.baselines.noise_eps > 0, "baselines.noise_eps must be positive"),
             (self.baselines.poal_pool_factor >= 1, "baselines.poal_pool_factor must be >= 1"),
             (self.baselines.adversarial_epochs >= 1, "baselines.adversarial_epochs must be >= 1"),
+            (0.0 <= self.baselines.lpl_joint_fraction <= 1.0, "baselines.lpl_joint_fraction must be in [0, 1]"),
+            (self.baselines.lpl_weight >= 0, "baselines.lpl_weight must be >= 0"),
+            (self.baselines.bgadl_samples >= 1, "baselines.bgadl_samples must be >= 1"),
+            (self.baselines.bgadl_epochs >= 1, "baselines.bgadl_epochs must be >= 1"),
             (len(set(self.ood_classes)) == len(self.ood_classes), "ood_classes lists a class twice"),
         ]
         for ok, message in checks:

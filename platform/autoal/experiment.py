@@ -18,7 +18,7 @@ import ray
 
 from autoal import datasets, hooks, models, plots, runtime, scoring, training
 from autoal import search  # noqa: F401  (registers the autoal round hook)
-from autoal import adversarial, baselines  # noqa: F401  (register the baselines' round hooks)
+from autoal import adversarial, baselines, generative  # noqa: F401  (register the baselines' round hooks)
 from autoal.config import ExperimentConfig
 from autoal.errors import AutoALError
 from autoal.pool import OOD, Pool, with_ood_classes
@@ -93,12 +93,14 @@ class Experiment:
         for round_ in range(start, cfg.rounds + 1):
             t0 = time.perf_counter()
             rows = self.trainable_rows(labeled)
-            fit = training.fit(self.spec, (self.train.x[rows], self.train.y[rows]), self.test_ref,
+            train_set = round_hook.train_set(self.train.x[rows], self.train.y[rows])
+            fit = training.fit(self.spec, train_set, self.test_ref,
                                seed=derive_seed(seed, round_, 1), epochs=cfg.epochs, lr=cfg.lr,
                                weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
                                min_steps=cfg.min_steps, workers=cfg.workers, gpus=cfg.gpus,
-                               name=f"{name}-s{seed}-r{round_}")
+                               name=f"{name}-s{seed}-r{round_}", **round_hook.fit_options())
             result = dict(dataset=cfg.dataset, strategy=name, seed=seed, round=round_, n_labeled=len(labeled),
+                          n_synthetic=len(train_set[1]) - len(rows),
                           ood_queries=int((self.train.y[self.train.rows(labeled[cfg.initial:])] == OOD).sum()),
                           accuracy=fit.accuracy, train_loss=fit.train_loss,
                           train_s=time.perf_counter() - t0, hook_s=0.0, score_s=0.0, select_s=0.0)
