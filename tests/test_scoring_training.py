@@ -5,7 +5,7 @@ import ray
 import torch
 
 from autoal import datasets, models, scoring, training
-from autoal.strategies import get
+from autoal.strategies import PoolStats, get
 
 NEEDS = frozenset({"probs", "mc_probs", "embedding", "pred_loss"})
 
@@ -133,3 +133,13 @@ def test_lpl_joint_fraction_changes_the_backbone_before_the_detach_point_and_not
     assert all(torch.equal(detached[k], plain[k]) for k in plain)
     joint = backbone(1.0, 0.6)
     assert any(not torch.equal(joint[k], plain[k]) for k in plain if k.endswith("weight"))
+
+
+def test_lpl_ranks_a_seeded_random_subset_of_the_pool_as_the_paper_does():
+    rng = np.random.default_rng(0)
+    stats = PoolStats(ids=np.arange(100, dtype=np.int64) * 3, pred_loss=rng.random(100))
+    picks = get("lpl", subset_factor=3).select(stats, 10, seed=1)
+    subset = np.random.default_rng(1).choice(100, size=30, replace=False)
+    np.testing.assert_array_equal(picks, stats.ids[subset[np.argsort(-stats.pred_loss[subset])[:10]]])
+    np.testing.assert_array_equal(get("lpl").select(stats, 10), stats.ids[np.argsort(-stats.pred_loss)[:10]])
+    assert get("lpl", subset_factor=20).select(stats, 10, seed=1).tolist() == get("lpl").select(stats, 10).tolist()

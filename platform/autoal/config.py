@@ -52,6 +52,7 @@ class BaselineConfig:
     adversarial_batch_size: int = 64
     lpl_weight: float = 1.0                # LPL: weight (lambda) of the loss-prediction ranking loss
     lpl_joint_fraction: float = 0.6        # LPL: the ranking loss reaches the backbone for this fraction of the fit
+    lpl_subset_factor: int = 10            # LPL ranks a random subset of factor x batch samples (0: the whole pool)
     bgadl_samples: int = 1                 # BGADL: synthetic samples generated per queried sample
     bgadl_epochs: int = 100                # BGADL: VAE-ACGAN epochs over the labeled set per round
 
@@ -107,6 +108,7 @@ class ExperimentConfig:
             (self.baselines.adversarial_epochs >= 1, "baselines.adversarial_epochs must be >= 1"),
             (0.0 <= self.baselines.lpl_joint_fraction <= 1.0, "baselines.lpl_joint_fraction must be in [0, 1]"),
             (self.baselines.lpl_weight >= 0, "baselines.lpl_weight must be >= 0"),
+            (self.baselines.lpl_subset_factor >= 0, "baselines.lpl_subset_factor must be >= 0"),
             (self.baselines.bgadl_samples >= 1, "baselines.bgadl_samples must be >= 1"),
             (self.baselines.bgadl_epochs >= 1, "baselines.bgadl_epochs must be >= 1"),
             (len(set(self.ood_classes)) == len(self.ood_classes), "ood_classes lists a class twice"),
