@@ -119,10 +119,10 @@ class LossPredictor(nn.Module):
 class TaskNet(nn.Module):
     """Backbone + dropout head + loss-prediction module.
 
-    The loss module reads detached taps unless `joint`: then it learns to predict
-    the task loss without changing the classifier, so every strategy trains the
-    same model given the same labels (paired comparisons stay exact). LPL trains
-    both jointly for the first part of the fit, as Yoo & Kweon do.
+    By default the loss module reads detached taps: it learns to predict the task
+    loss without changing the classifier, so every strategy trains the same model
+    given the same labels (paired comparisons stay exact). LPL trains both jointly
+    for the first part of the fit, as Yoo & Kweon do (`forward(x, joint=True)`).
     """
 
     def __init__(self, backbone: nn.Module, outputs: int, dropout: float):
