@@ -1,13 +1,15 @@
 """AUBC of AL strategies on digits over paired seeds: the strategy comparison table.
 
     .venv/bin/python benchmarks/strategies_digits.py [--seeds 0 1 2 3 4] [--strategy ...] [--out DIR]
-        [--before DIR]
+        [--also DIR...] [--before DIR...]
 
 Runs through the same loop as `autoal run` (resumable: re-run to finish an interrupted
 benchmark) and prints mean AUBC and F-acc with std per strategy, then each strategy's AUBC
 difference to random, paired by seed, and bgadl's to bald (BALD picks bgadl's batches).
-`--before DIR`: the --out of the same benchmark run at an earlier commit; the strategies run in
-both are then compared: mean AUBC and paired difference to random (seeds won) before and after.
+`--also DIR...`: more --out directories of this benchmark whose other seeds join the table (seeds
+run as parallel processes). `--before DIR...`: --out directories of the same benchmark run at an
+earlier commit; the strategies run in both are then compared: mean AUBC and paired difference to
+random (seeds won) before and after.
 """
 from __future__ import annotations
 
@@ -31,15 +33,18 @@ def main() -> None:
     ap.add_argument("--config", default="jobs/main.yaml", help="base experiment (dataset, budget, epochs)")
     ap.add_argument("--out", default="runs/bench_digits",
                     help="experiment directory, shared with autoal_digits.py")
-    ap.add_argument("--before", help="this benchmark's --out from an earlier commit, to compare with")
+    ap.add_argument("--also", nargs="+", default=[], help="more --out directories of this benchmark (other seeds)")
+    ap.add_argument("--before", nargs="+", default=[], help="this benchmark's --out directories at an earlier commit")
     args = ap.parse_args()
 
     cfg = config.load(args.config, {"strategies": args.strategy, "seeds": args.seeds})
     t0 = time.perf_counter()
     results = Experiment.prepare(cfg, args.out, log=lambda line: None).run()
     results = results[results["strategy"].isin(cfg.strategies) & results["seed"].isin(cfg.seeds)]
-    print(f"{cfg.dataset}: initial {cfg.initial}, {cfg.rounds} rounds of {cfg.batch}, seeds {list(cfg.seeds)} "
-          f"({time.perf_counter() - t0:.0f} s)")
+    results = pd.concat([results, *(r[r["strategy"].isin(cfg.strategies) & ~r["seed"].isin(cfg.seeds)]
+                                    for r in read(args.also, cfg.rounds))])
+    print(f"{cfg.dataset}: initial {cfg.initial}, {cfg.rounds} rounds of {cfg.batch}, "
+          f"seeds {sorted(map(int, results['seed'].unique()))} ({time.perf_counter() - t0:.0f} s)")
     print(metrics.format_table(metrics.summary(results)))
     runs = aubc_by_seed(results)
     if "random" in runs:
@@ -49,12 +54,19 @@ def main() -> None:
     if {"bgadl", "bald"} <= set(runs):
         print(f"\nbgadl minus bald, paired by seed: {paired(runs['bgadl'], runs['bald'])}")
     if args.before:
-        before = pd.read_parquet(Path(args.before) / "results.parquet")
-        before = aubc_by_seed(before[before["seed"].isin(cfg.seeds)])
-        print(f"\nbefore ({args.before}) -> after ({args.out}): mean AUBC; minus random, paired by seed")
-        for name in sorted(set(before.columns) & set(runs.columns) - {"random"}):
-            print(f"  {name:<18} {before[name].mean():.4f} -> {runs[name].mean():.4f}   "
-                  f"{paired(before[name], before['random'])} -> {paired(runs[name], runs['random'])}")
+        before = aubc_by_seed(pd.concat(read(args.before, cfg.rounds)))
+        before = before.loc[before.index.isin(runs.index)]
+        print(f"\nbefore ({' '.join(args.before)}) -> after: mean AUBC; minus random, paired by seed")
+        for name in sorted(set(before.columns) - {"random"}):
+            after = (f"{runs[name].mean():.4f}", paired(runs[name], runs["random"])) if name in runs else ("-", "-")
+            print(f"  {name:<18} {before[name].mean():.4f} -> {after[0]}   "
+                  f"{paired(before[name], before['random'])} -> {after[1]}")
+
+
+def read(directories: list[str], rounds: int) -> list[pd.DataFrame]:
+    """The finished runs (all `rounds`) in other experiment directories."""
+    frames = [pd.read_parquet(Path(d) / "results.parquet") for d in directories]
+    return [f[f.groupby(["strategy", "seed"])["round"].transform("max") == rounds] for f in frames]
 
 
 def aubc_by_seed(results: pd.DataFrame) -> pd.DataFrame:

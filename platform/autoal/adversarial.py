@@ -80,7 +80,8 @@ class AdversarialNets(nn.Module):
     def __init__(self, spec: training.ModelSpec, latent: int, classes: int = 0):
         super().__init__()
         self.vae = VAE(spec, latent, classes)
-        self.discriminator = nn.Sequential(nn.Linear(latent * (2 if classes else 1), HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(),
+        self.discriminator = nn.Sequential(nn.Linear(latent * (2 if classes else 1), HIDDEN), nn.ReLU(),
+                                           nn.Linear(HIDDEN, HIDDEN), nn.ReLU(),
                                            nn.Linear(HIDDEN, 1))
 
     def forward(self, x, embedding):
