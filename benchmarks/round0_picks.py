@@ -6,8 +6,10 @@ Per seed, the round-0 task model (the seed's initial pool, as in the benchmark) 
 unlabeled pool; with the hidden labels we know each sample's true loss. Printed, mean over seeds:
 - lpl, for the loss module trained on detached taps (joint fraction 0, the old training) and
   jointly for the paper's first 60% of the fit: the Spearman correlation of the predicted loss
-  with the true loss over the pool, and the true loss of the top-b by predicted loss (with
-  entropy's top-b and a uniform sample for scale);
+  with the true loss over the pool; how much of the predicted loss is the class (std of the
+  class means over the mean within-class std); the true loss of the top-b by predicted loss, of
+  the top-b of a random subset (the paper's selection), and of the bottom-b (with entropy's
+  top-b and a uniform sample for scale); the largest class's share of lpl's and entropy's top-b;
 - poal on this clean pool: the Spearman correlation of entropy (its informativeness) with the
   Mahalanobis in-distribution confidence (negative: the objectives conflict even without OOD
   samples), and the true loss and entropy of poal's batch next to entropy's top-b.
@@ -59,11 +61,23 @@ def main() -> None:
             def loss_of(ids):
                 return float(true_loss[[order[i] for i in ids]].mean())
 
+            def top_class_share(ids):
+                return np.bincount(train.y[train.rows(np.asarray(ids))]).max() / len(ids)
+
             tag = f"f{fraction}"
             row[f"{tag} accuracy"] = fit.accuracy
             row[f"{tag} rho(pred, true loss)"] = spearmanr(pool_stats.pred_loss, true_loss)[0]
-            row[f"{tag} loss lpl top-b"] = loss_of(get("lpl").select(pool_stats, cfg.batch))
-            row[f"{tag} loss entropy top-b"] = loss_of(get("entropy").select(pool_stats, cfg.batch))
+            lpl, entropy = get("lpl").select(pool_stats, cfg.batch), get("entropy").select(pool_stats, cfg.batch)
+            subset = get("lpl", subset_factor=cfg.baselines.lpl_subset_factor).select(
+                pool_stats, cfg.batch, seed=derive_seed(seed, 0, 2))
+            between = np.std([pool_stats.pred_loss[train.y[unl] == c].mean() for c in range(pool.classes)])
+            within = np.mean([pool_stats.pred_loss[train.y[unl] == c].std() for c in range(pool.classes)])
+            row[f"{tag} pred loss: class means' std / within-class std"] = between / within
+            row[f"{tag} loss lpl top-b"] = loss_of(lpl)
+            row[f"{tag} loss lpl top-b of a random subset"] = loss_of(subset)
+            row[f"{tag} loss entropy top-b"] = loss_of(entropy)
+            row[f"{tag} largest class's share: lpl top-b"] = top_class_share(lpl)
+            row[f"{tag} largest class's share: entropy top-b"] = top_class_share(entropy)
             row[f"{tag} loss lpl bottom-b"] = loss_of(get("lpl").select(
                 PoolStats(ids=pool_stats.ids, pred_loss=-pool_stats.pred_loss), cfg.batch))
             row[f"{tag} loss uniform"] = float(true_loss.mean())
