@@ -5,7 +5,8 @@
 
 Runs through the same loop as `autoal run` (resumable: re-run to finish an interrupted
 benchmark) and prints mean AUBC and F-acc with std per strategy, then each strategy's AUBC
-difference to random, paired by seed, and bgadl's to bald (BALD picks bgadl's batches).
+difference to random, paired by seed, bgadl's to bald (BALD picks bgadl's batches), and how
+much each strategy's batches crowd into one class.
 `--also DIR...`: more --out directories of this benchmark whose other seeds join the table (seeds
 run as parallel processes). `--before DIR...`: --out directories of the same benchmark run at an
 earlier commit; the strategies run in both are then compared: mean AUBC and paired difference to
@@ -53,6 +54,14 @@ def main() -> None:
             print(f"  {name:<18} {paired(runs[name], runs['random'])}")
     if {"bgadl", "bald"} <= set(runs):
         print(f"\nbgadl minus bald, paired by seed: {paired(runs['bgadl'], runs['bald'])}")
+    ledger = pd.concat([pd.read_parquet(Path(d) / "ledger.parquet") for d in [args.out, *args.also]])
+    ledger = ledger.merge(results[results["round"] == cfg.rounds][["strategy", "seed"]]).query("round > 0")
+    batches = ledger.groupby(["strategy", "seed", "round"])["label"]
+    crowding = pd.DataFrame({"share": batches.agg(lambda y: y.value_counts().iloc[0] / len(y)),
+                             "classes": batches.nunique()}).groupby("strategy").mean()
+    print("\nqueried batches: the largest class's share and the classes per batch (mean over rounds, seeds):")
+    for name, row in crowding.iterrows():
+        print(f"  {name:<18} {row['share']:.2f}   {row['classes']:.1f}")
     if args.before:
         before = aubc_by_seed(pd.concat(read(args.before, cfg.rounds)))
         before = before.loc[before.index.isin(runs.index)]
