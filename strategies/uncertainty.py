@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import PoolStats, Strategy, check_k, register
+from .base import PoolStats, Strategy, check_k, register, top_k_ids
 
 EPS = 1e-12
 
@@ -112,10 +112,25 @@ class Bald(Strategy):
 
 @register
 class LossPrediction(Strategy):
-    """Highest loss predicted by the loss-prediction module (Yoo & Kweon 2019)."""
+    """Highest loss predicted by the loss-prediction module (Yoo & Kweon 2019).
+
+    `subset_factor` > 0: the top-k among a uniform random subset of subset_factor x k
+    pool samples, as the paper ranks a random 10,000 of the pool for each batch of
+    1,000 (factor 10). 0: the top-k of the whole pool, a per-sample strategy."""
 
     name = "lpl"
     needs = frozenset({"pred_loss"})
 
+    def __init__(self, subset_factor: int = 0):
+        self.subset_factor = subset_factor
+        self.per_sample = subset_factor == 0
+
     def score(self, stats: PoolStats) -> np.ndarray:
         return np.asarray(stats.pred_loss, dtype=np.float64)
+
+    def select(self, stats: PoolStats, k: int, labeled: PoolStats | None = None, seed: int = 0) -> np.ndarray:
+        check_k(stats, k)
+        if self.per_sample or self.subset_factor * k >= len(stats):
+            return super().select(stats, k)
+        subset = np.random.default_rng(seed).choice(len(stats), size=self.subset_factor * k, replace=False)
+        return top_k_ids(stats.ids[subset], self.score(stats)[subset], k)

@@ -1,5 +1,5 @@
 """The baselines AutoAL is judged against (albl, poal, noise_stability, dpp,
-vaal, sraal): each defining computation against a direct reference on small
+vaal, sraal, lpl, bgadl): each defining computation against a direct reference on small
 arrays, then runs in the loop on digits (with an OOD pool), resumed mid-way."""
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from autoal.strategies.noise import output_deviation
 from autoal.strategies.poal import mahalanobis_confidence, pareto_front, pareto_layers, pareto_subset_search
 from autoal.training import ModelSpec
 
-BASELINES = ("albl", "poal", "noise_stability", "dpp", "vaal", "sraal")
+BASELINES = ("albl", "poal", "noise_stability", "dpp", "vaal", "sraal", "lpl", "bgadl")
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -430,7 +430,8 @@ def test_bad_baseline_options_end_with_one_clear_message(tmp_path):
 LOOP = {"dataset": "digits", "strategies": list(BASELINES), "initial": 20, "batch": 10, "rounds": 3, "epochs": 2,
         "actors": 0, "min_steps": 0,
         "mc_samples": 3, "ood_classes": [7, 8, 9], "baselines.albl_arms": ["entropy", "kmeans", "bald"],
-        "baselines.noise_samples": 3, "baselines.poal_iterations": 200, "baselines.adversarial_epochs": 1}
+        "baselines.noise_samples": 3, "baselines.poal_iterations": 200, "baselines.adversarial_epochs": 1,
+        "baselines.bgadl_epochs": 2}
 
 
 def test_every_baseline_runs_on_an_ood_digits_pool_and_resumes_with_its_state(ray_local, tmp_path):

@@ -7,8 +7,8 @@ import ray
 import ray.train
 import torch
 
-from autoal import datasets, scoring, training
-from autoal.strategies import get
+from autoal import datasets, models, scoring, training
+from autoal.strategies import PoolStats, get
 
 NEEDS = frozenset({"probs", "mc_probs", "embedding", "pred_loss"})
 
@@ -114,3 +114,45 @@ def test_mc_statistics_make_var_ratio_differ_from_least_confidence(digits, spec,
     var_ratio, least_conf = get("var_ratio").score(stats), get("least_confidence").score(stats)
     assert not np.allclose(var_ratio, least_conf)
     assert get("bald").score(stats).max() > 0
+
+
+def test_lpl_ranking_loss_reaches_the_backbone_only_while_joint(digits, spec):
+    """Yoo & Kweon's joint training: the ranking loss's gradient reaches the backbone
+    through the taps while `joint`, and nothing of it once they detach."""
+    train, _ = digits
+    torch.manual_seed(0)
+    net = spec.build()
+    x, y = torch.tensor(train.x[:32]), torch.tensor(train.y[:32])
+    for joint in (True, False):
+        logits, pred_loss = net(x, joint=joint)
+        ranking = models.loss_ranking(pred_loss, torch.nn.functional.cross_entropy(logits, y, reduction="none"))
+        grads = torch.autograd.grad(ranking, list(net.backbone.parameters()), allow_unused=True)
+        reached = any(g is not None and bool(g.abs().sum() > 0) for g in grads)
+        assert reached == joint
+
+
+def test_lpl_joint_fraction_changes_the_backbone_before_the_detach_point_and_not_after(ray_local, digits, spec):
+    """Same seed, ranking-loss weight 1 vs 0: with the taps detached from the start
+    the backbone ends bit-identical; joint for the first 60% of the fit, it differs."""
+    train, test = digits
+    data, test_ref = (train.x[:96], train.y[:96]), ray.put((test.x[:50], test.y[:50]))
+
+    def backbone(weight, fraction):
+        state = training.fit(spec, data, test_ref, seed=0, epochs=5, lr=1e-3, weight_decay=5e-4, batch_size=32,
+                             loss_weight=weight, joint_fraction=fraction).state
+        return {k: v for k, v in state.items() if k.startswith("backbone.")}
+
+    detached, plain = backbone(1.0, 0.0), backbone(0.0, 0.0)
+    assert all(torch.equal(detached[k], plain[k]) for k in plain)
+    joint = backbone(1.0, 0.6)
+    assert any(not torch.equal(joint[k], plain[k]) for k in plain if k.endswith("weight"))
+
+
+def test_lpl_ranks_a_seeded_random_subset_of_the_pool_as_the_paper_does():
+    rng = np.random.default_rng(0)
+    stats = PoolStats(ids=np.arange(100, dtype=np.int64) * 3, pred_loss=rng.random(100))
+    picks = get("lpl", subset_factor=3).select(stats, 10, seed=1)
+    subset = np.random.default_rng(1).choice(100, size=30, replace=False)
+    np.testing.assert_array_equal(picks, stats.ids[subset[np.argsort(-stats.pred_loss[subset])[:10]]])
+    np.testing.assert_array_equal(get("lpl").select(stats, 10), stats.ids[np.argsort(-stats.pred_loss)[:10]])
+    assert get("lpl", subset_factor=20).select(stats, 10, seed=1).tolist() == get("lpl").select(stats, 10).tolist()

@@ -7,9 +7,10 @@ Losses per step, on a labeled and an unlabeled mini-batch together:
 - VAE: reconstruction (squared error) + KL, both summed per sample as in the
   ELBO (a per-pixel mean would let the KL term collapse the latent codes),
   + the adversarial term, which pushes the discriminator to rate every latent
-  code "labeled" (state 0); SRAAL adds the cross-entropy of a classifier on the
-  latent code of labeled samples (its supervised target learner, which puts
-  the annotation into the representation).
+  code "labeled" (state 0); SRAAL adds the cross-entropy of a classifier on a
+  second latent code of labeled samples (its supervised target learner), and
+  the discriminator reads both codes (the paper's unified representation, which
+  puts the annotation into what the discriminator sees).
 - discriminator: binary cross-entropy on the state: 0 for labeled samples,
   1 for unlabeled ones (VAAL) or, SRAAL's relabeling, the online uncertainty
   indicator of the round's task model on them.
@@ -40,26 +41,36 @@ SCORE_BATCH = 512     # batch of the task model's inference for SRAAL's indicato
 
 class VAE(nn.Module):
     """Encoder: a backbone of the task model's family and the latent mean and
-    log-variance; decoder: an MLP back to the flattened input; for SRAAL, a
-    classifier on the latent code."""
+    log-variance; decoder: an MLP back to the flattened input. For SRAAL
+    (`classes`), a second latent variable from the same backbone, read by a
+    classifier (its supervised target learner); the unified representation the
+    discriminator sees is both latent codes, concatenated."""
 
     def __init__(self, spec: training.ModelSpec, latent: int, classes: int = 0):
         super().__init__()
+        self.latent = latent
         self.backbone = models.BACKBONES[spec.name](tuple(spec.shape))
         self.mu = nn.Linear(self.backbone.embed_dim, latent)
         self.logvar = nn.Linear(self.backbone.embed_dim, latent)
         self.decoder = nn.Sequential(nn.Linear(latent, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, math.prod(spec.shape)))
+        self.target_learner = nn.Linear(self.backbone.embed_dim, 2 * latent) if classes else None
         self.classifier = nn.Linear(latent, classes) if classes else None
 
     def encode(self, x):
+        """(mu, logvar) of the representation: the reconstructor's code, then SRAAL's target learner's."""
         h, _ = self.backbone(x)
-        return self.mu(h), self.logvar(h)
+        mu, logvar = self.mu(h), self.logvar(h)
+        if self.target_learner is None:
+            return mu, logvar
+        target_mu, target_logvar = self.target_learner(h).chunk(2, dim=1)
+        return torch.cat([mu, target_mu], 1), torch.cat([logvar, target_logvar], 1)
 
     def forward(self, x):
         """(reconstruction [B, prod(shape)], mu, logvar, class logits or None), one call DDP can sync."""
         mu, logvar = self.encode(x)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        return self.decoder(z), mu, logvar, self.classifier(z) if self.classifier is not None else None
+        logits = self.classifier(z[:, self.latent:]) if self.classifier is not None else None
+        return self.decoder(z[:, :self.latent]), mu, logvar, logits
 
 
 class AdversarialNets(nn.Module):
@@ -69,7 +80,8 @@ class AdversarialNets(nn.Module):
     def __init__(self, spec: training.ModelSpec, latent: int, classes: int = 0):
         super().__init__()
         self.vae = VAE(spec, latent, classes)
-        self.discriminator = nn.Sequential(nn.Linear(latent, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(),
+        self.discriminator = nn.Sequential(nn.Linear(latent * (2 if classes else 1), HIDDEN), nn.ReLU(),
+                                           nn.Linear(HIDDEN, HIDDEN), nn.ReLU(),
                                            nn.Linear(HIDDEN, 1))
 
     def forward(self, x, embedding):

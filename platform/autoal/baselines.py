@@ -1,12 +1,14 @@
 """Round hooks of the baselines AutoAL is compared with (strategies/albl.py,
-noise.py, poal.py, dpp.py): they build each strategy with its options from
+noise.py, poal.py, dpp.py, uncertainty.py's lpl): they build each strategy with its options from
 `ExperimentConfig.baselines`, and do the core-side work some of them need.
 
 - albl: the bandit lives in the strategy; the hook turns the oracle's answers
   into the reward, checkpoints the bandit and logs the arm probabilities.
+- lpl: the task model trains jointly with its loss-prediction module; a random
+  subset of the pool is ranked, as in the paper.
 - noise_stability: the fused scoring pass runs `PerturbedModels`, K copies of
   the task model's head (or of the whole model) under seeded Gaussian weight noise.
-VAAL / SRAAL's hook, which trains networks, is in autoal.adversarial.
+VAAL / SRAAL's hook, which trains networks, is in autoal.adversarial; BGADL's in autoal.generative.
 """
 from __future__ import annotations
 
@@ -28,6 +30,20 @@ def poal_hook(cfg: ExperimentConfig) -> hooks.RoundHook:
     b = cfg.baselines
     return hooks.RoundHook(cfg, get("poal", informativeness=b.poal_informativeness, iterations=b.poal_iterations,
                                     pool_factor=b.poal_pool_factor))
+
+
+@hooks.register("lpl")
+class LPLHook(hooks.RoundHook):
+    """Trains the task model and its loss-prediction module jointly (Yoo & Kweon 2019):
+    the ranking loss reaches the backbone for the first `lpl_joint_fraction` of the fit;
+    the batch is the top of a random subset of `lpl_subset_factor` x batch samples."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        super().__init__(cfg, get("lpl", subset_factor=cfg.baselines.lpl_subset_factor))
+
+    def fit_options(self) -> dict:
+        b = self.cfg.baselines
+        return dict(loss_weight=b.lpl_weight, joint_fraction=b.lpl_joint_fraction)
 
 
 @hooks.register("dpp")

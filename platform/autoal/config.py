@@ -61,6 +61,11 @@ class BaselineConfig:
     adversarial_latent: int = 32           # VAE latent size
     adversarial_lr: float = 5e-4
     adversarial_batch_size: int = 64
+    lpl_weight: float = 1.0                # LPL: weight (lambda) of the loss-prediction ranking loss
+    lpl_joint_fraction: float = 0.6        # LPL: the ranking loss reaches the backbone for this fraction of the fit
+    lpl_subset_factor: int = 10            # LPL ranks a random subset of factor x batch samples (0: the whole pool)
+    bgadl_samples: int = 1                 # BGADL: synthetic samples generated per queried sample
+    bgadl_epochs: int = 100                # BGADL: VAE-ACGAN epochs over the labeled set per round
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,11 @@ class ExperimentConfig:
             (self.baselines.noise_eps > 0, "baselines.noise_eps must be positive"),
             (self.baselines.poal_pool_factor >= 1, "baselines.poal_pool_factor must be >= 1"),
             (self.baselines.adversarial_epochs >= 1, "baselines.adversarial_epochs must be >= 1"),
+            (0.0 <= self.baselines.lpl_joint_fraction <= 1.0, "baselines.lpl_joint_fraction must be in [0, 1]"),
+            (self.baselines.lpl_weight >= 0, "baselines.lpl_weight must be >= 0"),
+            (self.baselines.lpl_subset_factor >= 0, "baselines.lpl_subset_factor must be >= 0"),
+            (self.baselines.bgadl_samples >= 1, "baselines.bgadl_samples must be >= 1"),
+            (self.baselines.bgadl_epochs >= 1, "baselines.bgadl_epochs must be >= 1"),
             (len(set(self.ood_classes)) == len(self.ood_classes), "ood_classes lists a class twice"),
         ]
         for ok, message in checks:

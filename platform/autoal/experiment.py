@@ -18,7 +18,7 @@ import ray
 
 from autoal import datasets, hooks, models, plots, runtime, scoring, training
 from autoal import search  # noqa: F401  (registers the autoal round hook)
-from autoal import adversarial, baselines  # noqa: F401  (register the baselines' round hooks)
+from autoal import adversarial, baselines, generative  # noqa: F401  (register the baselines' round hooks)
 from autoal.config import ExperimentConfig
 from autoal.errors import AutoALError
 from autoal.lock import describe
@@ -119,8 +119,11 @@ class Experiment:
         for round_ in range(start, cfg.rounds + 1):
             t0 = time.perf_counter()
             rows = self.trainable_rows(labeled)
-            fit = self.fit(rows, self.test_ref, seed, round_, name=f"{name}-s{seed}-r{round_}")
+            train_set = round_hook.train_set(self.train.x[rows], self.train.y[rows])
+            fit = self.fit(train_set, self.test_ref, seed, round_, name=f"{name}-s{seed}-r{round_}",
+                           **round_hook.fit_options())
             result = dict(dataset=cfg.dataset, strategy=name, seed=seed, round=round_, n_labeled=len(labeled),
+                          n_synthetic=len(train_set[1]) - len(rows),
                           ood_queries=int((self.train.y[self.train.rows(labeled[cfg.initial:])] == OOD).sum()),
                           accuracy=fit.accuracy, train_loss=fit.train_loss,
                           train_s=time.perf_counter() - t0, hook_s=0.0, score_s=0.0, select_s=0.0)
@@ -138,13 +141,14 @@ class Experiment:
                      f"accuracy {fit.accuracy:.4f} (train {result['train_s']:.1f}s, "
                      f"score {result['score_s']:.1f}s, select {result['select_s']:.2f}s)")
 
-    def fit(self, rows: np.ndarray, test_ref, seed: int, round_: int, name: str) -> training.FitResult:
-        """Train this round's task model on the train pool's `rows`; its accuracy is on `test_ref` = (x, y)."""
+    def fit(self, train_set: tuple[np.ndarray, np.ndarray], test_ref, seed: int, round_: int, name: str,
+            **options) -> training.FitResult:
+        """Train this round's task model on `train_set` = (x, y); its accuracy is on `test_ref` = (x, y).
+        `options` are a hook's training options (training.fit's keywords)."""
         cfg = self.cfg
-        return training.fit(self.spec, (self.train.x[rows], self.train.y[rows]), test_ref,
-                            seed=derive_seed(seed, round_, 1), epochs=cfg.epochs, lr=cfg.lr,
-                            weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, min_steps=cfg.min_steps,
-                            workers=cfg.workers, gpus=cfg.gpus, name=name)
+        return training.fit(self.spec, train_set, test_ref, seed=derive_seed(seed, round_, 1), epochs=cfg.epochs,
+                            lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+                            min_steps=cfg.min_steps, workers=cfg.workers, gpus=cfg.gpus, name=name, **options)
 
     def query(self, name: str, round_hook: hooks.RoundHook, task_state: dict, labeled: np.ndarray,
               rows: np.ndarray, seed: int, round_: int, result: dict) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 Most strategies are pure functions of pool statistics. A few also train
 networks or keep state across rounds (AutoAL's SearchNet and FitNet, ALBL's
-bandit). Their hook runs that work, hands the scorer any extra model, keeps
-state that the experiment directory checkpoints, and emits telemetry rows.
+bandit) or change how the task model trains (LPL, BGADL). Their hook runs that
+work, hands the scorer any extra model, keeps state that the experiment
+directory checkpoints, and emits telemetry rows.
 Hooks are registered by strategy name; every other strategy gets the plain
 `RoundHook`, which does nothing around its selection.
 """
@@ -56,6 +57,15 @@ class RoundHook:
     def before_query(self, ctx: RoundContext) -> ScorerExtra | None:
         """Work before the pool is scored; may return an extra model for the scorer."""
         return None
+
+    def fit_options(self) -> dict:
+        """Extra keyword arguments of `training.fit` for this strategy's task model (LPL's joint training)."""
+        return {}
+
+    def train_set(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The task model's training set from the labeled (x, y): a hook may add synthetic
+        samples (BGADL); they are never labels in the ledger."""
+        return x, y
 
     def after_select(self, ctx: RoundContext, stats: PoolStats, picks: np.ndarray,
                      labels: np.ndarray) -> dict[str, list[dict]]:

@@ -273,7 +273,8 @@ class LabelProject:
         seed, round_, x, y = self.seed, self.committed, experiment.train.x, experiment.train.y
         t0 = time.perf_counter()
         test = self.test if len(self.test[1]) else (x[rows], y[rows])
-        fit = experiment.fit(rows, ray.put(test), seed, round_, name=f"label-r{round_}")
+        fit = experiment.fit(round_hook.train_set(x[rows], y[rows]), ray.put(test), seed, round_,
+                             name=f"label-r{round_}", **round_hook.fit_options())
         result.update(accuracy=fit.accuracy if len(self.test[1]) else self._cv_accuracy(experiment, rows),
                       train_loss=fit.train_loss, train_s=time.perf_counter() - t0)
         saved = self.store.load_state(name, seed, round_)
@@ -299,7 +300,8 @@ class LabelProject:
         split = KFold(folds, shuffle=True, random_state=derive_seed(self.seed, self.committed, 4)).split(rows)
         for fold, (fit_at, held_at) in enumerate(split):
             held = rows[held_at]
-            fit = experiment.fit(rows[fit_at], ray.put((x[held], y[held])), self.seed, self.committed,
+            train = rows[fit_at]
+            fit = experiment.fit((x[train], y[train]), ray.put((x[held], y[held])), self.seed, self.committed,
                                  name=f"label-r{self.committed}-cv{fold}")
             correct += fit.accuracy * len(held)
         return correct / len(rows)

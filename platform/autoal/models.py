@@ -119,9 +119,10 @@ class LossPredictor(nn.Module):
 class TaskNet(nn.Module):
     """Backbone + dropout head + loss-prediction module.
 
-    The loss module reads detached taps: it learns to predict the task loss
-    without changing the classifier, so every strategy trains the same model
-    given the same labels (paired comparisons stay exact).
+    By default the loss module reads detached taps: it learns to predict the task
+    loss without changing the classifier, so every strategy trains the same model
+    given the same labels (paired comparisons stay exact). LPL trains both jointly
+    for the first part of the fit, as Yoo & Kweon do (`forward(x, joint=True)`).
     """
 
     def __init__(self, backbone: nn.Module, outputs: int, dropout: float):
@@ -130,10 +131,11 @@ class TaskNet(nn.Module):
         self.head = DropoutHead(backbone.embed_dim, outputs, dropout)
         self.loss_head = LossPredictor(backbone.tap_channels)
 
-    def forward(self, x):
-        """(logits, predicted loss): what training needs, in one call that DDP can sync."""
+    def forward(self, x, joint: bool = False):
+        """(logits, predicted loss): what training needs, in one call that DDP can sync.
+        `joint`: the loss module's gradient also reaches the backbone through the taps."""
         embedding, taps = self.backbone(x)
-        return self.head(embedding), self.predict_loss(taps)
+        return self.head(embedding), self.loss_head(taps) if joint else self.predict_loss(taps)
 
     def features(self, x):
         """(embedding, taps) of the backbone."""

@@ -156,14 +156,16 @@ def train_loop(config: dict):
     model = ray.train.torch.prepare_model(net)
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     epoch_loss = float("nan")
-    for epoch in range(epochs_for(len(x), config)):
+    epochs = epochs_for(len(x), config)
+    joint_epochs = round(config["joint_fraction"] * epochs)   # then the taps detach (Yoo & Kweon: 120 of 200)
+    for epoch in range(epochs):
         model.train()
         total, count = 0.0, 0
         for index in shard_batches(len(x), config["batch_size"], seed, epoch):
             xb, yb = x[index].to(device), y[index].to(device)
-            logits, pred_loss = model(xb)
+            logits, pred_loss = model(xb, joint=epoch < joint_epochs)
             losses = F.cross_entropy(logits, yb, reduction="none")
-            loss = losses.mean() + models.loss_ranking(pred_loss, losses)
+            loss = losses.mean() + config["loss_weight"] * models.loss_ranking(pred_loss, losses)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -178,9 +180,12 @@ def train_loop(config: dict):
 
 def fit(spec: ModelSpec, train: tuple[np.ndarray, np.ndarray], test_ref, *, seed: int, epochs: int,
         lr: float, weight_decay: float, batch_size: int, min_steps: int = 0, workers: int = 0,
-        gpus: float = 0.0, name: str = "task") -> FitResult:
-    """Train on `train` (x, y); evaluate on the object-store ref `test_ref` = (x, y)."""
+        gpus: float = 0.0, name: str = "task", loss_weight: float = 1.0, joint_fraction: float = 0.0) -> FitResult:
+    """Train on `train` (x, y); evaluate on the object-store ref `test_ref` = (x, y).
+    The loss-prediction module's ranking loss has weight `loss_weight` and reaches the
+    backbone during the first `joint_fraction` of the epochs (0: never, the default)."""
     config = dict(spec=asdict(spec), train=ray.put(train), test=test_ref, seed=seed, epochs=epochs, lr=lr,
-                  weight_decay=weight_decay, batch_size=batch_size, min_steps=min_steps)
+                  weight_decay=weight_decay, batch_size=batch_size, min_steps=min_steps, loss_weight=loss_weight,
+                  joint_fraction=joint_fraction)
     result = run_on_ray_train(train_loop, config, workers, gpus, name)
     return FitResult(torch_state(result["state"]), result["accuracy"], result["train_loss"])
