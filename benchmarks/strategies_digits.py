@@ -7,8 +7,9 @@ Runs through the same loop as `autoal run` (resumable: re-run to finish an inter
 benchmark) and prints mean AUBC and F-acc with std per strategy, then each strategy's AUBC
 difference to random, paired by seed, bgadl's to bald (BALD picks bgadl's batches), and how
 much each strategy's batches crowd into one class.
-`--also DIR...`: more --out directories of this benchmark whose other seeds join the table (seeds
-run as parallel processes). `--before DIR...`: --out directories of the same benchmark run at an
+`--also DIR...`: more --out directories of this benchmark (same protocol: seeds or strategies run
+as parallel processes, or autoal_digits.py's); a strategy whose every seed finished in them joins
+the table from there and is not run again. `--before DIR...`: --out directories of the same benchmark run at an
 earlier commit; the strategies run in both are then compared: mean AUBC and paired difference to
 random (seeds won) before and after.
 """
@@ -24,7 +25,8 @@ from autoal import config, metrics
 from autoal.experiment import Experiment
 
 DEFAULT = ("random", "entropy", "margin", "least_confidence", "bald", "var_ratio", "mean_std", "kmeans",
-           "coreset", "badge", "lpl", "autoal", "albl", "poal", "noise_stability", "dpp", "vaal", "sraal", "bgadl")
+           "coreset", "badge", "lpl", "autoal", "vote", "albl", "poal", "noise_stability", "dpp", "vaal", "sraal",
+           "bgadl")
 
 
 def main() -> None:
@@ -34,16 +36,24 @@ def main() -> None:
     ap.add_argument("--config", default="jobs/main.yaml", help="base experiment (dataset, budget, epochs)")
     ap.add_argument("--out", default="runs/bench_digits",
                     help="experiment directory, shared with autoal_digits.py")
-    ap.add_argument("--also", nargs="+", default=[], help="more --out directories of this benchmark (other seeds)")
+    ap.add_argument("--also", nargs="+", default=[], help="more --out directories of this benchmark")
     ap.add_argument("--before", nargs="+", default=[], help="this benchmark's --out directories at an earlier commit")
     args = ap.parse_args()
 
-    cfg = config.load(args.config, {"strategies": args.strategy, "seeds": args.seeds})
+    base = config.load(args.config, {"strategies": args.strategy, "seeds": args.seeds})
     t0 = time.perf_counter()
-    results = Experiment.prepare(cfg, args.out, log=lambda line: None).run()
-    results = results[results["strategy"].isin(cfg.strategies) & results["seed"].isin(cfg.seeds)]
-    results = pd.concat([results, *(r[r["strategy"].isin(cfg.strategies) & ~r["seed"].isin(cfg.seeds)]
-                                    for r in read(args.also, cfg.rounds))])
+    joined = pd.concat([pd.DataFrame(columns=["strategy", "seed", "round"]), *read(args.also, base.rounds)])
+    joined = joined[joined["strategy"].isin(base.strategies) & joined["seed"].isin(base.seeds)]
+    joined = joined.drop_duplicates(["strategy", "seed", "round"])
+    seeds = joined.groupby("strategy")["seed"].nunique()
+    elsewhere = set(seeds[seeds >= len(base.seeds)].index) if not joined.empty else set()
+    todo = [name for name in base.strategies if name not in elsewhere]
+    results = joined[joined["strategy"].isin(elsewhere)]
+    if todo:
+        cfg = config.load(args.config, {"strategies": todo, "seeds": args.seeds})
+        ran = Experiment.prepare(cfg, args.out, log=lambda line: None).run()
+        results = pd.concat([results, ran[ran["strategy"].isin(todo) & ran["seed"].isin(cfg.seeds)]])
+    cfg = base
     print(f"{cfg.dataset}: initial {cfg.initial}, {cfg.rounds} rounds of {cfg.batch}, "
           f"seeds {sorted(map(int, results['seed'].unique()))} ({time.perf_counter() - t0:.0f} s)")
     print(metrics.format_table(metrics.summary(results)))
@@ -54,7 +64,8 @@ def main() -> None:
             print(f"  {name:<18} {paired(runs[name], runs['random'])}")
     if {"bgadl", "bald"} <= set(runs):
         print(f"\nbgadl minus bald, paired by seed: {paired(runs['bgadl'], runs['bald'])}")
-    ledger = pd.concat([pd.read_parquet(Path(d) / "ledger.parquet") for d in [args.out, *args.also]])
+    ledger = pd.concat([pd.read_parquet(Path(d) / "ledger.parquet") for d in [args.out, *args.also]
+                        if (Path(d) / "ledger.parquet").exists()]).drop_duplicates(["strategy", "seed", "round", "id"])
     ledger = ledger.merge(results[results["round"] == cfg.rounds][["strategy", "seed"]]).query("round > 0")
     batches = ledger.groupby(["strategy", "seed", "round"])["label"]
     crowding = pd.DataFrame({"share": batches.agg(lambda y: y.value_counts().iloc[0] / len(y)),

@@ -398,9 +398,10 @@ def test_search_trusts_the_candidate_that_picks_informative_samples(ray_local, t
     """margin picks the band (its label is learnable from feature 1, which the clusters
     never teach); kmeans picks the centres of the redundant clusters. The search must
     weight margin above kmeans, its batches come from the band, and they are not vote's
-    (vote ties the two candidates and fills by id)."""
+    (vote ties the two candidates and fills by id). No prior: the search alone decides."""
     cfg = toy_cfg(initial=40, batch=20, rounds=2, epochs=10, strategies=["autoal", "vote"], **{
         "search.candidates": ["kmeans", "margin"], "search.cycles_first": 2, "search.fit_steps": 50,
+        "search.prior": 0.0,
         "search.search_epochs": 20, "search.batch_size": 64, "search.rho": 0.25})
     exp = toy_experiment(cfg, tmp_path / "out", n_easy=300, n_hard=60)
     exp.run()

@@ -21,7 +21,7 @@ from autoal.adversarial import AdversarialNets, adversarial_loop, unlabeled_targ
 from autoal.errors import AutoALError
 from autoal.experiment import Experiment
 from autoal.hooks import ScorerExtra
-from autoal.pool import OOD, Pool, with_ood_classes
+from autoal.pool import OOD, UNLABELED, Pool, with_ood_classes
 from autoal.store import ExperimentDir
 from autoal.strategies import PoolStats, get
 from autoal.strategies.adversarial import online_uncertainty
@@ -408,7 +408,7 @@ def test_ood_classes_mark_train_samples_drop_test_samples_and_renumber():
 def test_pool_accepts_the_ood_label_only_in_the_train_split():
     x = np.zeros((4, 2), np.float32)
     Pool("p", np.arange(4), x, np.array([0, OOD, 1, 1]), np.array(["train", "train", "test", "test"]), 2)
-    for y in ([0, 1, OOD, 1], [0, -2, 1, 1]):
+    for y in ([0, 1, OOD, 1], [0, -3, 1, 1], [0, 1, UNLABELED, 1]):   # unknown labels: train split only too
         with pytest.raises(AutoALError, match="outside"):
             Pool("p", np.arange(4), x, np.array(y), np.array(["train", "train", "test", "test"]), 2)
 
