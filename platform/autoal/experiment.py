@@ -139,7 +139,7 @@ class Experiment:
                 self.on_round(result)
             self.log(f"[{name} seed={seed}] round {round_}/{cfg.rounds}: {result['n_labeled']} labeled, "
                      f"accuracy {fit.accuracy:.4f} (train {result['train_s']:.1f}s, "
-                     + (f"hook {result['hook_s']:.1f}s, " if result["hook_s"] else "")
+                     + (f"hook {result['hook_s']:.1f}s, " if result["hook_s"] >= 0.05 else "")
                      + f"score {result['score_s']:.1f}s, select {result['select_s']:.2f}s)")
 
     def fit(self, train_set: tuple[np.ndarray, np.ndarray], test_ref, seed: int, round_: int, name: str,
