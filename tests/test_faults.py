@@ -33,8 +33,10 @@ KEY = ["strategy", "seed", "round", "id"]
 
 def start(out: Path, *flags: str, args=FLAGS) -> subprocess.Popen:
     env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
+    # as a shell starts a foreground command: Ctrl-C reaches it (an ignored SIGINT would be inherited)
     return subprocess.Popen([AUTOAL, "run", *args, *flags, "--out", str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def ledger(out: Path) -> pd.DataFrame:
