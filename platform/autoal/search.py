@@ -32,9 +32,8 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
-from autoal import hooks, models, objective, scoring, training
+from autoal import hooks, objective, scoring, training
 from autoal.config import ExperimentConfig, SearchConfig
 from autoal.errors import AutoALError
 from autoal.searchnet import SearchNet, SearchScorer
@@ -58,17 +57,10 @@ def fit_fitnet(spec: training.ModelSpec, x: torch.Tensor, y: torch.Tensor, sc: S
     torch.manual_seed(seed)
     net = spec.build()
     model = ray.train.torch.prepare_model(net)
-    optimizer = torch.optim.Adam(model.parameters(), lr=sc.lr)
-    model.train()
     epochs = training.epochs_for(len(x), dict(batch_size=sc.batch_size, seed=seed, epochs=sc.fit_epochs,
                                               min_steps=sc.fit_steps))
-    for epoch in range(epochs):
-        for index in training.shard_batches(len(x), sc.batch_size, seed, epoch):
-            logits, pred = model(x[index].to(device))
-            ce = F.cross_entropy(logits, y[index].to(device), reduction="none")
-            optimizer.zero_grad()
-            (ce.mean() + models.loss_ranking(pred, ce)).backward()
-            optimizer.step()
+    training.train_epochs(model, torch.optim.Adam(model.parameters(), lr=sc.lr), x, y, device, epochs=epochs,
+                          batch_size=sc.batch_size, seed=seed)
     return net
 
 

@@ -144,6 +144,29 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, device, batch_size: int = 
     return total_correct / len(x)
 
 
+def train_epochs(model, optimizer, x: torch.Tensor, y: torch.Tensor, device, *, epochs: int, batch_size: int,
+                 seed: int, joint_epochs: int = 0, loss_weight: float = 1.0) -> float:
+    """Mini-batch epochs of cross-entropy plus the loss module's ranking loss (reaching the backbone
+    for the first `joint_epochs`, then the taps detach: Yoo & Kweon, 120 of 200); returns the last
+    epoch's mean cross-entropy over all ranks."""
+    epoch_loss = float("nan")
+    for epoch in range(epochs):
+        model.train()
+        total, count = 0.0, 0
+        for index in shard_batches(len(x), batch_size, seed, epoch):
+            xb, yb = x[index].to(device), y[index].to(device)
+            logits, pred_loss = model(xb, joint=epoch < joint_epochs)
+            losses = F.cross_entropy(logits, yb, reduction="none")
+            loss = losses.mean() + loss_weight * models.loss_ranking(pred_loss, losses)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total, count = total + float(losses.detach().sum()), count + len(index)
+        total, count = all_sum([total, count], device)
+        epoch_loss = total / max(count, 1)
+    return epoch_loss
+
+
 def train_loop(config: dict):
     """Train a TaskNet (classifier + loss-prediction module) from scratch, then evaluate."""
     spec = ModelSpec(**config["spec"])
@@ -155,23 +178,10 @@ def train_loop(config: dict):
     net = spec.build()
     model = ray.train.torch.prepare_model(net)
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
-    epoch_loss = float("nan")
     epochs = epochs_for(len(x), config)
-    joint_epochs = round(config["joint_fraction"] * epochs)   # then the taps detach (Yoo & Kweon: 120 of 200)
-    for epoch in range(epochs):
-        model.train()
-        total, count = 0.0, 0
-        for index in shard_batches(len(x), config["batch_size"], seed, epoch):
-            xb, yb = x[index].to(device), y[index].to(device)
-            logits, pred_loss = model(xb, joint=epoch < joint_epochs)
-            losses = F.cross_entropy(logits, yb, reduction="none")
-            loss = losses.mean() + config["loss_weight"] * models.loss_ranking(pred_loss, losses)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total, count = total + float(losses.detach().sum()), count + len(index)
-        total, count = all_sum([total, count], device)
-        epoch_loss = total / max(count, 1)
+    epoch_loss = train_epochs(model, optimizer, x, y, device, epochs=epochs, batch_size=config["batch_size"],
+                              seed=seed, joint_epochs=round(config["joint_fraction"] * epochs),
+                              loss_weight=config["loss_weight"])
     accuracy = evaluate(net, x_test, y_test, device)
     if ray.train.get_context().get_world_rank() == 0:
         return asdict(FitResult(portable_state(net), accuracy, epoch_loss))
