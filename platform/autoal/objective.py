@@ -13,8 +13,9 @@ The reward is relative: with q_i = s_i / sum s, only picks better than the
 selected average gain mass. `lookahead` is one unrolled, first-order step of
 the bilevel problem on FitNet's last layer, with g_i = (p_i - onehot(y_i)) (x) h_i
 in units of the held-out gradient's norm (see `Rows`):
-    L = -eta * sum_i q_i <g_i, g_eval> + eta^2 / 2 * sum_spaces ||sum_i q_i g_i||^2,
-the predicted held-out loss after a step on the weighted picks: picks aligned
+    L = -sum_i q_i <g_i, g_eval> + eta / 2 * sum_spaces ||sum_i q_i g_i||^2,
+the predicted change of held-out loss after a step of size eta on the weighted
+picks, divided by eta: picks aligned
 with the held-out gradient lower it, redundant picks (a large mean gradient)
 overshoot. `loss` is -sum_i q_i CE_F(x_i): prefer hard samples.
 """
