@@ -67,9 +67,10 @@ def main() -> None:
             tag = f"f{fraction}"
             row[f"{tag} accuracy"] = fit.accuracy
             row[f"{tag} rho(pred, true loss)"] = spearmanr(pool_stats.pred_loss, true_loss)[0]
-            lpl, entropy = get("lpl").select(pool_stats, cfg.batch), get("entropy").select(pool_stats, cfg.batch)
-            subset = get("lpl", subset_factor=cfg.baselines.lpl_subset_factor).select(
-                pool_stats, cfg.batch, seed=derive_seed(seed, 0, 2))
+            lpl = get("lpl", subset_factor=0).select(pool_stats, cfg.batch)
+            entropy = get("entropy").select(pool_stats, cfg.batch)
+            subset = get("lpl", **cfg.strategy_options("lpl")).select(pool_stats, cfg.batch,
+                                                                       seed=derive_seed(seed, 0, 2))
             between = np.std([pool_stats.pred_loss[train.y[unl] == c].mean() for c in range(pool.classes)])
             within = np.mean([pool_stats.pred_loss[train.y[unl] == c].std() for c in range(pool.classes)])
             row[f"{tag} pred loss: class means' std / within-class std"] = between / within
@@ -78,15 +79,14 @@ def main() -> None:
             row[f"{tag} loss entropy top-b"] = loss_of(entropy)
             row[f"{tag} largest class's share: lpl top-b"] = top_class_share(lpl)
             row[f"{tag} largest class's share: entropy top-b"] = top_class_share(entropy)
-            row[f"{tag} loss lpl bottom-b"] = loss_of(get("lpl").select(
+            row[f"{tag} loss lpl bottom-b"] = loss_of(get("lpl", subset_factor=0).select(
                 PoolStats(ids=pool_stats.ids, pred_loss=-pool_stats.pred_loss), cfg.batch))
             row[f"{tag} loss uniform"] = float(true_loss.mean())
             if fraction == args.fractions[0]:
                 labeled_stats = stats.take(np.arange(len(unlabeled), len(stats)))
                 labeled_stats = PoolStats(ids=labeled_stats.ids, embedding=labeled_stats.embedding,
                                           labels=train.y[lab])
-                poal = get("poal", iterations=cfg.baselines.poal_iterations,
-                           pool_factor=cfg.baselines.poal_pool_factor)
+                poal = get("poal", **cfg.strategy_options("poal"))
                 informativeness, confidence = poal.objectives(pool_stats, labeled_stats)
                 picks = poal.select(pool_stats, cfg.batch, labeled=labeled_stats, seed=derive_seed(seed, 0, 2))
                 top = get("entropy").select(pool_stats, cfg.batch)

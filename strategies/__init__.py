@@ -2,6 +2,6 @@
 from . import base, diversity, uncertainty  # noqa: F401  (importing registers the strategies)
 from . import autoal  # noqa: F401  (registers the autoal strategy)
 from . import adversarial, albl, bgadl, dpp, noise, poal  # noqa: F401  (register the baselines)
-from .base import PoolStats, Strategy, get, names, register, top_k_ids
+from .base import PoolStats, Strategy, get, names, parameters, register, top_k_ids
 
-__all__ = ["PoolStats", "Strategy", "get", "names", "register", "top_k_ids"]
+__all__ = ["PoolStats", "Strategy", "get", "names", "parameters", "register", "top_k_ids"]

@@ -2,7 +2,7 @@
 
 A VAE learns a latent space of labeled and unlabeled samples while a state
 discriminator learns to tell their labeled/unlabeled state apart from the
-latent code (the round hook trains both; see autoal.adversarial). The samples
+latent code (the round hook trains both; see autoal.hooks.state_adversary). The samples
 the discriminator rates most "unlabeled" are the least like the labeled set,
 so they are queried. The discriminator's output reaches the strategies as
 `unlabeled_score`, the probability of the unlabeled state.
@@ -38,9 +38,16 @@ def online_uncertainty(probs: np.ndarray) -> np.ndarray:
 
 
 class _DiscriminatorRanking(Strategy):
-    """Top-k by the discriminator's probability of the unlabeled state."""
+    """Top-k by the discriminator's probability of the unlabeled state. The options are
+    the round hook's: VAE + discriminator `epochs` over the unlabeled pool, the VAE's
+    `latent` size, and Adam's `lr` and `batch_size`."""
 
     needs = frozenset({"unlabeled_score"})
+
+    def __init__(self, epochs: int = 10, latent: int = 32, lr: float = 5e-4, batch_size: int = 64):
+        if min(epochs, latent, batch_size) < 1 or lr <= 0:
+            raise ValueError(f"{self.name} needs epochs, latent and batch_size >= 1 and lr > 0")
+        self.epochs, self.latent, self.lr, self.batch_size = epochs, latent, lr, batch_size
 
     def score(self, stats: PoolStats) -> np.ndarray:
         return np.asarray(stats.unlabeled_score, dtype=np.float64)

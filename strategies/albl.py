@@ -27,7 +27,7 @@ import math
 import numpy as np
 
 from .autoal import CANDIDATES
-from .base import PoolStats, Strategy, check_k, get, register
+from .base import Composite, PoolStats, check_k, get, register
 
 UNIFORM = "uniform"
 
@@ -36,8 +36,8 @@ class Exp4P:
     """EXP4.P over N experts with log-weights (rewards add up over rounds, so raw
     weights would overflow). `horizon` is T, the number of slots in the budget."""
 
-    def __init__(self, experts: int, horizon: int, delta: float = 0.1, p_min: float | None = None):
-        self.n, self.horizon, self.delta = experts, max(int(horizon), 1), delta
+    def __init__(self, experts: int, horizon: int | None, delta: float = 0.1, p_min: float | None = None):
+        self.n, self.horizon, self.delta = experts, horizon, delta
         self.p_min = 1.0 / (10.0 * experts) if p_min is None else p_min
         if not 0.0 <= self.p_min * experts < 1.0:
             raise ValueError(f"p_min {self.p_min} must lie in [0, 1/{experts})")
@@ -52,7 +52,8 @@ class Exp4P:
         """One EXP4.P step per slot s, all sharing `reward`:
         log w_a += p_min / 2 * (xi_a(x_s) r / q(x_s) + v_a sqrt(ln(N / delta) / (K_s T))),
         with hit [S, N] = xi_a(x_s), q [S] = q(x_s), v [S, N] = sum_x xi_a(x) / q(x), actions [S] = K_s."""
-        bonus = np.sqrt(math.log(self.n / self.delta) / (np.asarray(actions, dtype=np.float64) * self.horizon))
+        horizon = max(int(self.horizon), 1)
+        bonus = np.sqrt(math.log(self.n / self.delta) / (np.asarray(actions, dtype=np.float64) * horizon))
         step = hit * (reward / q)[:, None] + v * bonus[:, None]
         self.log_w += self.p_min / 2.0 * step.sum(axis=0)
 
@@ -65,22 +66,23 @@ def importance_weighted_accuracy(correct: np.ndarray, q: np.ndarray, actions: np
 
 
 @register
-class ALBL(Strategy):
+class ALBL(Composite):
     """EXP4.P over strategy arms + uniform sampling. Stateful: `select` records
     its slots and `learn` turns the oracle's answers into the reward (see the
     module docstring). The round hook checkpoints `state_dict`."""
 
     name = "albl"
+    own_needs = frozenset({"probs"})   # the reward reads the round model's predictions
     per_sample = False
     learns = True
 
-    def __init__(self, arms: tuple[str, ...] = CANDIDATES, horizon: int = 200, delta: float = 0.1):
+    def __init__(self, arms: tuple[str, ...] = CANDIDATES, delta: float = 0.1, horizon: int | None = None):
+        """`horizon`: T, the budget's slots; None leaves it to the round hook, which sets the
+        experiment's query budget before the first update."""
         if self.name in arms or UNIFORM in arms:
             raise KeyError(f"albl arms must be strategies other than albl; {UNIFORM!r} is always an arm")
         self.arm_names = (*arms, UNIFORM)
-        self.arms = [get(name) for name in arms]
-        self.needs = frozenset({"probs"}).union(*(a.needs for a in self.arms))
-        self.needs_labeled = any(a.needs_labeled for a in self.arms)
+        self.arms = self.parts = [get(name) for name in arms]
         self.bandit = Exp4P(len(self.arm_names), horizon, delta)
         self.last: dict | None = None      # this round's slots, until `learn`
         self.pending: dict | None = None   # the previous round's slots, rewarded by this round's `learn`
@@ -89,9 +91,7 @@ class ALBL(Strategy):
         check_k(stats, k)
         rng = np.random.default_rng(seed)
         n, arms = len(stats), len(self.arms)
-        order = np.argsort(stats.ids)
-        advice = [order[np.searchsorted(stats.ids, a.select(stats, k, labeled=labeled, seed=seed), sorter=order)]
-                  for a in self.arms]
+        advice = [stats.rows(a.select(stats, k, labeled=labeled, seed=seed)) for a in self.arms]
         p = self.bandit.probabilities()
         taken = np.zeros(n, dtype=bool)
         picks = np.empty(k, dtype=np.int64)

@@ -14,29 +14,28 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import PoolStats, Strategy, check_k, get, register
+from .base import Composite, PoolStats, check_k, get, register
 
 CANDIDATES = ("entropy", "margin", "least_confidence", "kmeans", "bald", "var_ratio", "mean_std")
 
 
 @register
-class AutoAL(Strategy):
+class AutoAL(Composite):
     """Top-k by r = sum_j A[i, j] * pi[i, j]; ties to the larger soft score, then the smaller id."""
 
     name = "autoal"
+    own_needs = frozenset({"search_weights"})
     per_sample = False
 
     def __init__(self, candidates: tuple[str, ...] = CANDIDATES, hard: bool = False):
         if {"autoal", "vote"} & set(candidates):
             raise KeyError(f"{self.name} cannot have autoal or vote as a candidate")
         self.candidate_names, self.hard = tuple(candidates), hard
-        self.candidates = [get(name) for name in self.candidate_names]
+        self.candidates = self.parts = [get(name) for name in self.candidate_names]
         learners = [c.name for c in self.candidates if c.learns]
         if learners:
             raise KeyError(f"AutoAL candidates never see the oracle's answers, which {', '.join(learners)} "
                            f"learn from; choose candidates that are functions of the pool statistics")
-        self.needs = frozenset({"search_weights"}).union(*(c.needs for c in self.candidates))
-        self.needs_labeled = any(c.needs_labeled for c in self.candidates)
         self.last: dict[str, np.ndarray] = {}   # the latest selection's vote-count batch, for telemetry
 
     def candidate_matrix(self, stats: PoolStats, k: int, labeled: PoolStats | None = None,
@@ -65,10 +64,10 @@ class Vote(AutoAL):
     """Top-k by the number of candidates that pick a sample, ties to the smaller id."""
 
     name = "vote"
+    own_needs = frozenset()
 
     def __init__(self, candidates: tuple[str, ...] = CANDIDATES):
         super().__init__(candidates)
-        self.needs = self.needs - {"search_weights"}
 
     def mixture(self, stats: PoolStats) -> np.ndarray:
         return np.full((len(stats), len(self.candidates)), 1.0 / len(self.candidates))

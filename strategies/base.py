@@ -1,18 +1,24 @@
 """Pool statistics and the strategy contract shared by every AL strategy.
 
 Strategies are pure functions of `PoolStats`: no Ray, no data loading, no
-training. The scoring pass computes exactly the union of the fields that the
-active strategies declare in `needs`.
+training. Each statistic is declared once, below, with its provider: the
+fused scoring pass (the task model's outputs), a round hook (an extra model
+the pass also runs), or the oracle. The scoring pass computes exactly the
+fields that the active strategy declares in `needs`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Callable, ClassVar
+import inspect
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, ClassVar, get_type_hints
 
 import numpy as np
 
-STAT_FIELDS = ("probs", "mc_probs", "embedding", "pred_loss", "search_weights", "perturbation",
-               "unlabeled_score", "labels")
+SCORER, HOOK, ORACLE = "scorer", "hook", "oracle"   # who provides a statistic
+
+
+def _stat(provider: str):
+    return field(default=None, metadata={"provider": provider})
 
 
 @dataclass(frozen=True)
@@ -30,17 +36,21 @@ class PoolStats:
     """
 
     ids: np.ndarray
-    probs: np.ndarray | None = None
-    mc_probs: np.ndarray | None = None
-    embedding: np.ndarray | None = None
-    pred_loss: np.ndarray | None = None
-    search_weights: np.ndarray | None = None
-    perturbation: np.ndarray | None = None
-    unlabeled_score: np.ndarray | None = None
-    labels: np.ndarray | None = None
+    probs: np.ndarray | None = _stat(SCORER)
+    mc_probs: np.ndarray | None = _stat(SCORER)
+    embedding: np.ndarray | None = _stat(SCORER)
+    pred_loss: np.ndarray | None = _stat(SCORER)
+    search_weights: np.ndarray | None = _stat(HOOK)
+    perturbation: np.ndarray | None = _stat(HOOK)
+    unlabeled_score: np.ndarray | None = _stat(HOOK)
+    labels: np.ndarray | None = _stat(ORACLE)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """The row of each of `ids` (all present)."""
+        return positions(self.ids, ids)
 
     def take(self, index: np.ndarray) -> "PoolStats":
         """The rows `index` of every present field."""
@@ -50,9 +60,29 @@ class PoolStats:
         })
 
 
+def positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """The index in `ids` of each of `wanted`; KeyError when one is not in `ids`."""
+    order = np.argsort(ids)
+    pos = order[np.minimum(np.searchsorted(ids, wanted, sorter=order), max(len(ids) - 1, 0))]
+    if len(wanted) and (not len(ids) or not np.array_equal(ids[pos], wanted)):
+        raise KeyError("ids not found")
+    return pos
+
+
+def provided_by(provider: str) -> frozenset[str]:
+    """The statistics that `provider` (SCORER, HOOK or ORACLE) supplies."""
+    return frozenset(f.name for f in fields(PoolStats) if f.metadata.get("provider") == provider)
+
+
+STAT_FIELDS = provided_by(SCORER) | provided_by(HOOK) | provided_by(ORACLE)
+
+
 class Strategy:
-    """Base of all strategies. Subclasses set `name`, `needs` and implement
-    `score` (per-sample strategies) or override `select` (batch strategies)."""
+    """Base of all strategies. Subclasses set `name`, `needs` (a property where the
+    options decide it) and implement `score` (per-sample strategies) or override
+    `select` (batch strategies). A strategy's options are its constructor's keyword
+    parameters, each with a default; an experiment sets them from its config section
+    `options: {<name>: {...}}`, and the strategy's round hook reads them too."""
 
     name: ClassVar[str]
     needs: ClassVar[frozenset[str]] = frozenset()
@@ -69,6 +99,22 @@ class Strategy:
         """k distinct ids from stats.ids: top-k by score, ties broken by smaller id."""
         check_k(stats, k)
         return top_k_ids(stats.ids, self.score(stats), k)
+
+
+class Composite(Strategy):
+    """A strategy built on other strategies, its `parts` (ALBL's arms, AutoAL's candidates, an
+    informativeness measure): it needs its `own_needs` and whatever its parts need."""
+
+    own_needs: ClassVar[frozenset[str]] = frozenset()
+    parts: list[Strategy]
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return self.own_needs.union(*(part.needs for part in self.parts))
+
+    @property
+    def needs_labeled(self) -> bool:
+        return any(part.needs_labeled for part in self.parts)
 
 
 def check_k(stats: PoolStats, k: int) -> None:
@@ -98,6 +144,13 @@ def get(name: str, **options) -> Strategy:
     except KeyError:
         raise KeyError(f"unknown strategy {name!r}; known: {', '.join(names())}") from None
     return factory(**options)
+
+
+def parameters(name: str) -> dict[str, Any]:
+    """The options strategy `name` takes: its constructor's parameters and their types."""
+    factory = _REGISTRY[name]
+    hints = get_type_hints(factory.__init__)
+    return {p: hints.get(p, Any) for p in inspect.signature(factory).parameters}
 
 
 def names() -> list[str]:

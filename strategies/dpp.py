@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import pairwise_distances_argmin
 
-from .base import PoolStats, Strategy, check_k, get, register
+from .base import Composite, PoolStats, check_k, get, register
 from .diversity import kmeans_centers
 
 QUALITY_FLOOR = 1e-3   # every sample stays selectable: a zero quality would zero its row of L
@@ -59,10 +59,11 @@ def greedy_map(quality: np.ndarray, features: np.ndarray, k: int, eps: float) ->
 
 
 @register
-class DPP(Strategy):
+class DPP(Composite):
     """Fixed-size DPP over quality (informativeness x representativeness) and embedding similarity."""
 
     name = "dpp"
+    own_needs = frozenset({"embedding"})
     per_sample = False
 
     def __init__(self, informativeness: str = "entropy", eps: float = 1e-2):
@@ -70,7 +71,7 @@ class DPP(Strategy):
         if not self.informativeness.per_sample:
             raise KeyError(f"dpp needs a per-sample informativeness strategy, not {informativeness!r}")
         self.eps = eps
-        self.needs = frozenset({"embedding"}) | self.informativeness.needs
+        self.parts = [self.informativeness]
 
     def quality(self, stats: PoolStats, k: int, seed: int) -> np.ndarray:
         """q_i = informativeness_i * representativeness_i, both in [0, 1]."""

@@ -35,6 +35,13 @@ class NoiseStability(Strategy):
     needs = frozenset({"probs", "perturbation"})
     per_sample = False
 
+    def __init__(self, samples: int = 10, eps: float = 1e-3, scope: str = "head"):
+        """K = `samples` copies of the head (`scope: head`, the backbone runs once) or of the
+        whole model (`scope: model`), each weight tensor W perturbed by noise of norm eps * ||W||."""
+        if samples < 1 or eps <= 0 or scope not in ("head", "model"):
+            raise ValueError("noise_stability needs samples >= 1, eps > 0 and scope head or model")
+        self.samples, self.eps, self.scope = samples, eps, scope
+
     def select(self, stats: PoolStats, k: int, labeled: PoolStats | None = None, seed: int = 0) -> np.ndarray:
         check_k(stats, k)
         d = output_deviation(stats.perturbation, stats.probs)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.covariance import LedoitWolf
 
-from .base import PoolStats, Strategy, check_k, get, register
+from .base import Composite, PoolStats, check_k, get, register
 
 
 def pareto_front(f1: np.ndarray, f2: np.ndarray) -> np.ndarray:
@@ -110,10 +110,11 @@ def consensus(subsets: list[np.ndarray], n: int) -> np.ndarray:
 
 
 @register
-class POAL(Strategy):
+class POAL(Composite):
     """Pareto optimisation of informativeness vs in-distribution confidence."""
 
     name = "poal"
+    own_needs = frozenset({"embedding", "labels"})
     per_sample = False
     needs_labeled = True
 
@@ -121,8 +122,10 @@ class POAL(Strategy):
         self.informativeness = get(informativeness)
         if not self.informativeness.per_sample:
             raise KeyError(f"poal needs a per-sample informativeness strategy, not {informativeness!r}")
+        if iterations < 0 or pool_factor < 1:
+            raise ValueError("poal needs iterations >= 0 and pool_factor >= 1")
         self.iterations, self.pool_factor = iterations, pool_factor
-        self.needs = frozenset({"embedding", "labels"}) | self.informativeness.needs
+        self.parts = [self.informativeness]
 
     def objectives(self, stats: PoolStats, labeled: PoolStats) -> tuple[np.ndarray, np.ndarray]:
         """(informativeness, in-distribution confidence) per pool sample."""

@@ -116,14 +116,21 @@ class LossPrediction(Strategy):
 
     `subset_factor` > 0: the top-k among a uniform random subset of subset_factor x k
     pool samples, as the paper ranks a random 10,000 of the pool for each batch of
-    1,000 (factor 10). 0: the top-k of the whole pool, a per-sample strategy."""
+    1,000 (factor 10). 0: the top-k of the whole pool, a per-sample strategy.
+    The round hook trains the task model with the loss module's ranking loss at
+    `weight` (lambda), reaching the backbone for the first `joint_fraction` of the fit."""
 
     name = "lpl"
     needs = frozenset({"pred_loss"})
 
-    def __init__(self, subset_factor: int = 0):
-        self.subset_factor = subset_factor
-        self.per_sample = subset_factor == 0
+    def __init__(self, subset_factor: int = 10, weight: float = 1.0, joint_fraction: float = 0.6):
+        if subset_factor < 0 or weight < 0 or not 0.0 <= joint_fraction <= 1.0:
+            raise ValueError("lpl needs subset_factor >= 0, weight >= 0 and joint_fraction in [0, 1]")
+        self.subset_factor, self.weight, self.joint_fraction = subset_factor, weight, joint_fraction
+
+    @property
+    def per_sample(self) -> bool:
+        return self.subset_factor == 0
 
     def score(self, stats: PoolStats) -> np.ndarray:
         return np.asarray(stats.pred_loss, dtype=np.float64)

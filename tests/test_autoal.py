@@ -8,6 +8,10 @@ loss, and AutoAL's batch can differ from `vote`'s.
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,9 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from autoal import config, hooks, objective, pool, scoring, search, training
+from autoal.distributed import World
+from autoal.hooks.strategy_search import AutoALHook
 from autoal.errors import AutoALError
 from autoal.experiment import Experiment
-from autoal.searchnet import SearchNet
+from autoal.searchnet import SearchNet, SearchScorer
 from autoal.store import ExperimentDir
 from autoal.strategies import PoolStats, get
 from autoal.strategies.autoal import AutoAL
@@ -44,7 +50,8 @@ def toy(n_easy: int, n_hard: int, seed: int, d: int = 8) -> tuple[np.ndarray, np
 
 def toy_cfg(**overrides) -> config.ExperimentConfig:
     return config.load(None, {"dataset": "toy", "strategies": ["autoal"], "actors": 0, "mc_samples": 4, "min_steps": 0,
-                              "search.candidates": ["margin", "kmeans", "bald"], **FAST, **overrides})
+                              "options.autoal.candidates": ["margin", "kmeans", "bald"],
+                              "options.vote.candidates": ["margin", "kmeans", "bald"], **FAST, **overrides})
 
 
 def context(cfg, x, y, labeled, round_=0, k=20) -> hooks.RoundContext:
@@ -210,7 +217,7 @@ def test_fixed_step_lookahead_penalises_redundant_picks():
 
 def test_searchnet_starts_as_a_flat_mixture():
     torch.manual_seed(0)
-    net = search.SearchScorer(SPEC, 3)
+    net = SearchScorer(SPEC, 3)
     pi = net(torch.randn(5, 8), None)
     torch.testing.assert_close(pi, torch.full_like(pi, 1 / 3))
 
@@ -280,8 +287,8 @@ def test_strategy_needs_and_bad_candidates():
             get(name, candidates=("vote",))
         with pytest.raises(KeyError, match="albl"):  # its bandit would never see a reward
             get(name, candidates=("entropy", "albl"))
-        with pytest.raises(AutoALError, match="vaal"):
-            hooks.create(name, toy_cfg(**{"search.candidates": ["entropy", "vaal"]}))
+        with pytest.raises(AutoALError, match="unlabeled_score, which only the round hook of vaal or sraal"):
+            hooks.create(name, toy_cfg(**{f"options.{name}.candidates": ["entropy", "vaal"]}))
     with pytest.raises(AutoALError):
         hooks.create("autoal", toy_cfg(initial=2))
     with pytest.raises(AutoALError):
@@ -294,28 +301,22 @@ def test_strategy_needs_and_bad_candidates():
 
 # --- the search on Ray Train ---------------------------------------------------------------
 
-def _cycle(config: dict):
-    x, y = (torch.tensor(a) for a in toy(60, 20, seed=0))
-    strategy = AutoAL(("margin", "kmeans"))
-    return search.cycle_rows(strategy, SPEC, config["search"], x, y, torch.zeros(len(x), 0), seed=5, mc_samples=2,
-                             gpus=0, device=torch.device("cpu"))
-
-
-@pytest.mark.parametrize("fitnet", search.FITNETS)
-def test_cycle_rows_belong_to_their_samples(ray_local, monkeypatch, fitnet):
+@pytest.mark.parametrize("fitnet", ["fresh", "crossfit"])
+def test_cycle_rows_belong_to_their_samples(monkeypatch, fitnet):
     """Each row's FitNet loss, candidate picks and gradient alignment are those of its own sample,
-    scored by a FitNet that never trained on it."""
+    scored by a FitNet that never trained on it. The search step runs here without Ray: it takes its world."""
     fitted = []
     real = search.fit_fitnet
 
-    def recorded(spec, x, y, sc, seed, device):
-        fitted.append((real(spec, x, y, sc, seed, device), x))
+    def recorded(spec, x, y, sc, seed, world):
+        fitted.append((real(spec, x, y, sc, seed, world), x))
         return fitted[-1][0]
 
     monkeypatch.setattr(search, "fit_fitnet", recorded)
     sc = config.SearchConfig(fitnet=fitnet, fit_steps=20, rho=0.25)
-    rows, accuracy = training.run_on_ray_train(_cycle, {"search": sc}, 0, 0, "cycle")
     x, y = toy(60, 20, seed=0)
+    rows, accuracy = search.cycle_rows(AutoAL(("margin", "kmeans")), SPEC, sc, torch.tensor(x), torch.tensor(y),
+                                       torch.zeros(len(x), 0), seed=5, mc_samples=2, gpus=0, world=World.local())
     assert len(fitted) == len(search.folds(80, 5, fitnet)) and 0 <= accuracy <= 1
     assert len(rows) == (40 if fitnet == "fresh" else 80)
     for space, (net, seen) in enumerate(fitted):
@@ -372,9 +373,10 @@ def toy_experiment(cfg, out, n_easy=160, n_hard=40) -> Experiment:
 
 @pytest.mark.parametrize("option", [
     {"search.backbone": False, "search.reward": "loss"},
-    {"search.loss_module": False, "search.hard": True},
-    {"search.candidates": ["margin"]},
-    {"search.candidates": ["coreset", "lpl", "random"], "search.fitnet": "crossfit"},  # labeled set; predicted loss
+    {"search.loss_module": False, "options.autoal.hard": True},
+    {"options.autoal.candidates": ["margin"]},
+    # coreset reads the labeled set; lpl the predicted loss
+    {"options.autoal.candidates": ["coreset", "lpl", "random"], "search.fitnet": "crossfit"},
     {"search.threshold": "quantile", "search.lam": 0.0, "search.gamma": 0.0, "search.eta": 0.5},
 ], ids=lambda option: ",".join(f"{k.split('.')[-1]}={v}" for k, v in option.items()))
 def test_every_option_runs_an_experiment(ray_local, tmp_path, option):
@@ -385,7 +387,7 @@ def test_every_option_runs_an_experiment(ray_local, tmp_path, option):
     picked, initial = ledger[ledger["round"] == 1]["id"], ledger[ledger["round"] == 0]["id"]
     assert len(picked) == 10 == picked.nunique() and not set(picked) & set(initial)
     weights = pd.read_parquet(tmp_path / "out" / "strategy_weights.parquet")
-    assert list(weights["candidate"]) == list(cfg.search.candidates)
+    assert list(weights["candidate"]) == list(cfg.options["autoal"]["candidates"])
     assert weights["weight_pool"].sum() == pytest.approx(1.0, rel=1e-4)
     telemetry = pd.read_parquet(tmp_path / "out" / "search.parquet")
     assert len(telemetry) == 1 and telemetry["search_s"].iloc[0] > 0
@@ -400,7 +402,8 @@ def test_search_trusts_the_candidate_that_picks_informative_samples(ray_local, t
     weight margin above kmeans, its batches come from the band, and they are not vote's
     (vote ties the two candidates and fills by id). No prior: the search alone decides."""
     cfg = toy_cfg(initial=40, batch=20, rounds=2, epochs=10, strategies=["autoal", "vote"], **{
-        "search.candidates": ["kmeans", "margin"], "search.cycles_first": 2, "search.fit_steps": 50,
+        "options.autoal.candidates": ["kmeans", "margin"], "options.vote.candidates": ["kmeans", "margin"],
+        "search.cycles_first": 2, "search.fit_steps": 50,
         "search.prior": 0.0,
         "search.search_epochs": 20, "search.batch_size": 64, "search.rho": 0.25})
     exp = toy_experiment(cfg, tmp_path / "out", n_easy=300, n_hard=60)
@@ -437,9 +440,9 @@ def resumed_run(ray_local, tmp_path_factory):
     with pytest.raises(Killed):
         Experiment.prepare(cfg, root / "cut", log=lambda m: None, on_round=kill_after_round_0).run()
     loaded = []
-    real = search.AutoALHook.load_state_dict
+    real = AutoALHook.load_state_dict
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(search.AutoALHook, "load_state_dict",
+        patch.setattr(AutoALHook, "load_state_dict",
                       lambda self, state: (loaded.append(state), real(self, state)))
         resumed = Experiment.prepare(cfg, root / "cut", log=lambda m: None)
         resumed.run()
@@ -462,3 +465,26 @@ def test_resume_ends_with_the_uninterrupted_ledger(resumed_run):
     columns = ["seed", "round", "id", "label"]  # the strategy column's dtype differs once read back from Parquet
     pd.testing.assert_frame_equal(resumed.store.ledger[columns].reset_index(drop=True), full.store.ledger[columns],
                                   check_dtype=False)
+
+
+def test_hooks_create_serves_autoal_in_a_fresh_interpreter():
+    """Hooks are paired with strategies by the hooks package itself, not by what else was imported."""
+    code = ("from autoal import config, hooks; "
+            "print(type(hooks.create('autoal', config.load(None, {'strategies': ['autoal']}))).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.stdout.split() == ["AutoALHook"]
+
+
+def test_hooks_create_refuses_unserved_learning_and_lets_bugs_in_hooks_surface(monkeypatch):
+    cfg = config.load(None, {"strategies": ["albl"]})
+    assert hooks.create("albl", cfg).strategy.bandit.horizon == cfg.rounds * cfg.batch
+    monkeypatch.delitem(hooks.HOOKS, "albl")
+    with pytest.raises(AutoALError, match="albl learns from the oracle's answers, and no round hook feeds them"):
+        hooks.create("albl", cfg)
+
+    def broken(self, cfg, strategy):
+        raise KeyError("a bug inside a hook")
+    monkeypatch.setattr(AutoALHook, "__init__", broken)
+    with pytest.raises(KeyError, match="a bug inside a hook"):   # not turned into a user error
+        hooks.create("autoal", toy_cfg())

@@ -16,11 +16,12 @@ import torch
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
-from autoal import baselines, config, datasets, scoring, training
-from autoal.adversarial import AdversarialNets, adversarial_loop, unlabeled_targets
+from autoal import config, datasets, distributed, scoring, training
 from autoal.errors import AutoALError
 from autoal.experiment import Experiment
 from autoal.hooks import ScorerExtra
+from autoal.hooks.perturbation import PerturbedModels
+from autoal.hooks.state_adversary import AdversarialNets, AdversarialPayload, adversarial_loop, unlabeled_targets
 from autoal.pool import OOD, UNLABELED, Pool, with_ood_classes
 from autoal.store import ExperimentDir
 from autoal.strategies import PoolStats, get
@@ -242,7 +243,7 @@ def task_state(spec=DIGITS_SPEC) -> dict:
 def test_perturbed_heads_match_a_direct_reference():
     state = task_state()
     head_state = {f"net.{k[5:]}": v for k, v in state.items() if k.startswith("head.")}
-    net = baselines.PerturbedModels(DIGITS_SPEC, False, 3, 1e-2, seed=7)
+    net = PerturbedModels(DIGITS_SPEC, False, 3, 1e-2, seed=7)
     net.load_state_dict(head_state)
     net.eval()
     e = torch.randn(5, 128)
@@ -273,7 +274,7 @@ def test_perturbed_whole_models_deviate_less_for_smaller_noise():
         clean = task(x)[0].softmax(1)
     gaps = []
     for eps in (1e-4, 1e-1):
-        net = baselines.PerturbedModels(DIGITS_SPEC, True, 2, eps, seed=0)
+        net = PerturbedModels(DIGITS_SPEC, True, 2, eps, seed=0)
         net.load_state_dict({f"net.{k}": v for k, v in state.items()})
         net.eval()
         gaps.append(float((net(x, None) - clean[:, None]).abs().max()))
@@ -348,11 +349,11 @@ def test_discriminator_learns_to_tell_unlabeled_from_labeled_samples(ray_local, 
     low = train.y < 5
     x_l, y_l, x_u = train.x[low][:100], train.y[low][:100], train.x[~low][:300]
     epochs = 10 * max(workers, 1)  # a DDP group of two takes half the steps per epoch
-    config = dict(spec=DIGITS_SPEC, seed=0, latent=8, epochs=epochs, lr=1e-3, batch_size=64, task_state=None,
-                  data=ray.put((x_l, y_l, x_u)))
+    payload = AdversarialPayload(DIGITS_SPEC, 0, latent=8, epochs=epochs, lr=1e-3, batch_size=64, task_state=None,
+                                 data=ray.put((x_l, y_l, x_u)))
     nets = AdversarialNets(DIGITS_SPEC, 8)
-    nets.load_state_dict(training.torch_state(
-        training.run_on_ray_train(adversarial_loop, config, workers=workers, gpus=0, name="vaal-test")))
+    nets.load_state_dict(distributed.torch_state(
+        distributed.run(adversarial_loop, payload, workers=workers, gpus=0, name="vaal-test")))
     nets.eval()
     with torch.no_grad():
         scores = nets(torch.from_numpy(np.concatenate([x_l, x_u])), None).numpy()
@@ -364,7 +365,7 @@ def test_perturbed_models_run_inside_the_scoring_actors(ray_local):
     state = task_state()
     x = np.random.default_rng(0).random((40, 1, 8, 8), dtype=np.float32)
     ids = np.arange(40, dtype=np.int64)
-    noise = ScorerExtra(build=functools.partial(baselines.PerturbedModels, DIGITS_SPEC, False, 2, 1e-3, 0),
+    noise = ScorerExtra(build=functools.partial(PerturbedModels, DIGITS_SPEC, False, 2, 1e-3, 0),
                         state={f"net.{k[5:]}": v for k, v in state.items() if k.startswith("head.")},
                         field="perturbation")
     needs = {"probs", "perturbation"}
@@ -413,11 +414,21 @@ def test_pool_accepts_the_ood_label_only_in_the_train_split():
             Pool("p", np.arange(4), x, np.array(y), np.array(["train", "train", "test", "test"]), 2)
 
 
-def test_bad_baseline_options_end_with_one_clear_message(tmp_path):
-    with pytest.raises(AutoALError, match="noise_scope"):
-        config.load(None, {"baselines.noise_scope": "layer"})
-    bad = [({"strategies": ["albl"], "baselines.albl_arms": ["nope"]}, "unknown strategy 'nope'"),
-           ({"strategies": ["poal"], "baselines.poal_informativeness": "kmeans"}, "per-sample"),
+def test_bad_strategy_options_end_with_one_clear_message(tmp_path):
+    bad = [({"options.noise_stability.scope": "layer"}, "options.noise_stability: noise_stability needs .* scope"),
+           ({"options.noise_stability.samples": 2.5}, "options.noise_stability.samples must be an integer"),
+           ({"options.poal.iterationz": 5}, "unknown option options.poal.iterationz; poal takes informativeness, "
+                                            "iterations, pool_factor"),
+           ({"options.entropy.x": 1}, "entropy takes no options"),
+           ({"options.psychic": {}}, "options.psychic: unknown strategy 'psychic'"),
+           ({"options": [1]}, "options must map strategy names to their options")]
+    for overrides, message in bad:
+        with pytest.raises(AutoALError, match=message):
+            config.load(None, overrides)
+    bad = [({"strategies": ["albl"], "options.albl.arms": ["nope"]}, "unknown strategy 'nope'"),
+           ({"strategies": ["poal"], "options.poal.informativeness": "kmeans"}, "per-sample"),
+           ({"strategies": ["vote"], "options.vote.candidates": ["margin", "vaal"]},
+            "vote needs unlabeled_score, which only the round hook of vaal or sraal provides"),
            ({"ood_classes": [12]}, r"ood_classes \[12\]")]
     for i, (overrides, message) in enumerate(bad):
         with pytest.raises(AutoALError, match=message):
@@ -429,9 +440,9 @@ def test_bad_baseline_options_end_with_one_clear_message(tmp_path):
 
 LOOP = {"dataset": "digits", "strategies": list(BASELINES), "initial": 20, "batch": 10, "rounds": 3, "epochs": 2,
         "actors": 0, "min_steps": 0,
-        "mc_samples": 3, "ood_classes": [7, 8, 9], "baselines.albl_arms": ["entropy", "kmeans", "bald"],
-        "baselines.noise_samples": 3, "baselines.poal_iterations": 200, "baselines.adversarial_epochs": 1,
-        "baselines.bgadl_epochs": 2}
+        "mc_samples": 3, "ood_classes": [7, 8, 9], "options.albl.arms": ["entropy", "kmeans", "bald"],
+        "options.noise_stability.samples": 3, "options.poal.iterations": 200, "options.vaal.epochs": 1,
+        "options.sraal.epochs": 1, "options.bgadl.epochs": 2}
 
 
 def test_every_baseline_runs_on_an_ood_digits_pool_and_resumes_with_its_state(ray_local, tmp_path):

@@ -6,16 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import ray
-import torch
 
-from autoal import config, datasets, generative, training
+from autoal import config, datasets, distributed, training
+from autoal.hooks import synthesis
 from autoal.experiment import Experiment
 from autoal.store import ExperimentDir
 from autoal.strategies import PoolStats, get
 
 SPEC = training.ModelSpec("cnn", (1, 8, 8), 10, 0.3)
 LOOP = {"dataset": "digits", "strategies": ["bgadl"], "initial": 20, "batch": 10, "rounds": 2, "epochs": 2,
-        "min_steps": 0, "actors": 0, "mc_samples": 3, "baselines.bgadl_samples": 2, "baselines.bgadl_epochs": 5}
+        "min_steps": 0, "actors": 0, "mc_samples": 3, "options.bgadl.samples": 2, "options.bgadl.epochs": 5}
 
 
 def test_bgadl_picks_by_bald():
@@ -30,12 +30,12 @@ def test_generated_samples_have_the_pools_shape_a_valid_label_and_follow_their_s
     source's label, and closer to their own source than to the other sources."""
     train = datasets.load("digits", "data").subset("train")
     x, y = train.x[:200], train.y[:200]
-    config_ = dict(spec=SPEC, seed=0, latent=generative.LATENT, lr=generative.LR, batch_size=64,
-                   epochs=40 * max(workers, 1), min_steps=0, data=ray.put((x, y)))
-    state = training.torch_state(training.run_on_ray_train(generative.vae_acgan_loop, config_, workers=workers,
-                                                           gpus=0, name="bgadl-test"))
+    payload = synthesis.GANPayload(SPEC, seed=0, epochs=40 * max(workers, 1), min_steps=0, batch_size=64,
+                                   data=ray.put((x, y)))
+    state = distributed.torch_state(distributed.run(synthesis.vae_acgan_loop, payload, workers=workers, gpus=0,
+                                                    name="bgadl-test"))
     sources, labels = train.x[200:220], train.y[200:220]
-    generated, generated_y = generative.generate(SPEC, state, sources, labels, samples=3, seed=1)
+    generated, generated_y = synthesis.generate(SPEC, state, sources, labels, samples=3, seed=1)
     assert generated.shape == (60, *train.shape) and generated.dtype == np.float32
     np.testing.assert_array_equal(generated_y, np.repeat(labels, 3))
     assert ((generated_y >= 0) & (generated_y < 10)).all() and np.isfinite(generated).all()

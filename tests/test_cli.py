@@ -82,6 +82,9 @@ def test_nan_features_and_labels_out_of_range(capsys, tmp_path):
     ("batch: ten\n", "batch must be an integer"),
     ("- just\n- a list\n", "must be a YAML mapping"),
     ("search:\n  lam: high\n", "search.lam must be a number"),
+    ("initial: .nan\n", "initial must be finite, got nan"),
+    ("search:\n  cycles: .inf\n", "search.cycles must be finite"),
+    ("options:\n  poal: {iterations: many}\n", "options.poal.iterations must be an integer"),
 ])
 def test_bad_config_files(capsys, tmp_path, text, message):
     path = tmp_path / "bad.yaml"
@@ -123,3 +126,35 @@ def test_listing_commands(capsys):
     assert "bald" in listing and "needs: mc_probs" in listing
     assert cli.main(["datasets"]) == 0
     assert "medmnist" in capsys.readouterr().out
+
+
+def test_every_config_key_is_a_flag():
+    """The flags are generated from the config's fields: each sets its key, and --set any dotted key."""
+    import dataclasses
+
+    from autoal import config
+
+    sections = {"search", "options"}
+    keys = {f.name for f in dataclasses.fields(config.ExperimentConfig)} - sections
+    keys |= {f"search.{f.name}" for f in dataclasses.fields(config.SearchConfig)}
+    run = cli.parser().parse_args(["run"])
+    assert set(run.config_keys) == keys
+    args = cli.parser().parse_args(["run", "--weight-decay", "0.01", "--strategy", "margin", "bald",
+                                    "--search.loss-module", "false", "--actors", "auto", "--search.lam", "2",
+                                    "--set", "options.poal.iterations=50", "--set", "search.rho=0.5"])
+    assert cli._overrides(args) == {"weight_decay": 0.01, "strategies": ["margin", "bald"],
+                                    "search.loss_module": False, "actors": "auto", "search.lam": 2.0,
+                                    "options.poal.iterations": 50, "search.rho": 0.5}
+    cfg = config.load(None, cli._overrides(args))
+    assert (cfg.weight_decay, cfg.search.loss_module, cfg.options, cfg.search.rho) == \
+        (0.01, False, {"poal": {"iterations": 50}}, 0.5)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--set", "search=3", "--set", "search.lam=1"], "cannot set search.lam: search is 3, not a section"),
+    (["--set", "lam"], "--set takes KEY=VALUE"),
+    (["--set", "options.lpl.weight=-1"], "options.lpl: lpl needs"),
+])
+def test_bad_overrides(capsys, tmp_path, argv, message):
+    fails(capsys, ["run", *argv, "--out", str(tmp_path / "out")], message)
+    assert not (tmp_path / "out").exists()

@@ -1,4 +1,5 @@
 """Fused scoring (in-process and on Ray Data) and task-model training on Ray Train."""
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +8,8 @@ import ray
 import ray.train
 import torch
 
-from autoal import datasets, models, scoring, training
+from autoal import datasets, distributed, models, scoring, training
+from autoal.distributed import World
 from autoal.strategies import PoolStats, get
 
 NEEDS = frozenset({"probs", "mc_probs", "embedding", "pred_loss"})
@@ -52,28 +54,39 @@ def test_min_steps_trains_a_small_labeled_set_for_more_epochs(ray_local, digits,
     assert floored.accuracy > short.accuracy
 
 
-def _epoch_batches(config: dict):
-    batches = training.shard_batches(config["n"], config.get("batch_size", 64), seed=0, epoch=0)
-    return {"sizes": [len(b) for b in batches], "ids": torch.cat(batches).tolist()}
+def test_epoch_batches_cover_the_set_and_merge_a_short_remainder():
+    def sizes(n, batch_size=64, world=World.local()):
+        return [len(b) for b in training.shard_batches(n, batch_size, 0, 0, world)]
+
+    assert sizes(200) == [64, 64, 72], "8 leftover samples join the last full batch"
+    assert sorted(torch.cat(training.shard_batches(200, 64, 0, 0, World.local())).tolist()) == list(range(200))
+    assert sizes(100) == [64, 36]
+    assert sizes(5, 2) == [2, 3], "BatchNorm cannot train on a lone sample"
+    ranks = [training.shard_batches(101, 16, 3, 1, World(2, rank, torch.device("cpu"))) for rank in (0, 1)]
+    assert [len(torch.cat(r)) for r in ranks] == [51, 51], "ranks take equal shares, the set padded"
+    assert set(torch.cat([torch.cat(r) for r in ranks]).tolist()) == set(range(101))
 
 
-def test_epoch_batches_cover_the_set_and_merge_a_short_remainder(ray_local):
-    two_hundred = training.run_on_ray_train(_epoch_batches, {"n": 200}, workers=0, gpus=0, name="batches")
-    assert two_hundred["sizes"] == [64, 64, 72], "8 leftover samples join the last full batch"
-    assert sorted(two_hundred["ids"]) == list(range(200))
-    assert training.run_on_ray_train(_epoch_batches, {"n": 100}, workers=0, gpus=0, name="batches")["sizes"] == [64, 36]
-    one_left = training.run_on_ray_train(_epoch_batches, {"n": 5, "batch_size": 2}, workers=0, gpus=0, name="batches")
-    assert one_left["sizes"] == [2, 3], "BatchNorm cannot train on a lone sample"
+@dataclass(frozen=True)
+class Probe:
+    seed: int
+    data: object   # an array, or an object ref the runner resolves
 
 
-def test_ray_train_runs_of_one_name_get_their_own_storage_removed_afterwards(ray_local):
+def test_the_runner_resolves_the_payload_seeds_and_gives_each_run_its_own_storage(ray_local):
     """Concurrent trials fit models under the same run names: each run must have its own storage."""
-    def storage_path(config: dict) -> str:   # nested: pickled by value to the worker
-        return ray.train.get_context().get_storage().experiment_fs_path
+    def probe(p: Probe, world: World) -> dict:   # nested: pickled by value to the worker
+        return dict(path=ray.train.get_context().get_storage().experiment_fs_path, total=float(p.data.sum()),
+                    draw=float(torch.rand(1)), world=(world.size, world.rank))
 
-    paths = [training.run_on_ray_train(storage_path, {}, workers=1, gpus=0, name="task-s0-r1") for _ in range(2)]
+    runs = [distributed.run(probe, Probe(7, ray.put(np.arange(4.0))), workers=1, gpus=0, name="task-s0-r1")
+            for _ in range(2)]
+    paths = [r["path"] for r in runs]
     assert paths[0] != paths[1] and all(Path(p).name == "task-s0-r1" for p in paths)
     assert not any(Path(p).parent.exists() for p in paths)
+    assert runs[0]["total"] == 6.0 and runs[0]["world"] == (1, 0)
+    torch.manual_seed(7)
+    assert runs[0]["draw"] == runs[1]["draw"] == float(torch.rand(1)), "the loop starts from the payload's seed"
 
 
 def test_ray_train_worker_group_of_two_trains_and_evaluates(ray_local, digits, spec):

@@ -346,3 +346,14 @@ def test_register_adds_a_strategy_by_name():
         np.testing.assert_array_equal(get("test_constant").select(PoolStats(ids=np.array([4, 2, 3])), 2), [2, 3])
     finally:
         base._REGISTRY.pop("test_constant")
+
+
+def test_composite_needs_follow_each_instances_options():
+    """A strategy built on others needs what its parts need, per instance; the class holds no stale set."""
+    few, many = get("autoal", candidates=("entropy",)), get("autoal", candidates=("kmeans", "coreset"))
+    assert few.needs == {"search_weights", "probs"} and not few.needs_labeled
+    assert many.needs == {"search_weights", "embedding"} and many.needs_labeled
+    assert get("vote", candidates=("bald",)).needs == {"mc_probs"}
+    assert get("dpp", informativeness="bald").needs == {"embedding", "mc_probs"}
+    assert get("albl", arms=("margin",)).needs == {"probs"}
+    assert not isinstance(type(few).needs, frozenset)

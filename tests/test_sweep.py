@@ -44,7 +44,8 @@ def write_spec(tmp_path, **spec) -> Path:
     ({"base": {**TINY, "dataset": "mnist"}, "axes": {"seed": [0]}}, "unknown dataset 'mnist'"),
     ({"base": {**TINY, "epoch": 3}, "axes": {"seed": [0]}}, "unknown key epoch"),
     ({"base": TINY, "axes": {"candidates_size": [0, 3]}}, "candidates_size must be an integer from 1 to 7"),
-    ({"base": TINY, "axes": {"candidates_size": [1], "search.candidates": [["bald"]]}}, "keep one"),
+    ({"base": TINY, "axes": {"candidates_size": [1], "options.vote.candidates": [["bald"]]}}, "keep one"),
+    ({"base": TINY, "axes": {"options.autoal.candidatez": [["bald"]]}}, "unknown option options.autoal.candidatez"),
     ({"base": TINY, "axes": {"strategy": ["random"], "strategies": [["random"]]}}, "keep one"),
     ({"base": TINY, "axes": {"seed": [0]}, "resources": {"cpus": 2}}, "resources takes cpu and gpu"),
     ({"base": TINY, "axes": {"seed": [0]}, "scheduler": {"type": "hyperband"}}, "type one of asha"),
@@ -64,7 +65,9 @@ def test_candidates_size_expands_to_the_papers_nested_pools(tmp_path):
     spec = load_spec(write_spec(tmp_path, name="pools", base={**TINY, "strategies": ["autoal"]},
                                 axes={"candidates_size": [1, 3, 5, 7], "seed": [0, 1]}))
     assert runner.param_space(spec)["candidates_size"] == {"grid_search": [1, 3, 5, 7]}
-    pools = {n: spec.trial_config({"candidates_size": n, "seed": 0}).search.candidates for n in (1, 3, 5, 7)}
+    pools = {n: spec.trial_config({"candidates_size": n, "seed": 0}).options["autoal"]["candidates"]
+             for n in (1, 3, 5, 7)}
+    assert all(spec.trial_config({"candidates_size": n}).options["vote"]["candidates"] == pools[n] for n in pools)
     assert pools == {
         1: ("entropy",),
         3: ("entropy", "margin", "least_confidence"),

@@ -8,26 +8,58 @@ at once.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import sys
+import types
 from pathlib import Path
+from typing import get_args, get_origin, get_type_hints
 
+import yaml
+
+from autoal import config
 from autoal.errors import AutoALError
 
-# flag -> config key, for `autoal run`; flags win over the YAML file
-RUN_FLAGS = {
-    "dataset": "dataset", "data_root": "data_root", "strategy": "strategies", "initial": "initial",
-    "initial_method": "initial_method", "batch": "batch", "rounds": "rounds", "seeds": "seeds",
-    "epochs": "epochs", "min_steps": "min_steps", "model": "model", "workers": "workers", "actors": "actors",
-    "gpus": "gpus",
-}
+
+def _config_flags(run: argparse.ArgumentParser) -> list[str]:
+    """One flag per config key, generated from the config dataclasses: `--initial-method` sets
+    `initial_method`, `--search.lam` sets `search.lam`; returns the config keys they set."""
+    keys = []
+    for cls, prefix in ((config.ExperimentConfig, ""), (config.SearchConfig, "search.")):
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            if dataclasses.is_dataclass(hint) or get_origin(hint) is dict:
+                continue   # a section: its keys have their own flags, or take --set
+            item = get_args(hint)[0] if get_origin(hint) is tuple else hint
+            name = f.metadata["flag"] or f.name
+            kind = dict(type=_actors) if isinstance(item, types.UnionType) else dict(type=_bool) if item is bool \
+                else dict(type=item)
+            run.add_argument("--" + prefix + name.replace("_", "-"), dest=prefix + f.name,
+                             metavar="true|false" if item is bool else name.upper(),
+                             nargs="+" if get_origin(hint) is tuple else None, help=f.metadata["help"], **kind)
+            keys.append(prefix + f.name)
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="any config key, dotted, with a YAML value: --set options.poal.iterations=500")
+    return keys
+
+
+def _overrides(args) -> dict:
+    """The config keys the flags set; flags win over the YAML file."""
+    overrides = {key: getattr(args, key) for key in args.config_keys if getattr(args, key) is not None}
+    for item in args.set:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise AutoALError(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            overrides[key] = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise AutoALError(f"--set {key}: the value is not YAML: {config.yaml_problem(exc)}") from None
+    return overrides
 
 
 def _run(args) -> None:
-    from autoal import config
-
-    overrides = {key: getattr(args, flag) for flag, key in RUN_FLAGS.items() if getattr(args, flag) is not None}
-    cfg = config.load(args.config, overrides)
+    cfg = config.load(args.config, _overrides(args))
     out = Path(args.out or Path("runs") / (Path(args.config).stem if args.config else cfg.dataset))
     for parent in out.parents:
         if parent.exists() and not parent.is_dir():
@@ -46,11 +78,14 @@ def _run(args) -> None:
 
 
 def _strategies(args) -> None:
+    import inspect
+
     from autoal.strategies import get, names
 
     for name in names():
-        strategy = get(name)
-        print(f"{name:<18} needs: {', '.join(sorted(strategy.needs)) or '-'}")
+        options = [f"{p.name}={p.default!r}" for p in inspect.signature(type(get(name))).parameters.values()]
+        print(f"{name:<18} needs: {', '.join(sorted(get(name).needs)) or '-'}"
+              + (f"; options: {', '.join(options)}" if options else ""))
 
 
 def _datasets(args) -> None:
@@ -157,23 +192,8 @@ def parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run an active-learning experiment (resumes an existing --out)")
     run.add_argument("config", nargs="?", help="YAML experiment config; flags override it")
-    run.add_argument("--dataset", help="digits, cifar10, cifar100, svhn, medmnist:<flag>, parquet:<dir>, synthetic")
-    run.add_argument("--data-root", help="where dataset files live (default: data)")
     run.add_argument("--download", action="store_true", help="download missing dataset files")
-    run.add_argument("--strategy", nargs="+", help="strategies to compare (see `autoal strategies`)")
-    run.add_argument("--initial", type=int, help="size of the initial labeled pool")
-    run.add_argument("--initial-method", choices=["random", "kcenter"], help="how the initial pool is drawn")
-    run.add_argument("--batch", type=int, help="queries per round")
-    run.add_argument("--rounds", type=int, help="query rounds")
-    run.add_argument("--seeds", type=int, nargs="+", help="paired seeds")
-    run.add_argument("--epochs", type=int, help="task-model epochs per round")
-    run.add_argument("--min-steps", type=int,
-                     help="at least this many optimiser steps per round (more epochs on few labels)")
-    run.add_argument("--model", help="auto, cnn, mlp or resnet18")
-    run.add_argument("--workers", type=int, help="Ray Train workers (0: local mode in the driver)")
-    run.add_argument("--actors", type=_actors, help="Ray Data scoring actors (0: score in the driver; "
-                     "auto, the default: in the driver for small pools)")
-    run.add_argument("--gpus", type=float, help="GPUs per training worker and per scoring actor")
+    run.set_defaults(config_keys=_config_flags(run))
     run.add_argument("--out", help="experiment directory (default: runs/<config name or dataset>)")
     run.set_defaults(func=_run)
 
@@ -199,6 +219,12 @@ def parser() -> argparse.ArgumentParser:
     sw.set_defaults(func=_sweep)
     _label_parser(sub)
     return p
+
+
+def _bool(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() == "true"
 
 
 def _actors(text: str) -> int | str:

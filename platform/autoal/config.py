@@ -18,82 +18,69 @@ from autoal.errors import AutoALError
 AUTO = "auto"  # a value some fields take instead of a number: decided by the run (e.g. `actors`)
 
 
+def key(default=dataclasses.MISSING, help: str = "", *, factory=dataclasses.MISSING, execution: bool = False,
+        flag: str | None = None):
+    """A config field: `help` is its flag's help; `execution` marks a field that changes how a run
+    executes, not what it computes (it may differ on resume); `flag` renames its flag."""
+    return field(default=default, default_factory=factory,
+                 metadata=dict(help=help, execution=execution, flag=flag))
+
+
 @dataclass(frozen=True)
 class SearchConfig:
-    """AutoAL's differentiable strategy search (DESIGN.md section 3)."""
+    """AutoAL's differentiable strategy search (../shared/DESIGN.md, section 3 "AutoAL, as this
+    project implements it"): the settings of its round hook. The candidates are the `autoal`
+    strategy's option (`options.autoal.candidates`)."""
 
-    candidates: tuple[str, ...] = ("entropy", "margin", "least_confidence", "kmeans", "bald",
-                                   "var_ratio", "mean_std")
-    backbone: bool = True          # False: SearchNet is a head on the task model's frozen embeddings
-    loss_module: bool = True       # the loss-prediction module and its ranking loss
-    reward: str = "lookahead"      # "lookahead" (one unrolled step on held-out loss) or "loss" (FitNet's loss)
-    rho: float = 0.25              # simulated query ratio: each candidate picks ceil(rho |L_val|) of L_val
-    eta: float = 0.1               # lookahead step, in units of the held-out gradient's norm
-    fitnet: str = "fresh"          # "fresh": one FitNet per cycle on half of L; "crossfit": one per half
-    hard: bool = False             # select by the most trusted candidate's pick instead of the mixture mass
-    cycles_first: int = 3          # search cycles in the first round
-    cycles: int = 1                # search cycles in later rounds
-    fit_epochs: int = 10           # FitNet epochs per cycle (fresh init)
-    fit_steps: int = 50            # ... raised until FitNet takes at least this many optimiser steps
-    search_epochs: int = 10        # SearchNet epochs over L_val per cycle
-    lam: float = 1.0               # count regulariser weight (lambda)
-    prior: float = 1.0             # weight of KL(pi || flat mixture): shrinks AutoAL toward vote
-    gamma: float = 0.1             # ranking loss weight
-    threshold: str = "gmm"         # "gmm" (paper) or "quantile" (exact)
-    lr: float = 1e-3
-    batch_size: int = 64
-
-
-@dataclass(frozen=True)
-class BaselineConfig:
-    """Options of the strategy-selection baselines and single methods AutoAL is judged against."""
-
-    albl_arms: tuple[str, ...] = SearchConfig.candidates   # ALBL's strategy arms; uniform sampling is always added
-    albl_delta: float = 0.1                # EXP4.P's confidence parameter
-    noise_samples: int = 10                # noise stability: K weight-perturbed copies
-    noise_eps: float = 1e-3                # noise norm relative to each weight tensor's norm
-    noise_scope: str = "head"              # "head" (backbone once, K heads) or "model" (K whole models)
-    poal_informativeness: str = "entropy"  # POAL's AL objective (a per-sample strategy)
-    poal_iterations: int = 2000            # Monte-Carlo Pareto search steps
-    poal_pool_factor: int = 6              # POAL pre-selects pool_factor x batch Pareto-front candidates
-    dpp_informativeness: str = "entropy"   # the DPP quality's informativeness (a per-sample strategy)
-    adversarial_epochs: int = 10           # VAAL / SRAAL: VAE + discriminator epochs over the unlabeled pool
-    adversarial_latent: int = 32           # VAE latent size
-    adversarial_lr: float = 5e-4
-    adversarial_batch_size: int = 64
-    lpl_weight: float = 1.0                # LPL: weight (lambda) of the loss-prediction ranking loss
-    lpl_joint_fraction: float = 0.6        # LPL: the ranking loss reaches the backbone for this fraction of the fit
-    lpl_subset_factor: int = 10            # LPL ranks a random subset of factor x batch samples (0: the whole pool)
-    bgadl_samples: int = 1                 # BGADL: synthetic samples generated per queried sample
-    bgadl_epochs: int = 100                # BGADL: VAE-ACGAN epochs over the labeled set per round
+    backbone: bool = key(True, "false: SearchNet is a head on the task model's frozen embeddings")
+    loss_module: bool = key(True, "SearchNet's loss-prediction module and its ranking loss")
+    reward: str = key("lookahead", "lookahead (one unrolled step on held-out loss) or loss (FitNet's loss)")
+    rho: float = key(0.25, "simulated query ratio: each candidate picks ceil(rho |L_val|) of L_val")
+    eta: float = key(0.1, "lookahead step, in units of the held-out gradient's norm")
+    fitnet: str = key("fresh", "fresh: one FitNet per cycle on half of L; crossfit: one per half")
+    cycles_first: int = key(3, "search cycles in the first round")
+    cycles: int = key(1, "search cycles in later rounds")
+    fit_epochs: int = key(10, "FitNet epochs per cycle (fresh init)")
+    fit_steps: int = key(50, "FitNet epochs are raised until it takes at least this many optimiser steps")
+    search_epochs: int = key(10, "SearchNet epochs over L_val per cycle")
+    lam: float = key(1.0, "count regulariser weight (lambda)")
+    prior: float = key(1.0, "weight of KL(pi || flat mixture): shrinks AutoAL toward vote")
+    gamma: float = key(0.1, "ranking loss weight")
+    threshold: str = key("gmm", "gmm (paper) or quantile (exact)")
+    lr: float = key(1e-3, "SearchNet's and FitNet's Adam learning rate")
+    batch_size: int = key(64, "SearchNet's and FitNet's mini-batch")
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
     """One AL experiment: every strategy x every seed on one dataset."""
 
-    dataset: str = "digits"
-    data_root: str = "data"
-    model: str = "auto"                     # auto | cnn | mlp | resnet18
-    strategies: tuple[str, ...] = ("random", "entropy")
-    initial: int = 20                       # size of the initial labeled pool
-    initial_method: str = "random"          # random | kcenter
-    batch: int = 20                         # queries per round
-    rounds: int = 10                        # query rounds after the initial pool
-    seeds: tuple[int, ...] = (0,)
-    epochs: int = 30                        # task-model epochs per round (retrained from scratch)
-    min_steps: int = 100                    # at least this many optimiser steps per round (more epochs on few labels)
-    lr: float = 1e-3
-    weight_decay: float = 5e-4
-    batch_size: int = 64
-    dropout: float = 0.3                    # dropout of the classifier head (MC dropout)
-    mc_samples: int = 10                    # T, MC-dropout samples of the head
-    workers: int = 0                        # Ray Train workers; 0 = local mode in the driver
-    actors: int | str = AUTO                # Ray Data scoring actors; auto: in the driver for small pools
-    gpus: float = 0.0                       # GPUs per training worker and per scoring actor
-    search: SearchConfig = field(default_factory=SearchConfig)
-    baselines: BaselineConfig = field(default_factory=BaselineConfig)
-    ood_classes: tuple[int, ...] = ()       # these classes' train samples become out-of-distribution (label -1)
+    dataset: str = key("digits", "digits, cifar10, cifar100, svhn, medmnist:<flag>, parquet:<dir or URI>, "
+                                 "images:<dir>, synthetic[:n]")
+    data_root: str = key("data", "where dataset files live", execution=True)
+    model: str = key("auto", "auto, cnn, mlp or resnet18")
+    strategies: tuple[str, ...] = key(("random", "entropy"), "strategies to compare (see `autoal strategies`)",
+                                      execution=True, flag="strategy")
+    initial: int = key(20, "size of the initial labeled pool")
+    initial_method: str = key("random", "random or kcenter: how the initial pool is drawn")
+    batch: int = key(20, "queries per round")
+    rounds: int = key(10, "query rounds after the initial pool")
+    seeds: tuple[int, ...] = key((0,), "paired seeds", execution=True)
+    epochs: int = key(30, "task-model epochs per round (retrained from scratch)")
+    min_steps: int = key(100, "at least this many optimiser steps per round (more epochs on few labels)")
+    lr: float = key(1e-3, "the task model's Adam learning rate")
+    weight_decay: float = key(5e-4, "the task model's weight decay")
+    batch_size: int = key(64, "the task model's mini-batch")
+    dropout: float = key(0.3, "dropout of the classifier head (MC dropout)")
+    mc_samples: int = key(10, "T, MC-dropout samples of the head")
+    workers: int = key(0, "Ray Train workers; 0 = local mode in the driver", execution=True)
+    actors: int | str = key(AUTO, "Ray Data scoring actors; 0 = in the driver; auto: in the driver for small "
+                                  "pools", execution=True)
+    gpus: float = key(0.0, "GPUs per training worker and per scoring actor", execution=True)
+    search: SearchConfig = key(help="AutoAL's search", factory=SearchConfig)
+    options: dict[str, dict[str, Any]] = key(help="each strategy's options, its constructor's parameters: "
+                                                  "{<strategy>: {<option>: value}}", factory=dict)
+    ood_classes: tuple[int, ...] = key((), "these classes' train samples become out-of-distribution (label -1)")
 
     def __post_init__(self) -> None:
         checks = [
@@ -119,17 +106,6 @@ class ExperimentConfig:
             (self.search.eta > 0, "search.eta must be positive"),
             (self.search.prior >= 0, "search.prior must be >= 0"),
             (self.search.fit_steps >= 0, "search.fit_steps must be >= 0"),
-            (len(self.search.candidates) > 0, "search.candidates must not be empty"),
-            (self.baselines.noise_scope in ("head", "model"), "baselines.noise_scope must be head or model"),
-            (self.baselines.noise_samples >= 1, "baselines.noise_samples must be >= 1"),
-            (self.baselines.noise_eps > 0, "baselines.noise_eps must be positive"),
-            (self.baselines.poal_pool_factor >= 1, "baselines.poal_pool_factor must be >= 1"),
-            (self.baselines.adversarial_epochs >= 1, "baselines.adversarial_epochs must be >= 1"),
-            (0.0 <= self.baselines.lpl_joint_fraction <= 1.0, "baselines.lpl_joint_fraction must be in [0, 1]"),
-            (self.baselines.lpl_weight >= 0, "baselines.lpl_weight must be >= 0"),
-            (self.baselines.lpl_subset_factor >= 0, "baselines.lpl_subset_factor must be >= 0"),
-            (self.baselines.bgadl_samples >= 1, "baselines.bgadl_samples must be >= 1"),
-            (self.baselines.bgadl_epochs >= 1, "baselines.bgadl_epochs must be >= 1"),
             (len(set(self.ood_classes)) == len(self.ood_classes), "ood_classes lists a class twice"),
         ]
         for ok, message in checks:
@@ -137,6 +113,10 @@ class ExperimentConfig:
                 raise AutoALError(f"bad config: {message}")
         if len(set(self.strategies)) != len(self.strategies):
             raise AutoALError("bad config: a strategy is listed twice")
+        from autoal.strategies import names
+        unknown = [name for name in self.strategies if name not in names()]
+        if unknown:
+            raise AutoALError(f"bad config: unknown strategy {unknown[0]!r}; known: {', '.join(names())}")
 
     @property
     def budget(self) -> int:
@@ -144,6 +124,13 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
+
+    def strategy_options(self, name: str) -> dict[str, Any]:
+        """The options of strategy `name`: its constructor's keyword arguments."""
+        return dict(self.options.get(name, {}))
+
+
+EXECUTION_FIELDS = tuple(f.name for f in fields(ExperimentConfig) if f.metadata["execution"])
 
 
 def _plain(value):
@@ -182,12 +169,18 @@ def _value(hint, value, name: str):
         if isinstance(value, bool):
             return value
         raise AutoALError(f"bad config: {name} must be true or false, got {value!r}")
-    if isinstance(hint, types.UnionType):  # a number or AUTO
-        if value == AUTO:
+    if origin is dict:   # `options`: strategy name -> its constructor's keyword arguments
+        return _options(value, name)
+    if isinstance(hint, types.UnionType):  # a number, or AUTO (`actors`) or None (an unset option)
+        args = get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        if value == AUTO and str in args:
             return AUTO
         if isinstance(value, bool) or not isinstance(value, int):
-            raise AutoALError(f"bad config: {name} must be an integer or {AUTO}, got {value!r}")
-        return _value(get_args(hint)[0], value, name)
+            other = AUTO if str in args else "null"
+            raise AutoALError(f"bad config: {name} must be an integer or {other}, got {value!r}")
+        return _value(args[0], value, name)
     if hint in (int, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
             raise AutoALError(f"bad config: {name} must be finite, got {value!r}")
@@ -199,6 +192,33 @@ def _value(hint, value, name: str):
             raise AutoALError(f"bad config: {name} must be a string, got {value!r}")
         return str(value)
     return value
+
+
+def _options(data, where: str) -> dict[str, dict[str, Any]]:
+    """Each strategy's options, checked against its constructor's signature and types, then by
+    building the strategy (which checks their values)."""
+    from autoal.strategies import get, names, parameters
+
+    if not isinstance(data, dict):
+        raise AutoALError(f"bad config: {where} must map strategy names to their options")
+    out = {}
+    for strategy, options in data.items():
+        if strategy not in names():
+            raise AutoALError(f"bad config: {where}.{strategy}: unknown strategy {strategy!r}; known: "
+                              f"{', '.join(names())}")
+        params = parameters(strategy)
+        if not isinstance(options, dict):
+            raise AutoALError(f"bad config: {where}.{strategy} must be a mapping of options")
+        unknown = sorted(set(options) - set(params))
+        if unknown:
+            raise AutoALError(f"bad config: unknown option {where}.{strategy}.{unknown[0]}; {strategy} takes "
+                              f"{', '.join(params) or 'no options'}")
+        out[strategy] = {k: _value(params[k], v, f"{where}.{strategy}.{k}") for k, v in options.items()}
+        try:
+            get(strategy, **out[strategy])
+        except (KeyError, ValueError) as exc:
+            raise AutoALError(f"bad config: {where}.{strategy}: {exc.args[0]}") from None
+    return out
 
 
 def yaml_problem(exc: yaml.YAMLError) -> str:
@@ -234,7 +254,10 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
     for key, value in (overrides or {}).items():
         target = data
         *parents, leaf = key.split(".")
-        for parent in parents:
+        for i, parent in enumerate(parents):
             target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                raise AutoALError(f"bad config: cannot set {key}: {'.'.join(parents[:i + 1])} is "
+                                  f"{target!r}, not a section")
         target[leaf] = value
     return from_dict(data)

@@ -17,14 +17,13 @@ import pandas as pd
 import ray
 
 from autoal import datasets, hooks, models, plots, runtime, scoring, training
-from autoal import search  # noqa: F401  (registers the autoal round hook)
-from autoal import adversarial, baselines, generative  # noqa: F401  (register the baselines' round hooks)
 from autoal.config import ExperimentConfig
 from autoal.errors import AutoALError
 from autoal.lock import describe
 from autoal.pool import OOD, UNLABELED, Pool, with_ood_classes
 from autoal.store import ExperimentDir
 from autoal.strategies import PoolStats, get
+from autoal.strategies.base import ORACLE, provided_by
 
 
 def derive_seed(seed: int, *parts: int) -> int:
@@ -58,7 +57,7 @@ class Experiment:
                 on_round: Callable[[dict], None] | None = None) -> "Experiment":
         """Validate everything that can be wrong before touching `out`."""
         for name in cfg.strategies:
-            hook(name, cfg)
+            hooks.create(name, cfg)
         pool = datasets.load(cfg.dataset, cfg.data_root, download=download)
         unknown = int((pool.y == UNLABELED).sum())
         if unknown:
@@ -92,7 +91,7 @@ class Experiment:
             for seed in self.cfg.seeds:
                 initial = initial_pool(self.train, self.cfg, seed)
                 for name in self.cfg.strategies:
-                    self.run_strategy(name, hook(name, self.cfg), seed, initial)
+                    self.run_strategy(name, hooks.create(name, self.cfg), seed, initial)
             root = self.store.root
             plots.curves(self.store.results, root / "curves.png", title=self.cfg.dataset)
             if (root / "strategy_weights.parquet").exists():
@@ -166,7 +165,8 @@ class Experiment:
         scored = np.concatenate([unlabeled, labeled]) if strat.needs_labeled else unlabeled
         stats = PoolStats(ids=scored)
         if strat.needs:
-            stats = scoring.score(self.spec, task_state, scored, self.train.x[self.train.rows(scored)], strat.needs,
+            stats = scoring.score(self.spec, task_state, scored, self.train.x[self.train.rows(scored)],
+                                  strat.needs - provided_by(ORACLE),
                                   mc_samples=cfg.mc_samples, actors=scoring.actors_for(cfg.actors, len(scored)),
                                   gpus=cfg.gpus, extra=extra)
         t2 = time.perf_counter()
@@ -190,10 +190,3 @@ class Experiment:
         labels = self.train.y[self.train.rows(ids)]
         return pd.DataFrame({"strategy": name, "seed": seed, "round": round_, "id": ids, "label": labels})
 
-
-def hook(name: str, cfg: ExperimentConfig) -> hooks.RoundHook:
-    """A fresh round hook (and strategy) for `name`; unknown names are a user error."""
-    try:
-        return hooks.create(name, cfg)
-    except KeyError as exc:
-        raise AutoALError(exc.args[0]) from None

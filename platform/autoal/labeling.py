@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +30,10 @@ import pandas as pd
 import ray
 import yaml
 
-from autoal import config, datasets, images, label_files, models, runtime, scoring, training
+from autoal import config, hooks, label_files, models, runtime, scoring, training
 from autoal.errors import AutoALError
-from autoal.experiment import Experiment, derive_seed, hook, initial_pool
+from autoal.experiment import Experiment, derive_seed, initial_pool
+from autoal.label_pool import ProjectSpec, absolute_spec, load_pool, parse_classes
 from autoal.lock import LOCK_FILE
 from autoal.pool import OOD, UNLABELED, Pool, write_parquet
 from autoal.store import ExperimentDir, atomic_write, parquet_bytes
@@ -41,43 +42,6 @@ ROUND_FILE = re.compile(r"round-?(\d+)$")  # queries/round-NNN.*, state/.../roun
 MODEL = "task-model"  # store state key of each round's task model: state/task-model/seed<s>/round<r>.pt
 RUN = "label"  # the ledger's and results' `strategy` key: one run, whatever strategy asks each round
 PROTECTED_TABLES = ("ledger", "queries")  # tables whose rows a rollback never touches
-
-
-@dataclass(frozen=True)
-class ProjectSpec:
-    """project.yaml: what is labeled, into which classes, and how progress is measured."""
-
-    pool: str
-    classes: tuple[str, ...]
-    test: str | None = None      # a fully labeled pool to measure accuracy on
-    strategy: str = "entropy"    # the default query strategy of `next`
-    cv_folds: int = 3            # without a test split: accuracy estimated by k-fold CV on the labels (0: none)
-
-
-def parse_classes(text: str) -> tuple[str, ...]:
-    classes = tuple(c.strip() for c in text.split(","))
-    reserved = {label_files.SKIP, label_files.OOD_ANSWER} & set(classes)
-    if len(classes) < 2 or "" in classes or len(set(classes)) != len(classes) or reserved:
-        raise AutoALError(f"--classes {text!r}: give at least 2 distinct, non-empty class names, comma-separated"
-                          f"{'; skip and ood are answers, not classes' if reserved else ''}")
-    return classes
-
-
-def load_pool(spec: str, classes: tuple[str, ...], data_root: str) -> tuple[Pool, np.ndarray]:
-    """The pool of `spec` with labels numbered by `classes`, and each sample's source file ('' if none)."""
-    name, _, arg = spec.partition(":")
-    if name == "images":  # class folders are matched to the classes by name
-        return images.read_folder(arg, classes)
-    pool = datasets.load(spec, data_root)
-    if pool.classes > len(classes):
-        raise AutoALError(f"pool {spec!r} has {pool.classes} classes but --classes names {len(classes)}")
-    return Pool(pool.name, pool.ids, pool.x, pool.y, pool.split, len(classes)), np.full(len(pool), "")
-
-
-def absolute_spec(spec: str) -> str:
-    """`images:` and `parquet:` specs with an absolute path, so the project works from any directory."""
-    name, sep, arg = spec.partition(":")
-    return f"{name}:{Path(arg).expanduser().resolve()}" if name in ("images", "parquet") and arg else spec
 
 
 class LabelProject:
@@ -204,7 +168,7 @@ class LabelProject:
     # --- the loop -------------------------------------------------------------------
 
     def round_hook(self, name: str):
-        round_hook = hook(name, self.cfg)
+        round_hook = hooks.create(name, self.cfg)
         if round_hook.strategy.learns:
             raise AutoALError(f"strategy {name!r} learns from the oracle's answer right after it asks, "
                               "which a person gives later; choose another strategy for labeling")

@@ -1,4 +1,5 @@
-"""AutoAL's search objective: pure torch, no Ray (DESIGN section 3, steps 3-4).
+"""AutoAL's search objective: pure torch, no Ray (../shared/DESIGN.md, section 3 "AutoAL, as
+this project implements it", steps 3-4).
 
 SearchNet's logits o [B, K] give each sample a mixture over the K candidates,
 pi = softmax_j(alpha_j * o_ij): raising one candidate lowers the others. A

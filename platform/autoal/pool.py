@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from autoal.errors import AutoALError
 from autoal.modes import as_created
+from autoal.strategies.base import positions
 
 SPLITS = ("train", "test")
 OOD = -1  # the label of an out-of-distribution sample: the oracle's "none of the classes"
@@ -79,12 +80,10 @@ class Pool:
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Row positions of `ids` (which must all be in the pool)."""
-        order = np.argsort(self.ids)
-        pos = np.searchsorted(self.ids, ids, sorter=order)
-        pos = order[np.minimum(pos, len(order) - 1)]
-        if len(ids) and not np.array_equal(self.ids[pos], ids):
-            raise AutoALError(f"pool {self.name!r}: unknown ids requested")
-        return pos
+        try:
+            return positions(self.ids, ids)
+        except KeyError:
+            raise AutoALError(f"pool {self.name!r}: unknown ids requested") from None
 
 
 def with_ood_classes(pool: Pool, classes: tuple[int, ...]) -> Pool:

@@ -17,9 +17,10 @@ from ray.data.extensions import ArrowTensorArray
 
 from autoal.config import AUTO
 from autoal.strategies import PoolStats
+from autoal.strategies.base import SCORER, positions, provided_by
 from autoal.training import ModelSpec
 
-POOL_FIELDS = ("probs", "mc_probs", "embedding", "pred_loss")
+POOL_FIELDS = provided_by(SCORER)   # what the task model's pass computes; a hook's extra model adds one more
 # `actors: auto` scores pools smaller than this in the driver: a Ray Data actor pool's start-up
 # (5-10 s on 2 cores) costs more than scoring them (benchmarks/fused_scoring.py --actors 1).
 AUTO_ACTORS_FROM = 20_000
@@ -100,7 +101,10 @@ def score(spec: ModelSpec, state: dict, ids: np.ndarray, x: np.ndarray, needs: f
     `gpus` GPUs); actors == 0 scores in this process (small pools, tests).
     `extra` (hooks.ScorerExtra) adds one more model's output as a field.
     """
-    needs = frozenset(needs) & set(POOL_FIELDS)
+    served = POOL_FIELDS | ({extra.field} if extra is not None else set())
+    if not set(needs) <= served:
+        raise ValueError(f"the scoring pass cannot compute {', '.join(sorted(set(needs) - served))}")
+    needs = frozenset(needs) & POOL_FIELDS
     if actors == 0:
         scorer = PoolScorer(asdict(spec), state, needs, mc_samples, gpus, extra)
         parts = [scorer({"id": ids[s:s + batch_size], "x": x[s:s + batch_size]})
@@ -119,9 +123,11 @@ def score(spec: ModelSpec, state: dict, ids: np.ndarray, x: np.ndarray, needs: f
 def _stats_in_order(parts: list[dict[str, np.ndarray]], ids: np.ndarray) -> PoolStats:
     """Join the actors' out-of-order outputs back onto `ids`."""
     got = np.concatenate([p["id"] for p in parts])
-    order = np.argsort(got)
-    pos = order[np.searchsorted(got, ids, sorter=order)]
-    if not np.array_equal(got[pos], ids):
+    try:
+        pos = positions(got, ids)
+    except KeyError:
+        pos = None
+    if pos is None or len(got) != len(ids):
         raise RuntimeError("scoring lost or duplicated pool rows")
     fields = {k: np.concatenate([p[k] for p in parts])[pos] for k in parts[0] if k != "id"}
     return PoolStats(ids=np.asarray(ids, dtype=np.int64), **fields)

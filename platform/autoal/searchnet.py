@@ -1,4 +1,5 @@
-"""SearchNet: per-sample logits over AutoAL's candidate strategies (DESIGN section 3).
+"""SearchNet: per-sample logits over AutoAL's candidate strategies (../shared/DESIGN.md,
+section 3 "AutoAL, as this project implements it").
 
 `backbone`: its own backbone of the task model's family reads x; otherwise a
 head reads the task model's frozen embedding (the paper's cheaper ablation).

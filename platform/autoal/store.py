@@ -25,14 +25,12 @@ import pandas as pd
 import torch
 import yaml
 
-from autoal.config import ExperimentConfig, from_dict
+from autoal.config import EXECUTION_FIELDS, ExperimentConfig, from_dict
 from autoal.errors import AutoALError
 from autoal.lock import LOCK_FILE, DirLock
 from autoal.modes import as_created
 
 LEDGER_COLUMNS = ["strategy", "seed", "round", "id", "label"]
-# Fields that change how a run executes, not what it computes: they may differ on resume.
-EXECUTION_FIELDS = ("workers", "actors", "gpus", "data_root", "strategies", "seeds")
 
 
 def atomic_write(path: Path, data: bytes) -> None:

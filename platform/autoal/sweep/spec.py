@@ -12,7 +12,7 @@ import dataclasses
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, get_type_hints
+from typing import Any, Callable, get_origin, get_type_hints
 
 import yaml
 
@@ -39,16 +39,17 @@ def nested_pool(size) -> list[str]:
 
 @dataclass(frozen=True)
 class SpecialAxis:
-    """An axis that sets a config field from a shorthand value."""
+    """An axis that sets config fields from a shorthand value."""
 
-    field: str
+    fields: tuple[str, ...]
     value: Callable[[Any], Any]
 
 
 SPECIAL_AXES = {
-    "strategy": SpecialAxis("strategies", lambda v: [v]),            # one strategy per trial
-    "seed": SpecialAxis("seeds", lambda v: [v]),                     # one seed per trial
-    "candidates_size": SpecialAxis("search.candidates", nested_pool),
+    "strategy": SpecialAxis(("strategies",), lambda v: [v]),            # one strategy per trial
+    "seed": SpecialAxis(("seeds",), lambda v: [v]),                     # one seed per trial
+    # AutoAL and its flat ablation vote over the same pool
+    "candidates_size": SpecialAxis(("options.autoal.candidates", "options.vote.candidates"), nested_pool),
 }
 
 
@@ -107,8 +108,9 @@ class SweepSpec:
         overrides = _flatten(self.base)
         for key, value in params.items():
             if key in SPECIAL_AXES:
-                key, value = SPECIAL_AXES[key].field, SPECIAL_AXES[key].value(value)
-            overrides[key] = value
+                overrides.update(dict.fromkeys(SPECIAL_AXES[key].fields, SPECIAL_AXES[key].value(value)))
+            else:
+                overrides[key] = value
         return config.load(None, overrides)
 
     def task_resources(self) -> dict:
@@ -228,8 +230,9 @@ def _check_axes(axes) -> dict:
             raise AutoALError(f"axis {key} must be a list of values or a search space "
                               f"{{tune: {'|'.join(SPACES)}, ...}}, got {value!r}")
     for special, target in SPECIAL_AXES.items():
-        if special in axes and target.field in axes:
-            raise AutoALError(f"axes {special} and {target.field} both set {target.field}; keep one")
+        for field_ in target.fields:
+            if special in axes and field_ in axes:
+                raise AutoALError(f"axes {special} and {field_} both set {field_}; keep one")
     return dict(axes)
 
 
@@ -246,6 +249,8 @@ def _check_axis_key(key) -> None:
             raise AutoALError(f"unknown axis {key}: {where} has no field {part!r} "
                               f"(fields: {', '.join(sorted(fields))}){special}")
         cls = get_type_hints(cls)[part]
+        if get_origin(cls) is dict:
+            return   # options.<strategy>.<option>: checked when the trial configs are built
         if i < len(parts) - 1 and not dataclasses.is_dataclass(cls):
             raise AutoALError(f"unknown axis {key}: {'.'.join(parts[:i + 1])} has no fields")
     if dataclasses.is_dataclass(cls):
@@ -298,7 +303,7 @@ def _check_scheduler(scheduler) -> dict | None:
 def _check_configs(spec: SweepSpec) -> None:
     """Build the config of every axis value (search spaces: every choice or their bounds) on the base,
     so that a bad field, value, strategy or dataset fails now and not in trial 57."""
-    from autoal.experiment import hook
+    from autoal import hooks
 
     sources = {name for name, _ in datasets.sources()}
     configs = [spec.trial_config({})]
@@ -310,7 +315,7 @@ def _check_configs(spec: SweepSpec) -> None:
                 raise AutoALError(f"axis {key} value {v!r}: {exc}") from None
     for cfg in configs:
         for name in cfg.strategies:
-            hook(name, cfg)
+            hooks.create(name, cfg)
         if cfg.dataset.partition(":")[0].strip().lower() not in sources:
             raise AutoALError(f"unknown dataset {cfg.dataset!r}; sources: {', '.join(sorted(sources))}")
         if cfg.gpus > 0 and cfg.workers == 0 and spec.resources["gpu"] == 0:

@@ -19,7 +19,7 @@ the task model, so the task model trains as every other strategy's does, only
 on more samples.
 
 Once the oracle has labeled a batch, every queried in-distribution sample x*
-with label y* gives `bgadl_samples` samples x' = g(z, y*), z ~ e(x*) (seeded).
+with label y* gives the strategy's `samples` samples x' = g(z, y*), z ~ e(x*) (seeded).
 They accumulate over rounds in the hook's checkpointed state and join the
 task model's training set from the next round on, with label y*; the ledger
 keeps the oracle's labels only.
@@ -27,21 +27,20 @@ keeps the oracle's labels only.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
-import ray
-import ray.train
-import ray.train.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoal import hooks, models, training
-from autoal.adversarial import HIDDEN, VAE
+from autoal import distributed, models, training
 from autoal.config import ExperimentConfig
+from autoal.distributed import World, portable_state
+from autoal.hooks.round import RoundContext, RoundHook
+from autoal.hooks.state_adversary import HIDDEN, VAE
 from autoal.pool import OOD
-from autoal.strategies import PoolStats, get
+from autoal.strategies import PoolStats, Strategy
 
 LATENT = 32
 LR = 5e-4
@@ -77,23 +76,32 @@ class ACDiscriminator(nn.Module):
         return out[:, 0], out[:, 1:]
 
 
-def vae_acgan_loop(config: dict) -> dict | None:
-    """Ray Train loop: train the VAE-ACGAN on the labeled set; rank 0 returns the generator's state."""
-    spec, seed = config["spec"], config["seed"]
-    x, y = (torch.tensor(a) for a in ray.get(config["data"]))   # object-store arrays are read-only
-    device = ray.train.torch.get_device()
-    torch.manual_seed(seed)
-    generator_net, discriminator_net = ConditionalVAE(spec, config["latent"]), ACDiscriminator(spec)
-    generator = ray.train.torch.prepare_model(generator_net)
-    discriminator = ray.train.torch.prepare_model(discriminator_net)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=config["lr"], betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=config["lr"], betas=(0.5, 0.999))
-    for epoch in range(training.epochs_for(len(x), config)):
+@dataclass(frozen=True)
+class GANPayload:
+    """One round's VAE-ACGAN training on the labeled set (x, y)."""
+
+    spec: training.ModelSpec
+    seed: int
+    epochs: int
+    min_steps: int
+    batch_size: int
+    data: tuple[np.ndarray, np.ndarray]
+
+
+def vae_acgan_loop(p: GANPayload, world: World) -> dict:
+    """Train the VAE-ACGAN on the labeled set; returns the generator's state."""
+    x, y = (torch.tensor(a) for a in p.data)   # copies: object-store arrays are read-only
+    device = world.device
+    generator_net, discriminator_net = ConditionalVAE(p.spec, LATENT), ACDiscriminator(p.spec)
+    generator, discriminator = world.prepare(generator_net), world.prepare(discriminator_net)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=LR, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=LR, betas=(0.5, 0.999))
+    for epoch in range(training.epochs_for(len(x), p.batch_size, p.epochs, p.min_steps, world)):
         generator.train()
         discriminator.train()
-        for index in training.shard_batches(len(x), config["batch_size"], seed, epoch):
+        for index in training.shard_batches(len(x), p.batch_size, p.seed, epoch, world):
             xb, yb = x[index].to(device), y[index].to(device)
-            fake, mu, logvar = generator(xb, yb, torch.randn(len(index), config["latent"], device=device))
+            fake, mu, logvar = generator(xb, yb, torch.randn(len(index), LATENT, device=device))
             kl = (-0.5 * (1 + logvar - mu ** 2 - logvar.exp()).sum(1)).mean()
             real_fake, classes = discriminator(fake)
             loss = (((fake - xb) ** 2).flatten(1).sum(1).mean() + kl                          # L_VAE
@@ -110,9 +118,7 @@ def vae_acgan_loop(config: dict) -> dict | None:
             opt_d.zero_grad()
             d_loss.backward()
             opt_d.step()
-    if ray.train.get_context().get_world_rank() != 0:
-        return None
-    return training.portable_state(generator_net)
+    return portable_state(generator_net)
 
 
 @torch.no_grad()
@@ -128,34 +134,32 @@ def generate(spec: training.ModelSpec, state: dict, x: np.ndarray, y: np.ndarray
     return net(x_rep, y_rep, noise)[0].numpy(), y_rep.numpy()
 
 
-@hooks.register("bgadl")
-class BGADLHook(hooks.RoundHook):
+class BGADLHook(RoundHook):
     """Generates synthetic samples from each labeled batch; they join later rounds' training sets."""
 
-    def __init__(self, cfg: ExperimentConfig):
-        super().__init__(cfg, get("bgadl"))
+    def __init__(self, cfg: ExperimentConfig, strategy: Strategy):
+        super().__init__(cfg, strategy)
         self.x: np.ndarray | None = None   # the synthetic samples so far, and their labels
         self.y: np.ndarray | None = None
 
-    def after_select(self, ctx: hooks.RoundContext, stats: PoolStats, picks: np.ndarray,
+    def after_select(self, ctx: RoundContext, stats: PoolStats, picks: np.ndarray,
                      labels: np.ndarray) -> dict[str, list[dict]]:
         """Train the VAE-ACGAN on the labeled set with the new batch, then generate from the batch.
         Telemetry: one row per queried sample that seeded synthetic ones."""
         known = labels != OOD                      # an OOD answer has no class to condition on
         if not known.any():
             return {}
-        b, sources, source_y = self.cfg.baselines, picks[known], labels[known]
+        s, sources, source_y = self.strategy, picks[known], labels[known]
         source_x = ctx.pool.x[ctx.pool.rows(sources)]
         data = (np.concatenate([ctx.labeled_x, source_x]).astype(np.float32),
                 np.concatenate([ctx.labeled_y, source_y]).astype(np.int64))
-        config = dict(spec=ctx.spec, seed=ctx.rng_seed, latent=LATENT, lr=LR, batch_size=self.cfg.batch_size,
-                      epochs=b.bgadl_epochs, min_steps=self.cfg.min_steps, data=ray.put(data))
-        state = training.torch_state(training.run_on_ray_train(
-            vae_acgan_loop, config, self.cfg.workers, self.cfg.gpus, name=f"bgadl-s{ctx.seed}-r{ctx.round}"))
-        x, y = generate(ctx.spec, state, source_x, source_y, b.bgadl_samples, ctx.rng_seed)
+        payload = GANPayload(ctx.spec, ctx.rng_seed, s.epochs, self.cfg.min_steps, self.cfg.batch_size, data)
+        state = distributed.torch_state(distributed.run(vae_acgan_loop, payload, workers=self.cfg.workers,
+                                                        gpus=self.cfg.gpus, name=f"bgadl-s{ctx.seed}-r{ctx.round}"))
+        x, y = generate(ctx.spec, state, source_x, source_y, s.samples, ctx.rng_seed)
         self.x = x if self.x is None else np.concatenate([self.x, x])
         self.y = y if self.y is None else np.concatenate([self.y, y])
-        return {"synthetic": [dict(source_id=int(i), label=int(c), samples=b.bgadl_samples)
+        return {"synthetic": [dict(source_id=int(i), label=int(c), samples=s.samples)
                               for i, c in zip(sources, source_y)]}
 
     def train_set(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

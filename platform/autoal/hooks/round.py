@@ -1,24 +1,24 @@
-"""Round hooks: the core-side work some strategies need around their selection.
+"""The round hook contract: the core-side work some strategies need around their selection.
 
 Most strategies are pure functions of pool statistics. A few also train
 networks or keep state across rounds (AutoAL's SearchNet and FitNet, ALBL's
 bandit) or change how the task model trains (LPL, BGADL). Their hook runs that
 work, hands the scorer any extra model, keeps state that the experiment
-directory checkpoints, and emits telemetry rows.
-Hooks are registered by strategy name; every other strategy gets the plain
-`RoundHook`, which does nothing around its selection.
+directory checkpoints, and emits telemetry rows. A hook reads its options from
+its strategy (the strategy's constructor parameters). Every other strategy gets
+the plain `RoundHook`, which does nothing around its selection.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 from torch import nn
 
 from autoal.config import ExperimentConfig
 from autoal.pool import Pool
-from autoal.strategies import PoolStats, Strategy, get
+from autoal.strategies import PoolStats, Strategy
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,9 @@ class RoundContext:
 class RoundHook:
     """No-op hook around a pure strategy."""
 
+    provides: ClassVar[str | None] = None   # the hook-provided PoolStats field its ScorerExtra computes
+    rewards: ClassVar[bool] = False         # feeds the oracle's answers to a strategy that learns from them
+
     def __init__(self, cfg: ExperimentConfig, strategy: Strategy):
         self.cfg, self.strategy = cfg, strategy
 
@@ -78,21 +81,3 @@ class RoundHook:
 
     def load_state_dict(self, state: dict) -> None:
         pass
-
-
-_HOOKS: dict[str, Callable[[ExperimentConfig], RoundHook]] = {}
-
-
-def register(name: str):
-    """Decorator: `factory(cfg) -> RoundHook` serves the strategy `name`."""
-    def wrap(factory):
-        _HOOKS[name] = factory
-        return factory
-    return wrap
-
-
-def create(name: str, cfg: ExperimentConfig) -> RoundHook:
-    """The hook for strategy `name` (KeyError for unknown strategies)."""
-    if name in _HOOKS:
-        return _HOOKS[name](cfg)
-    return RoundHook(cfg, get(name))

@@ -1,4 +1,4 @@
-"""VAAL (Sinha et al. 2019) and SRAAL (Zhang et al., CVPR 2020): each round a
+"""VAAL's and SRAAL's round hook (Sinha et al. 2019; Zhang et al., CVPR 2020): each round a
 VAE and a labeled/unlabeled state discriminator are trained on Ray Train,
 like the task model, then the fused scoring pass rates every unlabeled sample
 with the discriminator (strategies/adversarial.py ranks by that rating).
@@ -14,25 +14,26 @@ Losses per step, on a labeled and an unlabeled mini-batch together:
 - discriminator: binary cross-entropy on the state: 0 for labeled samples,
   1 for unlabeled ones (VAAL) or, SRAAL's relabeling, the online uncertainty
   indicator of the round's task model on them.
-Both networks start afresh each round from the round's seed, as in VAAL's code.
+Both networks start afresh each round from the round's seed, as in VAAL's code. The
+strategy's options set the epochs, the latent size, the learning rate and the batch size.
 """
 from __future__ import annotations
 
 import functools
 import itertools
 import math
+from dataclasses import dataclass
 
 import numpy as np
-import ray
-import ray.train
-import ray.train.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoal import hooks, models, training
+from autoal import distributed, models, training
 from autoal.config import ExperimentConfig
-from autoal.strategies import get
+from autoal.distributed import World, portable_state
+from autoal.hooks.round import RoundContext, RoundHook, ScorerExtra
+from autoal.strategies import Strategy
 from autoal.strategies.adversarial import online_uncertainty
 
 HIDDEN = 256          # width of the decoder and discriminator layers
@@ -102,22 +103,35 @@ def unlabeled_targets(spec: training.ModelSpec, task_state: dict | None, x: torc
     return torch.from_numpy(online_uncertainty(probs.numpy())).float()
 
 
-def adversarial_loop(config: dict) -> dict | None:
-    """Ray Train loop: train VAE + discriminator; rank 0 returns their state."""
-    spec, seed = config["spec"], config["seed"]
-    x_l, y_l, x_u = (torch.from_numpy(a) for a in ray.get(config["data"]))
-    device = ray.train.torch.get_device()
-    targets = unlabeled_targets(spec, config["task_state"], x_u, device)
-    torch.manual_seed(seed)
-    nets = AdversarialNets(spec, config["latent"], spec.classes if config["task_state"] is not None else 0)
-    vae, disc = ray.train.torch.prepare_model(nets.vae), ray.train.torch.prepare_model(nets.discriminator)
-    opt_vae = torch.optim.Adam(vae.parameters(), lr=config["lr"])
-    opt_disc = torch.optim.Adam(disc.parameters(), lr=config["lr"])
-    for epoch in range(config["epochs"]):
+@dataclass(frozen=True)
+class AdversarialPayload:
+    """One round's VAE + discriminator training; `task_state` (SRAAL) relabels the unlabeled state."""
+
+    spec: training.ModelSpec
+    seed: int
+    latent: int
+    epochs: int
+    lr: float
+    batch_size: int
+    task_state: dict | None
+    data: tuple[np.ndarray, np.ndarray, np.ndarray]   # (labeled x, labeled y, unlabeled x)
+
+
+def adversarial_loop(p: AdversarialPayload, world: World) -> dict:
+    """Train VAE + discriminator; returns their state."""
+    x_l, y_l, x_u = (torch.tensor(a) for a in p.data)   # copies: object-store arrays are read-only
+    device = world.device
+    targets = unlabeled_targets(p.spec, p.task_state, x_u, device)
+    torch.manual_seed(p.seed)
+    nets = AdversarialNets(p.spec, p.latent, p.spec.classes if p.task_state is not None else 0)
+    vae, disc = world.prepare(nets.vae), world.prepare(nets.discriminator)
+    opt_vae = torch.optim.Adam(vae.parameters(), lr=p.lr)
+    opt_disc = torch.optim.Adam(disc.parameters(), lr=p.lr)
+    for epoch in range(p.epochs):
         vae.train()
         disc.train()
-        labeled_batches = itertools.cycle(training.shard_batches(len(x_l), config["batch_size"], seed + 1, epoch))
-        for index_u in training.shard_batches(len(x_u), config["batch_size"], seed, epoch):
+        labeled_batches = itertools.cycle(training.shard_batches(len(x_l), p.batch_size, p.seed + 1, epoch, world))
+        for index_u in training.shard_batches(len(x_u), p.batch_size, p.seed, epoch, world):
             index_l = next(labeled_batches)
             x = torch.cat([x_l[index_l], x_u[index_u]]).to(device)
             recon, mu, logvar, logits = vae(x)
@@ -138,33 +152,26 @@ def adversarial_loop(config: dict) -> dict | None:
             opt_disc.zero_grad()
             disc_loss.backward()
             opt_disc.step()
-    if ray.train.get_context().get_world_rank() != 0:
-        return None
-    return training.portable_state(nets)
+    return portable_state(nets)
 
 
-class AdversarialHook(hooks.RoundHook):
+class AdversarialHook(RoundHook):
     """Trains VAE + discriminator before each query; their rating reaches the scorer."""
 
-    def __init__(self, cfg: ExperimentConfig, name: str):
-        super().__init__(cfg, get(name))
-        self.relabel = name == "sraal"
+    provides = "unlabeled_score"
 
-    def before_query(self, ctx: hooks.RoundContext) -> hooks.ScorerExtra:
-        b = self.cfg.baselines
+    def __init__(self, cfg: ExperimentConfig, strategy: Strategy):
+        super().__init__(cfg, strategy)
+        self.relabel = strategy.name == "sraal"
+
+    def before_query(self, ctx: RoundContext) -> ScorerExtra:
+        s = self.strategy
         x_u = ctx.pool.x[ctx.pool.rows(ctx.unlabeled_ids)]
-        config = dict(spec=ctx.spec, seed=ctx.rng_seed, latent=b.adversarial_latent, epochs=b.adversarial_epochs,
-                      lr=b.adversarial_lr, batch_size=b.adversarial_batch_size,
-                      task_state=ctx.task_state if self.relabel else None,
-                      data=ray.put((np.asarray(ctx.labeled_x, np.float32), np.asarray(ctx.labeled_y, np.int64),
-                                    np.asarray(x_u, np.float32))))
-        name = f"{self.strategy.name}-s{ctx.seed}-r{ctx.round}"
-        state = training.torch_state(training.run_on_ray_train(adversarial_loop, config, self.cfg.workers,
-                                                               self.cfg.gpus, name=name))
-        build = functools.partial(AdversarialNets, ctx.spec, b.adversarial_latent,
-                                  ctx.spec.classes if self.relabel else 0)
-        return hooks.ScorerExtra(build=build, state=state, field="unlabeled_score")
-
-
-hooks.register("vaal")(functools.partial(AdversarialHook, name="vaal"))
-hooks.register("sraal")(functools.partial(AdversarialHook, name="sraal"))
+        payload = AdversarialPayload(ctx.spec, ctx.rng_seed, s.latent, s.epochs, s.lr, s.batch_size,
+                                     ctx.task_state if self.relabel else None,
+                                     (np.asarray(ctx.labeled_x, np.float32), np.asarray(ctx.labeled_y, np.int64),
+                                      np.asarray(x_u, np.float32)))
+        state = distributed.torch_state(distributed.run(adversarial_loop, payload, workers=self.cfg.workers,
+                                                        gpus=self.cfg.gpus, name=f"{s.name}-s{ctx.seed}-r{ctx.round}"))
+        build = functools.partial(AdversarialNets, ctx.spec, s.latent, ctx.spec.classes if self.relabel else 0)
+        return ScorerExtra(build=build, state=state, field=self.provides)

@@ -1,0 +1,49 @@
+"""What a labeling project labels: its spec (project.yaml) and its pool, with labels numbered
+by the project's class names."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from autoal import datasets, images, label_files
+from autoal.errors import AutoALError
+from autoal.pool import Pool
+
+
+@dataclass(frozen=True)
+class ProjectSpec:
+    """project.yaml: what is labeled, into which classes, and how progress is measured."""
+
+    pool: str
+    classes: tuple[str, ...]
+    test: str | None = None      # a fully labeled pool to measure accuracy on
+    strategy: str = "entropy"    # the default query strategy of `next`
+    cv_folds: int = 3            # without a test split: accuracy estimated by k-fold CV on the labels (0: none)
+
+
+def parse_classes(text: str) -> tuple[str, ...]:
+    classes = tuple(c.strip() for c in text.split(","))
+    reserved = {label_files.SKIP, label_files.OOD_ANSWER} & set(classes)
+    if len(classes) < 2 or "" in classes or len(set(classes)) != len(classes) or reserved:
+        raise AutoALError(f"--classes {text!r}: give at least 2 distinct, non-empty class names, comma-separated"
+                          f"{'; skip and ood are answers, not classes' if reserved else ''}")
+    return classes
+
+
+def load_pool(spec: str, classes: tuple[str, ...], data_root: str) -> tuple[Pool, np.ndarray]:
+    """The pool of `spec` with labels numbered by `classes`, and each sample's source file ('' if none)."""
+    name, _, arg = spec.partition(":")
+    if name == "images":  # class folders are matched to the classes by name
+        return images.read_folder(arg, classes)
+    pool = datasets.load(spec, data_root)
+    if pool.classes > len(classes):
+        raise AutoALError(f"pool {spec!r} has {pool.classes} classes but --classes names {len(classes)}")
+    return Pool(pool.name, pool.ids, pool.x, pool.y, pool.split, len(classes)), np.full(len(pool), "")
+
+
+def absolute_spec(spec: str) -> str:
+    """`images:` and `parquet:` specs with an absolute path, so the project works from any directory."""
+    name, sep, arg = spec.partition(":")
+    return f"{name}:{Path(arg).expanduser().resolve()}" if name in ("images", "parquet") and arg else spec
