@@ -67,14 +67,13 @@ def test_epoch_batches_cover_the_set_and_merge_a_short_remainder():
     assert set(torch.cat([torch.cat(r) for r in ranks]).tolist()) == set(range(101))
 
 
-@dataclass(frozen=True)
-class Probe:
-    seed: int
-    data: object   # an array, or an object ref the runner resolves
-
-
 def test_the_runner_resolves_the_payload_seeds_and_gives_each_run_its_own_storage(ray_local):
     """Concurrent trials fit models under the same run names: each run must have its own storage."""
+    @dataclass(frozen=True)
+    class Probe:   # local: pickled by value to the worker, like the loop
+        seed: int
+        data: object   # an array, or an object ref the runner resolves
+
     def probe(p: Probe, world: World) -> dict:   # nested: pickled by value to the worker
         return dict(path=ray.train.get_context().get_storage().experiment_fs_path, total=float(p.data.sum()),
                     draw=float(torch.rand(1)), world=(world.size, world.rank))
