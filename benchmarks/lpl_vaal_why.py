@@ -8,15 +8,18 @@ sample of the rest (random's trajectory, the same for every method measured), an
 the unlabeled pool. With the hidden labels, each pool sample's true loss is the cross-entropy of
 the task model trained on the labeled set. Printed, mean (min .. max) over seeds:
 - lpl, per joint fraction (0: the loss module reads detached taps; 0.6: Yoo & Kweon's joint
-  training): test accuracy, the last epoch's training loss (how memorised the labeled set is),
-  the Spearman correlation of the predicted loss with the true loss over the pool and over the
-  labeled set's own training losses, and the true loss of lpl's batch (top-b of a random 10 x b
-  subset) over the pool's mean loss, and its largest class's share;
+  training): test accuracy; the last epoch's training loss (how memorised the labeled set is); how
+  far two dropout draws of its ranking target (the labeled set's training losses, the head's
+  dropout on) agree (Spearman); the Spearman correlation of the predicted loss with the true loss
+  over the pool and with the loss over the labeled set; the true loss of the predicted-loss
+  deciles 1, 2, 5 and 10 over the pool's mean;
 - vaal, per VAE + discriminator epochs: how well the discriminator tells labeled from unlabeled
-  (AUC), the Spearman correlation of its "unlabeled" score with the true loss and with the
-  distance to the nearest labeled sample, and its batch's true loss, distance to the labeled set
-  and local density (mean distance to the 10 nearest pool samples), each over a uniform batch's,
-  and its largest class's share (coreset's batch for scale: the farthest from the labeled set).
+  (AUC), the Spearman correlation of its "unlabeled" score with the true loss, with the distance
+  to the nearest labeled sample and with the sparsity (mean distance to the 10 nearest pool samples);
+- for lpl's batch (top-b of a random 10 x b subset), vaal's (top-b) and coreset's: its worth (the
+  test accuracy of the model trained on the labeled set plus the batch, minus the mean over three
+  uniform batches), its true loss, distance to the labeled set and sparsity over the uniform
+  batches', and its largest class's share.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import functools
 import numpy as np
 import ray
 import torch
+import torch.nn.functional as F
 from scipy.spatial.distance import cdist
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
@@ -104,7 +108,8 @@ class Context:
         return {f"{tag} batch's worth: accuracy - uniform batch's": self.refit(picks) - self.uniform_accuracy,
                 f"{tag} batch loss / uniform's": true_loss[at].mean() / true_loss[u].mean(),
                 f"{tag} batch distance to labeled / uniform's": self.to_labeled[at].mean() / self.to_labeled[u].mean(),
-                f"{tag} batch sparsity (10-NN distance) / uniform's": self.sparsity[at].mean() / self.sparsity[u].mean(),
+                f"{tag} batch sparsity (10-NN distance) / uniform's":
+                    self.sparsity[at].mean() / self.sparsity[u].mean(),
                 f"{tag} batch largest class's share": np.bincount(self.train.y[self.unl][at]).max() / len(at)}
 
 
@@ -128,11 +133,26 @@ def lpl_row(spec, fit, ctx: Context, cfg, tag) -> dict:
     row = {f"{tag} test accuracy": fit.accuracy,
            f"{tag} last epoch's training loss": fit.train_loss,
            f"{tag} rho(pred, true loss) on the pool": spearmanr(pool.pred_loss, true_loss)[0],
-           f"{tag} rho(pred, loss) on the labeled set": spearmanr(labeled.pred_loss, train_loss)[0]}
+           f"{tag} rho(pred, loss) on the labeled set": spearmanr(labeled.pred_loss, train_loss)[0],
+           f"{tag} rho(ranking target, its next dropout draw)": dropout_agreement(spec, fit.state, train, ctx.lab)}
     deciles = np.array_split(np.argsort(-pool.pred_loss, kind="stable"), 10)
     row |= {f"{tag} true loss / pool's, predicted-loss decile {d + 1}": true_loss[part].mean() / true_loss.mean()
             for d, part in enumerate(deciles) if d in (0, 1, 4, 9)}
     return row | ctx.batch_row(picks, true_loss, tag)
+
+
+def dropout_agreement(spec, state, train, lab, draws: int = 5) -> float:
+    """The Spearman correlation between two draws of the ranking loss's target, the labeled set's training
+    losses (train mode: the head's dropout on), mean over successive pairs of `draws`: 1 if dropout leaves
+    their order alone, 0 if the order is the dropout mask's."""
+    net = spec.build()
+    net.load_state_dict(state)
+    net.train()
+    x, y = torch.from_numpy(train.x[lab]), torch.from_numpy(train.y[lab])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        losses = [F.cross_entropy(net(x)[0], y, reduction="none").numpy() for _ in range(draws)]
+    return float(np.mean([spearmanr(a, b)[0] for a, b in zip(losses, losses[1:])]))
 
 
 def vaal_row(spec, ctx: Context, cfg, epochs, true_loss, tag) -> dict:
