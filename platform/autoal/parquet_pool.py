@@ -114,7 +114,7 @@ def features(column, shape: tuple[int, ...]) -> np.ndarray:
 
 def open_pool(location: str):
     """The pool at `location` with lazy features, after checking every row."""
-    from autoal.pool import Pool
+    from autoal.pool import SPLITS, Pool
 
     fs, path = filesystem(location)
     where = location
@@ -153,8 +153,13 @@ def open_pool(location: str):
     split = table.column("split")
     if not pa.types.is_string(split.type) and not pa.types.is_large_string(split.type):
         raise AutoALError(f"parquet pool {where}: split is {split.type}; expected string (train / test)")
+    values = pc.unique(split).to_pylist()
+    if not set(values) <= set(SPLITS):   # else the Pool names the unknown values
+        split = split.to_numpy(zero_copy_only=False).astype(str)
+    else:   # no Python string per row: 10M of them would outweigh the ids and labels
+        split = np.where(pc.equal(split, "train").to_numpy(zero_copy_only=False), "train", "test")
     x = LazyFeatures(location, ids, np.arange(len(ids)), shape)
-    return Pool(name, ids, x, y, split.to_numpy(zero_copy_only=False).astype(str), classes)
+    return Pool(name, ids, x, y, split, classes)
 
 
 def _check_features(data: pads.Dataset, where: str) -> int:
