@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from autoal import models
 from autoal.errors import AutoALError
@@ -11,7 +12,8 @@ def test_every_model_gives_logits_embedding_taps_and_predicted_loss(name, shape)
     torch.manual_seed(0)
     net = models.build(name, shape, outputs=5, dropout=0.3)
     x = torch.rand(4, *shape)
-    logits, pred_loss = net(x)
+    logits, pred_loss, clean = net(x)
+    assert clean.shape == logits.shape
     embedding, taps = net.features(x)
     assert logits.shape == (4, 5) and pred_loss.shape == (4,)
     assert embedding.shape == (4, net.backbone.embed_dim)
@@ -54,3 +56,22 @@ def test_loss_ranking_penalises_the_wrong_order_only():
     right, wrong = torch.tensor([3.0, 0.0]), torch.tensor([0.0, 3.0])
     assert models.loss_ranking(right, target) == 0
     assert models.loss_ranking(wrong, target) == pytest.approx(4.0)
+
+
+def test_loss_module_target_does_not_depend_on_the_dropout_mask():
+    """Two dropout masks, one batch: the ranking loss's gradient on the loss module is the same
+    (it ranks the dropout-free loss; the dropout head's loss would move with the mask)."""
+    torch.manual_seed(0)
+    net = models.build("cnn", (1, 8, 8), 10, dropout=0.5).train()
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    grads, noisy = [], []
+    for mask_seed in (1, 2):
+        torch.manual_seed(mask_seed)
+        logits, pred_loss, clean = net(x)
+        assert not torch.equal(logits, clean)            # the head's dropout is on
+        noisy.append(F.cross_entropy(logits, y, reduction="none"))
+        net.zero_grad()
+        models.loss_ranking(pred_loss, F.cross_entropy(clean.detach(), y, reduction="none")).backward()
+        grads.append(net.loss_head.out.weight.grad.clone())
+    assert torch.equal(grads[0], grads[1])
+    assert not torch.equal(noisy[0], noisy[1]), "the dropout head's loss does move with the mask"

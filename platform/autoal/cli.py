@@ -98,7 +98,8 @@ def _datasets(args) -> None:
 def _prepare(args) -> None:
     from autoal.datasets import prepare
 
-    out = prepare(args.source, args.data_root, args.out_dir, download=args.download)
+    out = prepare(args.source, args.data_root, args.out_dir, download=args.download,
+                  log=lambda line: print(line, flush=True))
     print(f"wrote {args.source} as Parquet pool to {out}")
 
 

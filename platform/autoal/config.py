@@ -77,6 +77,8 @@ class ExperimentConfig:
     actors: int | str = key(AUTO, "Ray Data scoring actors; 0 = in the driver; auto: in the driver for small "
                                   "pools", execution=True)
     gpus: float = key(0.0, "GPUs per training worker and per scoring actor", execution=True)
+    prefilter: int = key(0, "batch strategies select among the top prefilter x batch samples by margin "
+                            "(0: the whole pool); bounds a big pool's selection cost")
     search: SearchConfig = key(help="AutoAL's search", factory=SearchConfig)
     options: dict[str, dict[str, Any]] = key(help="each strategy's options, its constructor's parameters: "
                                                   "{<strategy>: {<option>: value}}", factory=dict)
@@ -94,6 +96,7 @@ class ExperimentConfig:
             (self.workers >= 0, "workers must be >= 0"),
             (self.actors == AUTO or self.actors >= 0, "actors must be >= 0 or auto"),
             (self.gpus >= 0, "gpus must be >= 0"),
+            (self.prefilter >= 0, "prefilter must be >= 0"),
             (len(self.seeds) > 0, "seeds must not be empty"),
             (all(seed >= 0 for seed in self.seeds), "seeds must be >= 0"),
             (len(set(self.seeds)) == len(self.seeds), "a seed is listed twice"),

@@ -59,9 +59,10 @@ def load(spec: str, data_root: str | Path, download: bool = False) -> Pool:
     return src.load(arg if sep else None, root, download)
 
 
-def prepare(spec: str, data_root: str | Path, out_dir: str | Path, download: bool = False) -> Path:
-    """Convert a source once to Parquet shards (`autoal prepare`) so cluster workers stream it."""
-    return write_parquet(load(spec, data_root, download), out_dir)
+def prepare(spec: str, data_root: str | Path, out_dir: str | Path, download: bool = False, log=None) -> Path:
+    """Convert a source once to Parquet shards (`autoal prepare`) sized for streaming, so cluster
+    workers read it in parallel; `log` gets a progress line per shard."""
+    return write_parquet(load(spec, data_root, download), out_dir, log=log)
 
 
 # --- helpers -----------------------------------------------------------------
@@ -318,11 +319,12 @@ def _medmnist(arg: str | None, root: Path, download: bool) -> Pool:
     return _image_pool(name, parts, classes)
 
 
-@_source("parquet", "parquet:<dir>: a pool in autoal's Parquet format (as written by `autoal prepare`)")
+@_source("parquet", "parquet:<dir or URI>: a pool in autoal's Parquet format (as `autoal prepare` writes it), "
+                    "local, file://, s3://, gs://; its features stay in the files and stream")
 def _parquet(arg: str | None, root: Path, download: bool) -> Pool:
     if not arg:
-        raise AutoALError("parquet needs a directory: parquet:<dir>")
-    return read_parquet(Path(arg).expanduser())
+        raise AutoALError("parquet needs a directory or URI: parquet:<dir or URI>")
+    return read_parquet(arg, lazy=True)
 
 
 @_source("images", "images:<dir>[@<size>]: image files, in <dir>/<class>/ subfolders (labels) or loose "

@@ -67,6 +67,9 @@ class Experiment:
         train, test = pool.subset("train"), pool.subset("test")
         if not len(test):
             raise AutoALError(f"dataset {cfg.dataset!r} has no test split to evaluate on")
+        if cfg.initial_method == "kcenter" and not isinstance(train.x, np.ndarray):
+            raise AutoALError(f"initial_method kcenter compares every sample's features, and {cfg.dataset!r} "
+                              "leaves them in its files; use initial_method random")
         if cfg.budget > len(train):
             raise AutoALError(f"budget {cfg.budget} (initial {cfg.initial} + {cfg.rounds} rounds x "
                               f"batch {cfg.batch}) exceeds the pool of {len(train)} training samples")
@@ -87,7 +90,7 @@ class Experiment:
     def run(self) -> pd.DataFrame:
         """Run every strategy and seed not yet finished; the directory's lock is released however it ends."""
         try:
-            self.test_ref = ray.put((self.test.x, self.test.y))
+            self.test_ref = ray.put((self.test.features(np.arange(len(self.test))), self.test.y))
             for seed in self.cfg.seeds:
                 initial = initial_pool(self.train, self.cfg, seed)
                 for name in self.cfg.strategies:
@@ -118,7 +121,7 @@ class Experiment:
         for round_ in range(start, cfg.rounds + 1):
             t0 = time.perf_counter()
             rows = self.trainable_rows(labeled)
-            train_set = round_hook.train_set(self.train.x[rows], self.train.y[rows])
+            train_set = round_hook.train_set(self.train.features(rows), self.train.y[rows])
             fit = self.fit(train_set, self.test_ref, seed, round_, name=f"{name}-s{seed}-r{round_}",
                            **round_hook.fit_options())
             result = dict(dataset=cfg.dataset, strategy=name, seed=seed, round=round_, n_labeled=len(labeled),
@@ -156,29 +159,42 @@ class Experiment:
         `rows` are the labeled set's trainable rows, those the task model was fit on."""
         cfg, strat = self.cfg, round_hook.strategy
         unlabeled = np.setdiff1d(self.train.ids, labeled)
-        ctx = hooks.RoundContext(cfg, seed, round_, self.spec, task_state, self.train.x[rows], self.train.y[rows],
-                                 unlabeled, min(cfg.batch, len(unlabeled)), derive_seed(seed, round_, 2),
-                                 pool=self.train)
+        ctx = hooks.RoundContext(cfg, seed, round_, self.spec, task_state, self.train.features(rows),
+                                 self.train.y[rows], unlabeled, min(cfg.batch, len(unlabeled)),
+                                 derive_seed(seed, round_, 2), pool=self.train)
         t0 = time.perf_counter()
         extra = round_hook.before_query(ctx)
         t1 = time.perf_counter()
-        scored = np.concatenate([unlabeled, labeled]) if strat.needs_labeled else unlabeled
-        stats = PoolStats(ids=scored)
-        if strat.needs:
-            stats = scoring.score(self.spec, task_state, scored, self.train.x[self.train.rows(scored)],
-                                  strat.needs - provided_by(ORACLE),
-                                  mc_samples=cfg.mc_samples, actors=scoring.actors_for(cfg.actors, len(scored)),
-                                  gpus=cfg.gpus, extra=extra)
+        needs = strat.needs - provided_by(ORACLE)
+        pool_stats = PoolStats(ids=unlabeled)
+        if needs:
+            pool_stats = scoring.score(self.spec, task_state, unlabeled, self.train.x[self.train.rows(unlabeled)],
+                                       needs, mc_samples=cfg.mc_samples, gpus=cfg.gpus, extra=extra,
+                                       actors=scoring.actors_for(cfg.actors, len(unlabeled)),
+                                       rank=self.ranking(name, strat, needs, ctx.k))
+        labeled_stats = None
+        if strat.needs_labeled:   # the labeled set is small: scored here
+            at = self.train.rows(labeled)
+            labeled_stats = replace(scoring.score(self.spec, task_state, labeled, self.train.features(at), needs,
+                                                  mc_samples=cfg.mc_samples, actors=0, gpus=cfg.gpus, extra=extra),
+                                    labels=self.train.y[at])
         t2 = time.perf_counter()
-        pool_stats = stats.take(np.arange(len(unlabeled)))
-        labeled_stats = (replace(stats.take(np.arange(len(unlabeled), len(scored))),
-                                 labels=self.train.y[self.train.rows(labeled)]) if strat.needs_labeled else None)
         picks = np.asarray(strat.select(pool_stats, ctx.k, labeled=labeled_stats, seed=ctx.rng_seed), dtype=np.int64)
         telemetry = round_hook.after_select(ctx, pool_stats, picks, self.train.y[self.train.rows(picks)])
         for table, table_rows in telemetry.items():
             self.store.append_rows(table, [dict(strategy=name, seed=seed, round=round_, **r) for r in table_rows])
         result.update(hook_s=t1 - t0, score_s=t2 - t1, select_s=time.perf_counter() - t2)
         return picks
+
+    def ranking(self, name: str, strategy, needs: frozenset[str], k: int) -> scoring.Rank | None:
+        """How the scoring pass may reduce the pool before selection: a per-sample strategy keeps
+        only each block's top k (exact), a batch strategy with `prefilter: m` the top m x k by margin;
+        None: every sample's statistics reach the strategy."""
+        if strategy.per_sample:
+            return scoring.Rank(name, self.cfg.strategy_options(name), k, needs)
+        if self.cfg.prefilter:
+            return scoring.Rank("margin", {}, self.cfg.prefilter * k, needs)
+        return None
 
     def trainable_rows(self, labeled: np.ndarray) -> np.ndarray:
         """Rows of the labeled ids to train on: an out-of-distribution or skipped answer never is a training label."""

@@ -40,7 +40,8 @@ def load_pool(spec: str, classes: tuple[str, ...], data_root: str) -> tuple[Pool
     pool = datasets.load(spec, data_root)
     if pool.classes > len(classes):
         raise AutoALError(f"pool {spec!r} has {pool.classes} classes but --classes names {len(classes)}")
-    return Pool(pool.name, pool.ids, pool.x, pool.y, pool.split, len(classes)), np.full(len(pool), "")
+    # a person labels a pool small enough to hold: its features are read here
+    return Pool(pool.name, pool.ids, np.asarray(pool.x), pool.y, pool.split, len(classes)), np.full(len(pool), "")
 
 
 def absolute_spec(spec: str) -> str:

@@ -98,9 +98,26 @@ class DropoutHead(nn.Module):
     def forward(self, e):
         return self.linear(F.dropout(e, self.p, self.training))
 
-    def sample(self, e, t: int):
-        """[B, T, outputs] logits from T dropout masks."""
-        return self.linear(F.dropout(e.unsqueeze(1).expand(-1, t, -1), self.p, True))
+    def sample(self, e, t: int, keys: torch.Tensor | None = None):
+        """[B, T, outputs] logits from T dropout masks. With `keys` (one int64 per sample, its
+        id), sample i's masks are a function of keys[i] alone, so its MC statistics do not
+        depend on the batch it is scored in or on the process that scores it."""
+        e = e.unsqueeze(1).expand(-1, t, -1)
+        if keys is None:
+            return self.linear(F.dropout(e, self.p, True))
+        keep = keyed_uniform(keys, t, e.shape[2]).to(e.device) >= self.p
+        return self.linear(e * keep / (1.0 - self.p))
+
+
+def keyed_uniform(keys: torch.Tensor, t: int, d: int) -> torch.Tensor:
+    """[B, T, D] uniforms in [0, 1), entry (i, s, j) a hash of (keys[i], s, j): SplitMix64's
+    finaliser on the int64 counter (wrapping arithmetic), 24 of its bits as the fraction."""
+    x = keys.to(torch.int64).cpu()[:, None, None] * -7046029254386353131 \
+        + (torch.arange(t)[None, :, None] * d + torch.arange(d)[None, None, :] + 1) * 1442695040888963407
+    x = (x ^ (x >> 30)) * -4658895280553007687
+    x = (x ^ (x >> 27)) * -7723592293110705685
+    x = x ^ (x >> 31)
+    return ((x >> 20) & 0xFFFFFF).to(torch.float32) / float(1 << 24)
 
 
 class LossPredictor(nn.Module):
@@ -132,10 +149,15 @@ class TaskNet(nn.Module):
         self.loss_head = LossPredictor(backbone.tap_channels)
 
     def forward(self, x, joint: bool = False):
-        """(logits, predicted loss): what training needs, in one call that DDP can sync.
-        `joint`: the loss module's gradient also reaches the backbone through the taps."""
+        """(logits, predicted loss, dropout-free logits): what training needs, in one call that DDP
+        can sync. `joint`: the loss module's gradient also reaches the backbone through the taps.
+        The loss module learns to rank the dropout-free loss: once the labels are memorised, the
+        dropout head's training loss is mostly its mask's noise (two masks' losses agree with
+        Spearman 0.07 on 40 digits labels, benchmarks/lpl_vaal_why.py); Yoo & Kweon's model has
+        no dropout, so its loss is this target."""
         embedding, taps = self.backbone(x)
-        return self.head(embedding), self.loss_head(taps) if joint else self.predict_loss(taps)
+        pred_loss = self.loss_head(taps) if joint else self.predict_loss(taps)
+        return self.head(embedding), pred_loss, self.head.linear(embedding)
 
     def features(self, x):
         """(embedding, taps) of the backbone."""

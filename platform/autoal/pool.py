@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,8 @@ UNLABELED = -2  # the label is unknown (null in Parquet): nobody has answered fo
 
 @dataclass(frozen=True, eq=False)
 class Pool:
-    """Samples with stable ids. x is float32 [N, *shape], y int64 [N]."""
+    """Samples with stable ids. x is float32 [N, *shape] (an array, or features left in Parquet
+    files: `features` reads the rows asked for either way), y int64 [N]."""
 
     name: str
     ids: np.ndarray
@@ -47,7 +48,7 @@ class Pool:
                 raise AutoALError(f"pool {self.name!r}: {field} has {len(arr)} rows but there are {n} ids")
         if len(np.unique(self.ids)) != n:
             raise AutoALError(f"pool {self.name!r}: ids are not unique")
-        if not np.isfinite(self.x).all():
+        if isinstance(self.x, np.ndarray) and not np.isfinite(self.x).all():   # lazy features: checked when read
             bad = int((~np.isfinite(self.x.reshape(n, -1))).any(axis=1).sum())
             raise AutoALError(f"pool {self.name!r}: {bad} samples have NaN or infinite features")
         if self.classes < 2:
@@ -77,6 +78,10 @@ class Pool:
     def subset(self, split: str) -> "Pool":
         mask = self.split == split
         return Pool(self.name, self.ids[mask], self.x[mask], self.y[mask], self.split[mask], self.classes)
+
+    def features(self, rows: np.ndarray) -> np.ndarray:
+        """x of `rows` as an array (a lazy pool reads them: ask for few)."""
+        return np.asarray(self.x[rows])
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Row positions of `ids` (which must all be in the pool)."""
@@ -114,28 +119,51 @@ def from_arrays(name: str, x_train, y_train, x_test, y_test, classes: int | None
     return Pool(name, np.arange(len(x), dtype=np.int64), x, y, split, classes)
 
 
-def write_parquet(pool: Pool, out_dir: str | os.PathLike, rows_per_shard: int = 50_000) -> Path:
-    """Write the pool as Parquet shards; the directory appears complete or not at all."""
+SHARD_BYTES = 64 * 2**20        # features per Parquet file: a few Ray Data blocks, many files for many readers
+ROW_GROUPS_PER_SHARD = 4        # row groups per file: the unit a reader can skip or split at
+
+
+def shard_rows(width: int) -> int:
+    """Rows per Parquet file for samples of `width` float32 features: SHARD_BYTES of features."""
+    return max(1024, SHARD_BYTES // (4 * max(width, 1)))
+
+
+def write_parquet(pool: Pool, out_dir: str | os.PathLike, log=None) -> Path:
+    """Write the pool as Parquet shards sized for streaming; the directory appears complete or not at all."""
+    flat = np.asarray(pool.x).reshape(len(pool), -1)
+    rows = shard_rows(flat.shape[1])
+    chunks = ((pool.ids[s:s + rows], flat[s:s + rows], pool.y[s:s + rows], pool.split[s:s + rows])
+              for s in range(0, len(pool), rows))
+    return write_shards(chunks, out_dir, pool.name, pool.shape, pool.classes, total=len(pool), log=log)
+
+
+def write_shards(chunks, out_dir: str | os.PathLike, name: str, shape: tuple[int, ...], classes: int,
+                 total: int | None = None, log=None) -> Path:
+    """Write chunks (ids, x [n, width], y, split) as one Parquet file each, atomically (the directory
+    appears complete or not at all); `log` gets a line per file written."""
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AutoALError(f"{out} exists and is not an empty directory; choose a new directory")
-    metadata = {b"shape": json.dumps(list(pool.shape)).encode(), b"classes": str(pool.classes).encode(),
-                b"name": pool.name.encode()}
+    metadata = {b"shape": json.dumps(list(shape)).encode(), b"classes": str(classes).encode(), b"name": name.encode()}
     schema = pa.schema([("id", pa.int64()), ("x", pa.list_(pa.float32())), ("y", pa.int64()),
                         ("split", pa.string())], metadata=metadata)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     as_created(tmp, directory=True)
+    written = 0
     try:
-        flat = pool.x.reshape(len(pool), -1)
-        for shard, start in enumerate(range(0, len(pool), rows_per_shard)):
-            end = min(start + rows_per_shard, len(pool))
-            xs = pa.FixedSizeListArray.from_arrays(pa.array(flat[start:end].ravel()), flat.shape[1])
-            table = pa.table([pa.array(pool.ids[start:end]), xs.cast(pa.list_(pa.float32())),
-                              pa.array(pool.y[start:end], mask=pool.y[start:end] == UNLABELED),
-                              pa.array(pool.split[start:end].astype(str))],
-                             schema=schema)
-            pq.write_table(table, tmp / f"part-{shard:05d}.parquet")
+        for shard, (ids, x, y, split) in enumerate(chunks):
+            x = np.ascontiguousarray(x, dtype=np.float32).reshape(len(ids), -1)
+            xs = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1])
+            table = pa.table([pa.array(ids, pa.int64()), xs.cast(pa.list_(pa.float32())),
+                              pa.array(y, pa.int64(), mask=np.asarray(y) == UNLABELED),
+                              pa.array(np.asarray(split).astype(str))], schema=schema)
+            pq.write_table(table, tmp / f"part-{shard:05d}.parquet",
+                           row_group_size=max(1, -(-len(ids) // ROW_GROUPS_PER_SHARD)))
+            written += len(ids)
+            if log:
+                log(f"wrote part-{shard:05d}.parquet: {written:,}" + (f" of {total:,} rows ({written / total:.0%})"
+                                                                        if total else " rows"))
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -145,70 +173,10 @@ def write_parquet(pool: Pool, out_dir: str | os.PathLike, rows_per_shard: int = 
     return out
 
 
-def read_parquet(path: str | os.PathLike) -> Pool:
-    """Read a Parquet pool written by `write_parquet` (or by a user in that format)."""
-    path = Path(path)
-    if not path.exists():
-        raise AutoALError(f"parquet pool {path} does not exist")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise AutoALError(f"parquet pool {path} is not readable Parquet: {exc}") from None
-    missing = {"id", "x", "y", "split"} - set(table.column_names)
-    if missing:
-        raise AutoALError(f"parquet pool {path} lacks columns {sorted(missing)}; "
-                          "expected id int64, x list<float32>, y int64, split string")
-    if not len(table):
-        raise AutoALError(f"parquet pool {path} has no rows")
-    meta = table.schema.metadata or {}
-    xs = table.column("x").combine_chunks()
-    if not pa.types.is_list(xs.type) and not pa.types.is_fixed_size_list(xs.type):
-        raise AutoALError(f"parquet pool {path}: x is {xs.type}; expected list<float32> (flattened features)")
-    if xs.null_count:
-        raise AutoALError(f"parquet pool {path}: {xs.null_count} rows have a null x")
-    lengths = np.unique(xs.value_lengths().to_numpy(zero_copy_only=False))
-    if len(lengths) != 1:
-        raise AutoALError(f"parquet pool {path}: rows of x have different lengths {lengths[:5].tolist()}")
-    width = int(lengths[0])
-    shape = _metadata(meta, b"shape", path, lambda v: tuple(json.loads(v)), "a JSON list of ints, e.g. [1, 8, 8]",
-                      (width,))
-    if not all(isinstance(d, int) and d > 0 for d in shape) or int(np.prod(shape)) != width:
-        raise AutoALError(f"parquet pool {path}: shape metadata {list(shape)} does not match {width} features")
-    x = xs.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape((len(table), *shape))
-    y = _int_column(table, "y", path, null=UNLABELED)
-    classes = _metadata(meta, b"classes", path, int, "an integer", None)
-    classes = int(y.max()) + 1 if classes is None else classes
-    name = meta.get(b"name", path.name.encode()).decode(errors="replace")
-    split = table.column("split")
-    if not pa.types.is_string(split.type) and not pa.types.is_large_string(split.type):
-        raise AutoALError(f"parquet pool {path}: split is {split.type}; expected string (train / test)")
-    return Pool(name, _int_column(table, "id", path), x, y, split.to_numpy(zero_copy_only=False).astype(str), classes)
+def read_parquet(location: str | os.PathLike, lazy: bool = False) -> Pool:
+    """A Parquet pool written by `write_parquet` (or by a user in that format), checked row by row.
+    `lazy`: its features stay in the files (autoal.parquet_pool.LazyFeatures); else they are read."""
+    from autoal.parquet_pool import open_pool
 
-
-def _int_column(table: pa.Table, name: str, path: Path, null: int | None = None) -> np.ndarray:
-    """An int64 column, refusing what a cast would silently change: text, fractions, and
-    nulls unless `null` stands for them (y: an unknown label)."""
-    column = table.column(name)
-    if column.null_count:
-        if null is None:
-            raise AutoALError(f"parquet pool {path}: {column.null_count} rows have a null {name}")
-        column = column.fill_null(null)
-    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
-        raise AutoALError(f"parquet pool {path}: {name} is {column.type}; expected int64")
-    values = column.to_numpy()
-    if not np.array_equal(values, np.round(values)):
-        bad = values[values != np.round(values)]
-        raise AutoALError(f"parquet pool {path}: {len(bad)} values of {name} are not whole numbers "
-                          f"(e.g. {bad[0].item()}); expected int64")
-    return values.astype(np.int64)
-
-
-def _metadata(meta: dict, key: bytes, path: Path, parse, expected: str, default):
-    """A schema-metadata value parsed by `parse`, or `default` when absent."""
-    if key not in meta:
-        return default
-    try:
-        return parse(meta[key].decode())
-    except (ValueError, TypeError, UnicodeDecodeError):
-        raise AutoALError(f"parquet pool {path}: metadata {key.decode()} is {meta[key].decode(errors='replace')!r}; "
-                          f"expected {expected}") from None
+    pool = open_pool(str(location))
+    return pool if lazy else replace(pool, x=np.asarray(pool.x))

@@ -7,7 +7,8 @@ always runs the model in eval mode, on un-augmented inputs.
 """
 from __future__ import annotations
 
-from dataclasses import asdict
+import tempfile
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -16,14 +17,15 @@ import torch
 from ray.data.extensions import ArrowTensorArray
 
 from autoal.config import AUTO
-from autoal.strategies import PoolStats
-from autoal.strategies.base import SCORER, positions, provided_by
+from autoal.strategies import PoolStats, get
+from autoal.strategies.base import SCORER, provided_by
 from autoal.training import ModelSpec
 
 POOL_FIELDS = provided_by(SCORER)   # what the task model's pass computes; a hook's extra model adds one more
 # `actors: auto` scores pools smaller than this in the driver: a Ray Data actor pool's start-up
 # (5-10 s on 2 cores) costs more than scoring them (benchmarks/fused_scoring.py --actors 1).
 AUTO_ACTORS_FROM = 20_000
+BLOCK_ROWS = 65_536   # rows a ranked in-process pass reduces at once: the driver keeps k per block
 
 
 def actors_for(actors: int | str, n: int) -> int:
@@ -39,15 +41,17 @@ def device_for(gpus: float) -> torch.device:
 
 
 @torch.no_grad()
-def fused_stats(net, x: torch.Tensor, needs: frozenset[str], mc_samples: int) -> dict[str, torch.Tensor]:
-    """The statistics in `needs` for one batch, from a single backbone pass."""
+def fused_stats(net, x: torch.Tensor, needs: frozenset[str], mc_samples: int,
+                keys: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The statistics in `needs` for one batch, from a single backbone pass; `keys` (the samples'
+    ids) fix each sample's MC-dropout masks."""
     net.eval()
     embedding, taps = net.features(x)
     out = {}
     if "probs" in needs:
         out["probs"] = net.head(embedding).softmax(1)
     if "mc_probs" in needs:
-        out["mc_probs"] = net.head.sample(embedding, mc_samples).softmax(2)
+        out["mc_probs"] = net.head.sample(embedding, mc_samples, keys).softmax(2)
     if "embedding" in needs:
         out["embedding"] = embedding
     if "pred_loss" in needs:
@@ -60,31 +64,70 @@ def _resolve(value):
     return ray.get(value) if isinstance(value, ray.ObjectRef) else value
 
 
-class PoolScorer:
-    """Ray Data actor: loads the task model (and any extra model, e.g. AutoAL's
-    SearchNet) once, then scores batches of {id, x}."""
+@dataclass(frozen=True)
+class Rank:
+    """Keep only the top `k` rows of each block by `strategy`'s per-sample score (ties to the
+    smaller id): merged, they hold the pool's exact top k. `fields` are kept with them."""
 
-    def __init__(self, spec: dict, state, needs: frozenset[str], mc_samples: int, gpus: float, extra=None):
+    strategy: str
+    options: dict
+    k: int
+    fields: frozenset[str] = frozenset()
+
+
+class PoolScorer:
+    """Loads the task model (and any extra model, e.g. AutoAL's SearchNet) once, then scores
+    blocks of {id, x}, `chunk` rows at a time; with a `Rank`, returns only the block's top
+    rows and their scores."""
+
+    def __init__(self, spec: dict, state, needs: frozenset[str], mc_samples: int, gpus: float, extra=None,
+                 rank: Rank | None = None, chunk: int = 256):
         self.device = device_for(gpus)
         self.net = ModelSpec(**spec).build()
         self.net.load_state_dict(_resolve(state))
         self.net.to(self.device).eval()
         self.extra = _resolve(extra)
-        self.extra_field = self.extra.field if self.extra is not None else None
         if self.extra is not None:
             self.extra_net = self.extra.build()
             self.extra_net.load_state_dict(self.extra.state)
             self.extra_net.to(self.device).eval()
-        self.needs, self.mc_samples = needs, mc_samples
+        self.needs, self.mc_samples, self.rank, self.chunk = needs, mc_samples, rank, chunk
+        self.ranker = get(rank.strategy, **rank.options) if rank is not None else None
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        x = torch.tensor(batch["x"], device=self.device)
-        out = fused_stats(self.net, x, self.needs | ({"embedding"} if self.extra else set()), self.mc_samples)
+        ids = np.asarray(batch["id"], dtype=np.int64)
+        parts = [self.stats(batch["x"][s:s + self.chunk], ids[s:s + self.chunk])
+                 for s in range(0, len(ids), self.chunk)]
+        arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+        if self.rank is None:
+            return {"id": ids, **arrays}
+        scores = np.asarray(self.ranker.score(PoolStats(ids=ids, **arrays)), dtype=np.float64)
+        top = np.lexsort((ids, -scores))[:self.rank.k]
+        return {"id": ids[top], "score": scores[top], **{k: v[top] for k, v in arrays.items() if k in self.rank.fields}}
+
+    def stats(self, x: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """The statistics of one chunk of inputs, as float32 arrays."""
+        x = torch.tensor(np.ascontiguousarray(x, dtype=np.float32), device=self.device)   # Ray: read-only arrays
+        extra = {self.extra.field} if self.extra is not None else set()
+        out = fused_stats(self.net, x, self.needs | ({"embedding"} if extra else set()), self.mc_samples,
+                          keys=torch.tensor(np.ascontiguousarray(ids)))
         if self.extra is not None:
             out[self.extra.field] = self.extra_net(x, out["embedding"])
-        arrays = {k: v.float().cpu().numpy() for k, v in out.items() if k in self.needs or k == self.extra_field}
-        return {"id": batch["id"], **arrays}
+        return {k: v.float().cpu().numpy() for k, v in out.items() if k in self.needs | extra}
+
+
+_SCORERS: dict[str, PoolScorer] = {}   # per worker process: the scorer of the pass in progress
+
+
+def _score_batch(batch: dict[str, np.ndarray], key: str, **scorer) -> dict[str, np.ndarray]:
+    """A Ray Data task: score one batch with this process's scorer for pass `key`, built on the
+    pass's first batch here. Ray keeps its worker processes across passes, so a round pays no
+    actor start-up (an actor pool cost 5-10 s per pass on 2 cores), only a model load per worker."""
+    if key not in _SCORERS:
+        _SCORERS.clear()
+        _SCORERS[key] = PoolScorer(**scorer)
+    return _SCORERS[key](batch)
 
 
 def pool_dataset(ids: np.ndarray, x: np.ndarray, blocks: int) -> "ray.data.Dataset":
@@ -93,41 +136,83 @@ def pool_dataset(ids: np.ndarray, x: np.ndarray, blocks: int) -> "ray.data.Datas
     return ray.data.from_arrow(table).repartition(blocks)
 
 
-def score(spec: ModelSpec, state: dict, ids: np.ndarray, x: np.ndarray, needs: frozenset[str], *,
-          mc_samples: int, actors: int = 1, gpus: float = 0.0, batch_size: int = 256, extra=None) -> PoolStats:
-    """PoolStats for the samples (ids, x), index-aligned with `ids`.
+def score(spec: ModelSpec, state: dict, ids: np.ndarray, x, needs: frozenset[str], *, mc_samples: int,
+          actors: int = 1, gpus: float = 0.0, batch_size: int = 256, extra=None, rank: Rank | None = None,
+          block_rows: int = BLOCK_ROWS) -> PoolStats:
+    """PoolStats for the samples (ids, x), index-aligned with `ids`; with `rank`, only the pool's
+    top `rank.k` rows (with `rank.fields`), in rank order: each block of `block_rows` rows keeps
+    its top k, and the driver merges them.
 
-    actors >= 1 streams the pool through that many Ray Data actors (each with
-    `gpus` GPUs); actors == 0 scores in this process (small pools, tests).
-    `extra` (hooks.ScorerExtra) adds one more model's output as a field.
+    `x` is an array or a lazy Parquet view (autoal.parquet_pool.LazyFeatures), whose rows stream
+    from the files. actors >= 1 streams the pool through that many Ray Data actors (each with
+    `gpus` GPUs); actors == 0 scores in this process (small pools, tests). `extra`
+    (hooks.ScorerExtra) adds one more model's output as a field.
     """
     served = POOL_FIELDS | ({extra.field} if extra is not None else set())
     if not set(needs) <= served:
         raise ValueError(f"the scoring pass cannot compute {', '.join(sorted(set(needs) - served))}")
-    needs = frozenset(needs) & POOL_FIELDS
+    needs = (frozenset(needs) | (get(rank.strategy).needs if rank is not None else frozenset())) & POOL_FIELDS
+    lazy = not isinstance(x, np.ndarray)
     if actors == 0:
-        scorer = PoolScorer(asdict(spec), state, needs, mc_samples, gpus, extra)
-        parts = [scorer({"id": ids[s:s + batch_size], "x": x[s:s + batch_size]})
-                 for s in range(0, len(ids), batch_size)]
+        scorer = PoolScorer(asdict(spec), state, needs, mc_samples, gpus, extra, rank, batch_size)
+        block = block_rows if rank is not None else batch_size
+        batches = (x.dataset().iter_batches(batch_format="numpy", batch_size=block) if lazy else
+                   ({"id": ids[s:s + block], "x": x[s:s + block]} for s in range(0, len(ids), block)))
+        parts = (scorer(batch) for batch in batches)
     else:
         state_ref, extra_ref = ray.put(state), ray.put(extra)  # referenced here until the pass ends
-        scored = pool_dataset(ids, x, blocks=max(actors, min(len(ids) // batch_size, 4 * actors), 1)).map_batches(
-            PoolScorer, compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size,
+        data = x.dataset() if lazy else pool_dataset(
+            ids, x, blocks=max(actors, min(len(ids) // batch_size, 4 * actors), 1))
+        scored = data.map_batches(
+            _score_batch, compute=ray.data.TaskPoolStrategy(size=actors),
+            batch_size=block_rows if rank is not None else batch_size,   # ranked: top k of each block
             batch_format="numpy", num_cpus=1, num_gpus=gpus,
-            fn_constructor_kwargs=dict(spec=asdict(spec), state=state_ref, needs=needs,
-                                       mc_samples=mc_samples, gpus=gpus, extra=extra_ref))
-        parts = list(scored.iter_batches(batch_format="numpy", batch_size=None))
-    return _stats_in_order(parts, ids)
+            fn_kwargs=dict(key=state_ref.hex(), spec=asdict(spec), state=state_ref, needs=needs,
+                           mc_samples=mc_samples, gpus=gpus, extra=extra_ref, rank=rank, chunk=batch_size))
+        parts = scored.iter_batches(batch_format="numpy", batch_size=None)
+    return _merged_top(parts, rank.k) if rank is not None else _stats_in_order(parts, ids)
 
 
-def _stats_in_order(parts: list[dict[str, np.ndarray]], ids: np.ndarray) -> PoolStats:
-    """Join the actors' out-of-order outputs back onto `ids`."""
-    got = np.concatenate([p["id"] for p in parts])
-    try:
-        pos = positions(got, ids)
-    except KeyError:
-        pos = None
-    if pos is None or len(got) != len(ids):
+
+
+def _merged_top(parts, k: int) -> PoolStats:
+    """The top k of the blocks' top-k rows, by score then smaller id: the pool's exact top k."""
+    parts = [p for p in parts if len(p["id"])]
+    rows = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    top = np.lexsort((rows["id"], -rows["score"]))[:k]
+    return PoolStats(ids=rows["id"][top], **{key: v[top] for key, v in rows.items() if key not in ("id", "score")})
+
+
+def _stats_in_order(parts, ids: np.ndarray) -> PoolStats:
+    """Place the actors' out-of-order outputs onto `ids`, batch by batch, into arrays allocated
+    once (no list of the parts is kept: the pass's result is the only copy)."""
+    order = np.argsort(ids)
+    fields, seen = {}, np.zeros(len(ids), dtype=bool)
+    for part in parts:
+        got = np.asarray(part["id"], dtype=np.int64)
+        at = np.minimum(np.searchsorted(ids, got, sorter=order), len(ids) - 1)
+        rows = order[at]
+        if not np.array_equal(ids[rows], got) or seen[rows].any():
+            raise RuntimeError("scoring lost or duplicated pool rows")
+        seen[rows] = True
+        for key, value in part.items():
+            if key != "id":
+                if key not in fields:
+                    fields[key] = _allocate((len(ids), *value.shape[1:]), value.dtype)
+                fields[key][rows] = value
+    if not seen.all():
         raise RuntimeError("scoring lost or duplicated pool rows")
-    fields = {k: np.concatenate([p[k] for p in parts])[pos] for k in parts[0] if k != "id"}
     return PoolStats(ids=np.asarray(ids, dtype=np.int64), **fields)
+
+
+MEMMAP_BYTES = 256 * 2**20   # a whole-pool statistic larger than this lives in a memory-mapped file
+
+
+def _allocate(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An array for one statistic of the whole pool: in memory, or past MEMMAP_BYTES in a
+    memory-mapped temporary file, so the page cache holds it and not the driver's heap (the
+    file is unlinked at once; the mapping keeps it until the array goes)."""
+    if int(np.prod(shape)) * np.dtype(dtype).itemsize < MEMMAP_BYTES:
+        return np.empty(shape, dtype=dtype)
+    with tempfile.NamedTemporaryFile(prefix="autoal-stats-", suffix=".npy") as f:
+        return np.lib.format.open_memmap(f.name, mode="w+", dtype=dtype, shape=shape)

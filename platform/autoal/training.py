@@ -81,9 +81,10 @@ def train_epochs(model, optimizer, x: torch.Tensor, y: torch.Tensor, world: Worl
         total, count = 0.0, 0
         for index in shard_batches(len(x), batch_size, seed, epoch, world):
             xb, yb = x[index].to(world.device), y[index].to(world.device)
-            logits, pred_loss = model(xb, joint=epoch < joint_epochs)
+            logits, pred_loss, clean_logits = model(xb, joint=epoch < joint_epochs)
             losses = F.cross_entropy(logits, yb, reduction="none")
-            loss = losses.mean() + loss_weight * models.loss_ranking(pred_loss, losses)
+            target = F.cross_entropy(clean_logits.detach(), yb, reduction="none")
+            loss = losses.mean() + loss_weight * models.loss_ranking(pred_loss, target)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -166,7 +166,7 @@ class AdversarialHook(RoundHook):
 
     def before_query(self, ctx: RoundContext) -> ScorerExtra:
         s = self.strategy
-        x_u = ctx.pool.x[ctx.pool.rows(ctx.unlabeled_ids)]
+        x_u = ctx.pool.features(ctx.pool.rows(ctx.unlabeled_ids))
         payload = AdversarialPayload(ctx.spec, ctx.rng_seed, s.latent, s.epochs, s.lr, s.batch_size,
                                      ctx.task_state if self.relabel else None,
                                      (np.asarray(ctx.labeled_x, np.float32), np.asarray(ctx.labeled_y, np.int64),

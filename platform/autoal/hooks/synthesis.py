@@ -150,7 +150,7 @@ class BGADLHook(RoundHook):
         if not known.any():
             return {}
         s, sources, source_y = self.strategy, picks[known], labels[known]
-        source_x = ctx.pool.x[ctx.pool.rows(sources)]
+        source_x = ctx.pool.features(ctx.pool.rows(sources))
         data = (np.concatenate([ctx.labeled_x, source_x]).astype(np.float32),
                 np.concatenate([ctx.labeled_y, source_y]).astype(np.int64))
         payload = GANPayload(ctx.spec, ctx.rng_seed, s.epochs, self.cfg.min_steps, self.cfg.batch_size, data)

@@ -1,0 +1,145 @@
+"""Big pools: a Parquet pool's features stay in its files, the scoring pass streams them and
+reduces per-sample strategies to each block's top k, and the picks are those of the in-memory path."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from autoal import config, datasets, parquet_pool, scoring
+from autoal.errors import AutoALError
+from autoal.experiment import Experiment
+from autoal.models import keyed_uniform
+from autoal.pool import read_parquet, write_parquet, write_shards
+from autoal.strategies import get, names
+from autoal.training import ModelSpec
+
+SPEC = ModelSpec("mlp", (6,), 3, 0.3)
+PER_SAMPLE = [n for n in names() if get(n).per_sample and get(n).needs <= scoring.POOL_FIELDS]
+
+
+@pytest.fixture(scope="module")
+def tied_pool(tmp_path_factory):
+    """300 train samples, 100 distinct vectors three times each (tied scores), in 8 files of 40 rows,
+    so the copies of a vector lie in different blocks; 20 test samples."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(100, 6)).astype(np.float32)
+    x = np.concatenate([base, base, base, rng.normal(size=(20, 6)).astype(np.float32)])
+    ids = rng.permutation(5000)[:320].astype(np.int64)
+    y, split = rng.integers(0, 3, 320), np.array(["train"] * 300 + ["test"] * 20)
+    chunks = ((ids[s:s + 40], x[s:s + 40], y[s:s + 40], split[s:s + 40]) for s in range(0, 320, 40))
+    return write_shards(chunks, tmp_path_factory.mktemp("tied") / "pool", "tied", (6,), 3)
+
+
+def test_streamed_top_k_picks_what_the_in_memory_selection_picks(ray_local, tied_pool):
+    train = read_parquet(tied_pool, lazy=True).subset("train")
+    assert isinstance(train.x, parquet_pool.LazyFeatures)
+    x = np.asarray(train.x)
+    torch.manual_seed(0)
+    state = SPEC.build().state_dict()
+    assert {"entropy", "margin", "bald", "var_ratio", "mean_std", "least_confidence"} <= set(PER_SAMPLE)
+    for name in [*PER_SAMPLE, "lpl"]:
+        options = {"subset_factor": 0} if name == "lpl" else {}
+        strategy = get(name, **options)
+        full = scoring.score(SPEC, state, train.ids, x, strategy.needs, mc_samples=4, actors=0)
+        expected = strategy.select(full, 25)
+        scores = strategy.score(full)
+        if "mc_probs" not in strategy.needs:   # an MC statistic also depends on the sample's id
+            assert len(np.unique(scores)) <= 100, "copies of a vector tie"
+        rank = scoring.Rank(name, options, 25, strategy.needs)
+        paths = [(0, x), (0, train.x)] + ([(2, train.x)] if name in ("margin", "bald") else [])   # actors: slow
+        for actors, source in paths:
+            top = scoring.score(SPEC, state, train.ids, source, strategy.needs, mc_samples=4, actors=actors,
+                                rank=rank, block_rows=40)   # blocks of 40: copies of a vector in different blocks
+            assert len(top) == 25
+            np.testing.assert_array_equal(strategy.select(top, 25), expected, err_msg=f"{name}, actors {actors}")
+
+
+def test_mc_dropout_statistics_do_not_depend_on_the_batch(tied_pool):
+    """Each sample's dropout masks follow from its id: scored alone or among others, the same MC probabilities."""
+    pool = read_parquet(tied_pool)
+    torch.manual_seed(0)
+    state = SPEC.build().state_dict()
+    together = scoring.score(SPEC, state, pool.ids, pool.x, {"mc_probs"}, mc_samples=5, actors=0, batch_size=64)
+    apart = scoring.score(SPEC, state, pool.ids[::-1], pool.x[::-1], {"mc_probs"}, mc_samples=5, actors=0,
+                          batch_size=7)
+    np.testing.assert_allclose(together.mc_probs[::-1], apart.mc_probs, rtol=1e-6)   # float rounding of the batch
+    assert np.abs(np.diff(together.mc_probs, axis=1)).max() > 1e-3, "the T samples differ: dropout is on"
+    masks = keyed_uniform(torch.tensor([3, 11, 42]), 5, 8)
+    torch.testing.assert_close(keyed_uniform(torch.tensor([42, 3]), 5, 8), masks[[2, 0]], rtol=0, atol=0)
+
+
+SMALL = {"dataset": "digits", "strategies": ["entropy", "coreset"], "initial": 20, "batch": 10, "rounds": 2,
+         "epochs": 2, "min_steps": 0, "mc_samples": 3, "model": "mlp"}
+
+
+@pytest.fixture(scope="module")
+def digits_parquet(tmp_path_factory):
+    return write_parquet(datasets.load("digits", "data"), tmp_path_factory.mktemp("digits") / "pool")
+
+
+def ledger(exp: Experiment) -> pd.DataFrame:
+    return exp.store.ledger[["strategy", "round", "id"]].sort_values(["strategy", "round", "id"]).reset_index(drop=True)
+
+
+def test_a_file_uri_pool_runs_the_same_experiment_as_the_pool_in_memory(ray_local, tmp_path, digits_parquet):
+    """The same seed on digits held in memory and on digits left in Parquet (read by a file:// URI,
+    streamed through one scoring actor): the same queries, round by round."""
+    memory = Experiment.prepare(config.load(None, {**SMALL, "actors": 0}), tmp_path / "memory", log=lambda m: None)
+    memory.run()
+    lazy = Experiment.prepare(config.load(None, {**SMALL, "actors": 1, "dataset": f"parquet:file://{digits_parquet}"}),
+                              tmp_path / "lazy", log=lambda m: None)
+    assert isinstance(lazy.train.x, parquet_pool.LazyFeatures)
+    lazy.run()
+    pd.testing.assert_frame_equal(ledger(memory), ledger(lazy))
+
+
+def test_a_run_on_a_parquet_pool_never_reads_the_whole_pools_features(ray_local, tmp_path, digits_parquet,
+                                                                      monkeypatch):
+    """Structural: the only reads of features are views smaller than the pool (labeled set, test
+    split, picks); no whole-table read, no in-memory dataset built from the pool's array."""
+    read = []
+    real = parquet_pool.LazyFeatures.__array__
+    monkeypatch.setattr(parquet_pool.LazyFeatures, "__array__",
+                        lambda self, *a, **kw: read.append(len(self)) or real(self, *a, **kw))
+    monkeypatch.setattr(pq, "read_table", lambda *a, **kw: pytest.fail("a whole Parquet table was read"))
+    monkeypatch.setattr(scoring, "pool_dataset", lambda *a, **kw: pytest.fail("the pool was put in memory"))
+    cfg = config.load(None, {**SMALL, "actors": 1, "prefilter": 3, "dataset": f"parquet:{digits_parquet}"})
+    exp = Experiment.prepare(cfg, tmp_path / "run", log=lambda m: None)
+    exp.run()
+    assert read and max(read) <= len(exp.test) + cfg.budget < len(exp.train) / 2
+    assert len(exp.store.ledger) == 2 * cfg.budget
+
+
+@pytest.mark.parametrize("case", ["nan", "ragged", "null_id", "no_y", "shape"])
+def test_bad_parquet_gets_the_same_message_streamed(tmp_path, case):
+    """Every check of the format runs on the streamed pool: a path and a file:// URI fail alike."""
+    import pyarrow as pa
+
+    x = [[0.0, 1.0], [1.0, 0.0], [0.5, 0.5], [0.2, 0.1]]
+    columns = {"id": pa.array([0, 1, 2, 3]), "x": pa.array(x, pa.list_(pa.float32())), "y": pa.array([0, 1, 0, 1]),
+               "split": pa.array(["train", "train", "test", "test"])}
+    metadata = {}
+    if case == "nan":
+        columns["x"] = pa.array([[0.0, float("nan")], *x[1:]], pa.list_(pa.float32()))
+    elif case == "ragged":
+        columns["x"] = pa.array([[0.0], *x[1:]], pa.list_(pa.float32()))
+    elif case == "null_id":
+        columns["id"] = pa.array([0, None, 2, 3])
+    elif case == "no_y":
+        del columns["y"]
+    else:
+        metadata = {b"shape": b"[3]"}
+    path = tmp_path / "bad"
+    path.mkdir()
+    pq.write_table(pa.table(columns).replace_schema_metadata(metadata), path / "part-0.parquet")
+    messages = []
+    for location in (str(path), f"file://{path}"):
+        with pytest.raises(AutoALError) as err:
+            datasets.load(f"parquet:{location}", "data")
+        messages.append(str(err.value).replace(location, "POOL"))
+    assert messages[0] == messages[1]
+    assert {"nan": "NaN or infinite", "ragged": "different lengths", "null_id": "null id",
+            "no_y": "lacks columns ['y']", "shape": "does not match 2 features"}[case] in messages[0]
