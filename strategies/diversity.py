@@ -15,7 +15,8 @@ import numpy as np
 from .base import PoolStats, Strategy, check_k, register
 
 CHUNK_ELEMENTS = 1 << 22  # entries of one distance block (32 MiB in float64)
-KMEANS_ITERATIONS = 25    # Lloyd iterations (faiss's default); scikit-learn's up to 300 stop early anyway
+KMEANS_ITERATIONS = 25    # at most, Lloyd iterations (faiss's default); scikit-learn's up to 300 stop early anyway
+KMEANS_TOLERANCE = 1e-4   # stop once an iteration improves the objective by less than this fraction
 NEIGHBOURS = 16           # nearest rows fetched per centroid; more only where those are taken or tied
 
 
@@ -55,13 +56,14 @@ def min_sq_dist_to_set(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
 def kmeans_centers(embedding: np.ndarray, k: int, seed: int) -> np.ndarray:
     """[k, D] float32 k-means centroids (faiss): k-means++ seeding, as in
     scikit-learn (random seeding often puts two centroids in one well-separated
-    cluster), then KMEANS_ITERATIONS Lloyd steps, on at most 256 k rows sampled
-    by the seed (faiss's bound), so one step costs O(min(N, 256 k) k D) and
+    cluster), then at most KMEANS_ITERATIONS Lloyd steps (fewer once the
+    objective improves by less than KMEANS_TOLERANCE), on at most 256 k rows
+    sampled by the seed (faiss's bound), so one step costs O(min(N, 256 k) k D) and
     memory is one float32 copy of the embeddings. Empty clusters are re-split
     by faiss, so duplicate points are fine. The same seed gives the same centroids."""
     x = _float32(embedding)
-    kmeans = faiss.Kmeans(x.shape[1], k, niter=KMEANS_ITERATIONS, seed=seed, min_points_per_centroid=1,
-                          init_method=faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS)
+    kmeans = faiss.Kmeans(x.shape[1], k, niter=KMEANS_ITERATIONS, early_stop_threshold=KMEANS_TOLERANCE, seed=seed,
+                          min_points_per_centroid=1, init_method=faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS)
     kmeans.train(x)
     return kmeans.centroids
 
