@@ -18,10 +18,8 @@ eps keeps L full rank, so k may exceed the embedding dimension.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import pairwise_distances_argmin
-
 from .base import Composite, PoolStats, check_k, get, register
-from .diversity import kmeans_centers
+from .diversity import kmeans_centers, nearest_center
 
 QUALITY_FLOOR = 1e-3   # every sample stays selectable: a zero quality would zero its row of L
 
@@ -78,7 +76,7 @@ class DPP(Composite):
         u = np.asarray(self.informativeness.score(stats), dtype=np.float64)
         u = (u - u.min()) / (u.max() - u.min()) if u.max() > u.min() else np.ones_like(u)
         centers = kmeans_centers(stats.embedding, k, seed)
-        own = centers[pairwise_distances_argmin(stats.embedding, centers)]
+        own = centers[nearest_center(stats.embedding, centers)]
         representativeness = (1.0 + np.einsum("ij,ij->i", unit_rows(stats.embedding), unit_rows(own))) / 2.0
         return np.maximum(u * representativeness, QUALITY_FLOOR)
 
