@@ -34,7 +34,8 @@ from scipy.spatial.distance import cdist
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from autoal import adversarial, config, datasets, models, runtime, scoring, training
+from autoal import config, datasets, distributed, models, runtime, scoring, training
+from autoal.hooks import state_adversary
 from autoal.experiment import derive_seed, initial_pool
 from autoal.strategies import PoolStats, get
 
@@ -66,12 +67,12 @@ def main() -> None:
             ctx = Context(train, flat, lab, unl, cfg.batch, derive_seed(seed, size, 2))
             ctx.refit = functools.partial(refit, spec, cfg, train, lab, test_ref, derive_seed(seed, 1, 1))
             ctx.uniform_accuracy = np.mean([ctx.refit(train.ids[unl][u]) for u in ctx.uniform.reshape(3, -1)])
-            row, task_state = {}, None
+            row, task_state, lpl = {}, None, get("lpl", **cfg.strategy_options("lpl"))
             for fraction in args.fractions:
                 fit = training.fit(spec, (train.x[lab], train.y[lab]), test_ref, seed=derive_seed(seed, 0, 1),
                                    epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                    batch_size=cfg.batch_size, min_steps=cfg.min_steps,
-                                   loss_weight=cfg.baselines.lpl_weight, joint_fraction=fraction)
+                                   loss_weight=lpl.weight, joint_fraction=fraction)
                 task_state = task_state or fit.state
                 row.update(lpl_row(spec, fit, ctx, cfg, f"lpl f{fraction}"))
             stats = scoring.score(spec, task_state, unlabeled, train.x[unl], {"probs"}, mc_samples=2, actors=0)
@@ -129,7 +130,7 @@ def lpl_row(spec, fit, ctx: Context, cfg, tag) -> dict:
     true_loss = ctx.true_loss(pool.probs)
     # the labeled set's losses under the trained model, in eval mode: what the loss module last saw
     train_loss = -np.log(np.clip(labeled.probs[np.arange(len(ctx.lab)), train.y[ctx.lab]], 1e-12, None))
-    picks = get("lpl", subset_factor=cfg.baselines.lpl_subset_factor).select(pool, cfg.batch, seed=ctx.seed)
+    picks = get("lpl", **cfg.strategy_options("lpl")).select(pool, cfg.batch, seed=ctx.seed)
     row = {f"{tag} test accuracy": fit.accuracy,
            f"{tag} last epoch's training loss": fit.train_loss,
            f"{tag} rho(pred, true loss) on the pool": spearmanr(pool.pred_loss, true_loss)[0],
@@ -156,13 +157,14 @@ def dropout_agreement(spec, state, train, lab, draws: int = 5) -> float:
 
 
 def vaal_row(spec, ctx: Context, cfg, epochs, true_loss, tag) -> dict:
-    train, b = ctx.train, cfg.baselines
+    train, b = ctx.train, get("vaal", **cfg.strategy_options("vaal"))
     data = (train.x[ctx.lab].astype(np.float32), train.y[ctx.lab], train.x[ctx.unl].astype(np.float32))
-    conf = dict(spec=spec, seed=ctx.seed, latent=b.adversarial_latent, epochs=epochs, lr=b.adversarial_lr,
-                batch_size=b.adversarial_batch_size, task_state=None, data=ray.put(data))
-    state = training.run_on_ray_train(adversarial.adversarial_loop, conf, 0, 0.0, name=f"why-vaal-{ctx.seed}")
-    nets = adversarial.AdversarialNets(spec, b.adversarial_latent)
-    nets.load_state_dict(training.torch_state(state))
+    payload = state_adversary.AdversarialPayload(spec, ctx.seed, b.latent, epochs, b.lr, b.batch_size, None,
+                                                 ray.put(data))
+    state = distributed.run(state_adversary.adversarial_loop, payload, workers=0, gpus=0.0,
+                            name=f"why-vaal-{ctx.seed}")
+    nets = state_adversary.AdversarialNets(spec, b.latent)
+    nets.load_state_dict(distributed.torch_state(state))
     nets.eval()
     with torch.no_grad():
         score_u = nets(torch.from_numpy(data[2]), None).numpy()
