@@ -74,8 +74,7 @@ class LazyFeatures:
         missing = np.sort(wanted[~known])
         if len(missing):
             fs, path = filesystem(self.location)
-            for batch in pads.dataset(path, filesystem=fs, format="parquet").to_batches(columns=["id", "x"],
-                                                                                         batch_size=SCAN_ROWS):
+            for batch in scan(pads.dataset(path, filesystem=fs, format="parquet"), ["id", "x"]):
                 ids = batch.column(0).to_numpy()
                 hit = np.isin(ids, missing)
                 if hit.any():
@@ -104,6 +103,12 @@ class LazyFeatures:
 
         return ray.data.read_parquet(path, filesystem=fs).select_columns(["id", "x"]).map_batches(
             select, batch_format="pyarrow", zero_copy_batch=True)
+
+
+def scan(data: pads.Dataset, columns: list[str]):
+    """The record batches of `columns`, one at a time: pyarrow's default read-ahead (16 batches
+    of 4 files) would hold hundreds of MB of wide features in the driver."""
+    return data.to_batches(columns=columns, batch_size=SCAN_ROWS, batch_readahead=0, fragment_readahead=0)
 
 
 def features(column, shape: tuple[int, ...]) -> np.ndarray:
@@ -165,7 +170,7 @@ def open_pool(location: str):
 def _check_features(data: pads.Dataset, where: str) -> int:
     """Every row's x: present, of one length, finite; returns the length. Streams the files."""
     lengths, nonfinite, nulls = set(), 0, 0
-    for batch in data.to_batches(columns=["x"], batch_size=SCAN_ROWS):
+    for batch in scan(data, ["x"]):
         xs = batch.column(0)
         nulls += xs.null_count
         if xs.null_count:
