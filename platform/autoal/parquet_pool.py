@@ -199,7 +199,7 @@ def int_column(table: pa.Table, name: str, where: str, null: int | None = None) 
     if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
         raise AutoALError(f"parquet pool {where}: {name} is {column.type}; expected int64")
     values = column.to_numpy()
-    if not np.array_equal(values, np.round(values)):
+    if pa.types.is_floating(column.type) and not np.array_equal(values, np.round(values)):
         bad = values[values != np.round(values)]
         raise AutoALError(f"parquet pool {where}: {len(bad)} values of {name} are not whole numbers "
                           f"(e.g. {bad[0].item()}); expected int64")

@@ -59,7 +59,8 @@ class Pool:
                 f"pool {self.name!r}: {int(out.sum())} labels outside 0..{self.classes - 1} "
                 f"(e.g. {int(self.y[out][0])}; {OOD} marks out-of-distribution samples and null unknown labels, "
                 "in the train split only)")
-        unknown = set(np.unique(self.split)) - set(SPLITS)
+        outside = (self.split != SPLITS[0]) & (self.split != SPLITS[1])
+        unknown = set(np.unique(self.split[outside]))   # not np.unique of the whole column: 10M strings
         if unknown:
             raise AutoALError(f"pool {self.name!r}: unknown split values {sorted(map(str, unknown))}; "
                               "expected train/test")
