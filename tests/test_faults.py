@@ -147,7 +147,7 @@ def test_kill_9_at_ten_random_moments_then_resume_gives_the_uninterrupted_ledger
     assert len(results) == 2 * 7 and not results.duplicated(["strategy", "seed", "round"]).any()
 
 
-def our_actor_pids(name: str) -> list[int]:
+def our_worker_pids(name: str) -> list[int]:
     """Pids of this session's Ray worker processes whose title names `name` (children of our raylet)."""
     raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
     pids = []
@@ -163,7 +163,7 @@ def our_actor_pids(name: str) -> list[int]:
     return pids
 
 
-def test_a_scoring_actor_killed_mid_pass_is_replaced_and_the_picks_are_identical(ray_local):
+def test_a_scoring_worker_killed_mid_pass_is_replaced_and_the_picks_are_identical(ray_local):
     pool = datasets.load("digits", "unused").subset("train")
     x = np.concatenate([pool.x] * 4)                     # 5,748 samples: a pass of seconds in small batches
     ids = np.arange(len(x), dtype=np.int64)
@@ -175,7 +175,7 @@ def test_a_scoring_actor_killed_mid_pass_is_replaced_and_the_picks_are_identical
     def killer():
         deadline = time.monotonic() + 120
         while not killed and time.monotonic() < deadline:
-            pids = our_actor_pids("PoolScorer")
+            pids = our_worker_pids("_score_batch")    # the process title of a worker running a scoring task
             if pids:
                 time.sleep(1.0)                          # let it score some batches first
                 os.kill(pids[0], signal.SIGKILL)
@@ -186,7 +186,7 @@ def test_a_scoring_actor_killed_mid_pass_is_replaced_and_the_picks_are_identical
     hit = scoring.score(spec, state, ids, x, needs, mc_samples=2, actors=1, batch_size=8)
     done = time.monotonic()
     thread.join()
-    assert killed and killed[0] < done, "the actor was not killed during the pass"
+    assert killed and killed[0] < done, "the scoring worker was not killed during the pass"
     calm = scoring.score(spec, state, ids, x, needs, mc_samples=2, actors=0)
     k = 50
     assert np.array_equal(get("entropy").select(hit, k), get("entropy").select(calm, k))

@@ -74,9 +74,9 @@ class ExperimentConfig:
     dropout: float = key(0.3, "dropout of the classifier head (MC dropout)")
     mc_samples: int = key(10, "T, MC-dropout samples of the head")
     workers: int = key(0, "Ray Train workers; 0 = local mode in the driver", execution=True)
-    actors: int | str = key(AUTO, "Ray Data scoring actors; 0 = in the driver; auto: in the driver for small "
+    actors: int | str = key(AUTO, "Ray Data scoring workers; 0 = in the driver; auto: in the driver for small "
                                   "pools", execution=True)
-    gpus: float = key(0.0, "GPUs per training worker and per scoring actor", execution=True)
+    gpus: float = key(0.0, "GPUs per training worker and per scoring worker", execution=True)
     prefilter: int = key(0, "batch strategies select among the top prefilter x batch samples by margin "
                             "(0: the whole pool); bounds a big pool's selection cost")
     search: SearchConfig = key(help="AutoAL's search", factory=SearchConfig)

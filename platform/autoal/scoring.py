@@ -2,8 +2,9 @@
 
 The backbone runs once per sample; MC dropout re-runs only the dropout head T
 times, so all candidates together cost about one inference. On Ray Data the
-pool streams through an actor pool whose actors load the model once. Scoring
-always runs the model in eval mode, on un-augmented inputs.
+pool streams through tasks whose worker processes keep the model for the whole
+pass (and Ray keeps the processes across rounds). Scoring always runs the model
+in eval mode, on un-augmented inputs.
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from autoal.strategies.base import SCORER, provided_by
 from autoal.training import ModelSpec
 
 POOL_FIELDS = provided_by(SCORER)   # what the task model's pass computes; a hook's extra model adds one more
-# `actors: auto` scores pools smaller than this in the driver: a Ray Data actor pool's start-up
-# (5-10 s on 2 cores) costs more than scoring them (benchmarks/fused_scoring.py --actors 1).
+# `actors: auto` scores pools smaller than this in the driver: a Ray Data pass's start-up on new
+# workers (5-10 s on 2 cores) costs more than scoring them (benchmarks/fused_scoring.py --actors 1).
 AUTO_ACTORS_FROM = 20_000
 BLOCK_ROWS = 65_536   # rows a ranked in-process pass reduces at once: the driver keeps k per block
 
@@ -144,8 +145,8 @@ def score(spec: ModelSpec, state: dict, ids: np.ndarray, x, needs: frozenset[str
     its top k, and the driver merges them.
 
     `x` is an array or a lazy Parquet view (autoal.parquet_pool.LazyFeatures), whose rows stream
-    from the files. actors >= 1 streams the pool through that many Ray Data actors (each with
-    `gpus` GPUs); actors == 0 scores in this process (small pools, tests). `extra`
+    from the files. actors >= 1 streams the pool through that many Ray Data tasks at a time (each
+    with `gpus` GPUs); actors == 0 scores in this process (small pools, tests). `extra`
     (hooks.ScorerExtra) adds one more model's output as a field.
     """
     served = POOL_FIELDS | ({extra.field} if extra is not None else set())
