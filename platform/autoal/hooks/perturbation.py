@@ -13,11 +13,12 @@ from torch.func import functional_call
 from autoal.hooks.round import RoundContext, RoundHook, ScorerExtra
 from autoal.training import ModelSpec
 
+
 class PerturbedModels(nn.Module):
     """Class probabilities [B, K, C] of K copies of the task model's head (or of
     the whole model) whose weight tensors W get Gaussian noise of norm eps * ||W||
     (Li et al.'s relative scale; biases stay). Copy k's noise comes from seed
-    (seed, k), so every scoring actor and every batch sees the same K models; it
+    (seed, k), so every scoring worker and every batch sees the same K models; it
     is drawn again per batch rather than holding K copies of a large model."""
 
     def __init__(self, spec: ModelSpec, whole_model: bool, samples: int, eps: float, seed: int):
