@@ -177,11 +177,16 @@ def score(spec: ModelSpec, state: dict, ids: np.ndarray, x, needs: frozenset[str
 
 
 def _merged_top(parts, k: int) -> PoolStats:
-    """The top k of the blocks' top-k rows, by score then smaller id: the pool's exact top k."""
-    parts = [p for p in parts if len(p["id"])]
-    rows = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-    top = np.lexsort((rows["id"], -rows["score"]))[:k]
-    return PoolStats(ids=rows["id"][top], **{key: v[top] for key, v in rows.items() if key not in ("id", "score")})
+    """The top k of the blocks' top-k rows, by score then smaller id: the pool's exact top k.
+    Merged as the blocks arrive, so the driver holds at most 2k rows, not k per block."""
+    top = None
+    for part in parts:
+        if not len(part["id"]):
+            continue
+        rows = part if top is None else {key: np.concatenate([top[key], part[key]]) for key in top}
+        keep = np.lexsort((rows["id"], -rows["score"]))[:k]
+        top = {key: value[keep] for key, value in rows.items()}
+    return PoolStats(ids=top["id"], **{key: v for key, v in top.items() if key not in ("id", "score")})
 
 
 def _stats_in_order(parts, ids: np.ndarray) -> PoolStats:
