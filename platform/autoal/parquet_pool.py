@@ -24,7 +24,6 @@ from autoal.strategies.base import positions
 
 SCAN_ROWS = 16_384   # rows per record batch when checking or reading features: bounds the driver's memory
 CACHE_ROWS = 200_000   # features read for views up to this size are kept (the labeled set, the test split)
-INT_COLUMNS = {"id": None, "y": -2}   # the metadata columns read whole, and what a null stands for (y: unknown)
 
 
 def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
@@ -119,7 +118,7 @@ def features(column, shape: tuple[int, ...]) -> np.ndarray:
 
 def open_pool(location: str):
     """The pool at `location` with lazy features, after checking every row."""
-    from autoal.pool import SPLITS, Pool
+    from autoal.pool import SPLITS, UNLABELED, Pool
 
     fs, path = filesystem(location)
     where = location
@@ -139,11 +138,15 @@ def open_pool(location: str):
     if not pa.types.is_list(x_type) and not pa.types.is_fixed_size_list(x_type) \
             and not pa.types.is_large_list(x_type):
         raise AutoALError(f"parquet pool {where}: x is {x_type}; expected list<float32> (flattened features)")
-    try:
-        table = data.to_table(columns=["id", "y", "split"])
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise AutoALError(f"parquet pool {where} is not readable Parquet: {exc}") from None
-    if not len(table):
+
+    def read(column: str) -> pa.Table:   # one column at a time: the driver's peak is one column's buffers
+        try:
+            return data.to_table(columns=[column])
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise AutoALError(f"parquet pool {where} is not readable Parquet: {exc}") from None
+
+    ids = read("id")
+    if not len(ids):
         raise AutoALError(f"parquet pool {where} has no rows")
     width = _check_features(data, where)
     meta = schema.metadata or {}
@@ -151,11 +154,11 @@ def open_pool(location: str):
                             "a JSON list of ints, e.g. [1, 8, 8]", (width,))
     if not all(isinstance(d, int) and d > 0 for d in shape) or int(np.prod(shape)) != width:
         raise AutoALError(f"parquet pool {where}: shape metadata {list(shape)} does not match {width} features")
-    ids, y = (int_column(table, name, where, null) for name, null in INT_COLUMNS.items())
+    ids, y = int_column(ids, "id", where), int_column(read("y"), "y", where, null=UNLABELED)
     classes = schema_metadata(meta, b"classes", where, int, "an integer", None)
     classes = int(y.max()) + 1 if classes is None else classes
     name = meta.get(b"name", Path(path).name.encode()).decode(errors="replace")
-    split = table.column("split")
+    split = read("split").column("split")
     if not pa.types.is_string(split.type) and not pa.types.is_large_string(split.type):
         raise AutoALError(f"parquet pool {where}: split is {split.type}; expected string (train / test)")
     values = pc.unique(split).to_pylist()

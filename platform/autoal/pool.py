@@ -46,7 +46,8 @@ class Pool:
         for field, arr in (("x", self.x), ("y", self.y), ("split", self.split)):
             if len(arr) != n:
                 raise AutoALError(f"pool {self.name!r}: {field} has {len(arr)} rows but there are {n} ids")
-        if len(np.unique(self.ids)) != n:
+        ordered = np.sort(self.ids)
+        if (ordered[1:] == ordered[:-1]).any():
             raise AutoALError(f"pool {self.name!r}: ids are not unique")
         if isinstance(self.x, np.ndarray) and not np.isfinite(self.x).all():   # lazy features: checked when read
             bad = int((~np.isfinite(self.x.reshape(n, -1))).any(axis=1).sum())
