@@ -34,9 +34,9 @@ from scipy.spatial.distance import cdist
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from autoal import config, datasets, distributed, models, runtime, scoring, training
+from autoal import config, distributed, runtime, scoring, training
+from autoal.experiment import derive_seed, initial_pool, load_data
 from autoal.hooks import state_adversary
-from autoal.experiment import derive_seed, initial_pool
 from autoal.strategies import PoolStats, get
 
 
@@ -49,10 +49,8 @@ def main() -> None:
     ap.add_argument("--config", default="jobs/main.yaml")
     args = ap.parse_args()
     cfg = config.load(args.config, {"seeds": args.seeds})
+    train, test, spec = load_data(cfg)
     runtime.init_ray()
-    pool = datasets.load(cfg.dataset, cfg.data_root)
-    train, test = pool.subset("train"), pool.subset("test")
-    spec = training.ModelSpec(models.resolve(cfg.model, train.shape), train.shape, pool.classes, cfg.dropout)
     test_ref = ray.put((test.x, test.y))
     flat = train.x.reshape(len(train), -1)
     for size in args.labels:

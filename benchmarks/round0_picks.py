@@ -22,8 +22,8 @@ import numpy as np
 import ray
 from scipy.stats import spearmanr
 
-from autoal import config, datasets, models, runtime, scoring, training
-from autoal.experiment import derive_seed, initial_pool
+from autoal import config, runtime, scoring, training
+from autoal.experiment import derive_seed, initial_pool, load_data
 from autoal.strategies import PoolStats, get
 
 
@@ -35,10 +35,8 @@ def main() -> None:
     ap.add_argument("--weight", type=float, default=1.0, help="lpl's ranking-loss weight")
     args = ap.parse_args()
     cfg = config.load(args.config, {"seeds": args.seeds})
+    train, test, spec = load_data(cfg)
     runtime.init_ray()
-    pool = datasets.load(cfg.dataset, cfg.data_root)
-    train, test = pool.subset("train"), pool.subset("test")
-    spec = training.ModelSpec(models.resolve(cfg.model, train.shape), train.shape, pool.classes, cfg.dropout)
     test_ref = ray.put((test.x, test.y))
     rows = []
     for seed in cfg.seeds:
@@ -71,8 +69,8 @@ def main() -> None:
             entropy = get("entropy").select(pool_stats, cfg.batch)
             subset = get("lpl", **cfg.strategy_options("lpl")).select(pool_stats, cfg.batch,
                                                                        seed=derive_seed(seed, 0, 2))
-            between = np.std([pool_stats.pred_loss[train.y[unl] == c].mean() for c in range(pool.classes)])
-            within = np.mean([pool_stats.pred_loss[train.y[unl] == c].std() for c in range(pool.classes)])
+            between = np.std([pool_stats.pred_loss[train.y[unl] == c].mean() for c in range(spec.classes)])
+            within = np.mean([pool_stats.pred_loss[train.y[unl] == c].std() for c in range(spec.classes)])
             row[f"{tag} pred loss: class means' std / within-class std"] = between / within
             row[f"{tag} loss lpl top-b"] = loss_of(lpl)
             row[f"{tag} loss lpl top-b of a random subset"] = loss_of(subset)

@@ -83,8 +83,9 @@ def _strategies(args) -> None:
     from autoal.strategies import get, names
 
     for name in names():
-        options = [f"{p.name}={p.default!r}" for p in inspect.signature(type(get(name))).parameters.values()]
-        print(f"{name:<18} needs: {', '.join(sorted(get(name).needs)) or '-'}"
+        strategy = get(name)
+        options = [f"{p.name}={p.default!r}" for p in inspect.signature(type(strategy)).parameters.values()]
+        print(f"{name:<18} needs: {', '.join(sorted(strategy.needs)) or '-'}"
               + (f"; options: {', '.join(options)}" if options else ""))
 
 

@@ -40,6 +40,33 @@ def initial_pool(train: Pool, cfg: ExperimentConfig, seed: int) -> np.ndarray:
     return np.sort(rng.choice(train.ids, size=cfg.initial, replace=False))
 
 
+def load_data(cfg: ExperimentConfig, download: bool = False) -> tuple[Pool, Pool, training.ModelSpec]:
+    """The experiment's train and test splits and its task model's spec; what is wrong with the
+    data for this config is one user error."""
+    pool = datasets.load(cfg.dataset, cfg.data_root, download=download)
+    unknown = int((pool.y == UNLABELED).sum())
+    if unknown:
+        raise AutoALError(f"dataset {cfg.dataset!r} has {unknown} samples without a label, and `autoal run` "
+                          "simulates the oracle from known labels; label them with `autoal label`")
+    pool = with_ood_classes(pool, cfg.ood_classes)
+    train, test = pool.subset("train"), pool.subset("test")
+    if not len(test):
+        raise AutoALError(f"dataset {cfg.dataset!r} has no test split to evaluate on")
+    if cfg.initial_method == "kcenter" and not isinstance(train.x, np.ndarray):
+        raise AutoALError(f"initial_method kcenter compares every sample's features, and {cfg.dataset!r} "
+                          "leaves them in its files; use initial_method random")
+    if cfg.budget > len(train):
+        raise AutoALError(f"budget {cfg.budget} (initial {cfg.initial} + {cfg.rounds} rounds x "
+                          f"batch {cfg.batch}) exceeds the pool of {len(train)} training samples")
+    present = np.unique(train.y[train.y != OOD])
+    if len(present) < 2:
+        raise AutoALError(f"the train split of {cfg.dataset!r} holds {len(present)} class(es) "
+                          f"({present.tolist()}) of the {pool.classes} its metadata declares; "
+                          "a classifier needs at least 2")
+    spec = training.ModelSpec(models.resolve(cfg.model, train.shape), train.shape, pool.classes, cfg.dropout)
+    return train, test, spec
+
+
 @dataclass
 class Experiment:
     """One experiment's data, model spec and directory, ready to run."""
@@ -58,27 +85,7 @@ class Experiment:
         """Validate everything that can be wrong before touching `out`."""
         for name in cfg.strategies:
             hooks.create(name, cfg)
-        pool = datasets.load(cfg.dataset, cfg.data_root, download=download)
-        unknown = int((pool.y == UNLABELED).sum())
-        if unknown:
-            raise AutoALError(f"dataset {cfg.dataset!r} has {unknown} samples without a label, and `autoal run` "
-                              "simulates the oracle from known labels; label them with `autoal label`")
-        pool = with_ood_classes(pool, cfg.ood_classes)
-        train, test = pool.subset("train"), pool.subset("test")
-        if not len(test):
-            raise AutoALError(f"dataset {cfg.dataset!r} has no test split to evaluate on")
-        if cfg.initial_method == "kcenter" and not isinstance(train.x, np.ndarray):
-            raise AutoALError(f"initial_method kcenter compares every sample's features, and {cfg.dataset!r} "
-                              "leaves them in its files; use initial_method random")
-        if cfg.budget > len(train):
-            raise AutoALError(f"budget {cfg.budget} (initial {cfg.initial} + {cfg.rounds} rounds x "
-                              f"batch {cfg.batch}) exceeds the pool of {len(train)} training samples")
-        present = np.unique(train.y[train.y != OOD])
-        if len(present) < 2:
-            raise AutoALError(f"the train split of {cfg.dataset!r} holds {len(present)} class(es) "
-                              f"({present.tolist()}) of the {pool.classes} its metadata declares; "
-                              "a classifier needs at least 2")
-        spec = training.ModelSpec(models.resolve(cfg.model, train.shape), train.shape, pool.classes, cfg.dropout)
+        train, test, spec = load_data(cfg, download)
         runtime.init_ray()
         runtime.check_resources(cfg.workers, scoring.actors_for(cfg.actors, len(train)), cfg.gpus, log)
         store = ExperimentDir(out).open(cfg)

@@ -19,14 +19,14 @@ from ray.data.extensions import ArrowTensorArray
 
 from autoal.config import AUTO
 from autoal.strategies import PoolStats, get
-from autoal.strategies.base import SCORER, provided_by
+from autoal.strategies.base import SCORER, positions, provided_by
 from autoal.training import ModelSpec
 
 POOL_FIELDS = provided_by(SCORER)   # what the task model's pass computes; a hook's extra model adds one more
 # `actors: auto` scores pools smaller than this in the driver: a Ray Data pass's start-up on new
 # workers (5-10 s on 2 cores) costs more than scoring them (benchmarks/fused_scoring.py --actors 1).
 AUTO_ACTORS_FROM = 20_000
-BLOCK_ROWS = 65_536   # rows a ranked in-process pass reduces at once: the driver keeps k per block
+BLOCK_ROWS = 65_536   # rows a ranked pass reduces to their top k at once
 
 
 def actors_for(actors: int | str, n: int) -> int:
@@ -174,8 +174,6 @@ def score(spec: ModelSpec, state: dict, ids: np.ndarray, x, needs: frozenset[str
     return _merged_top(parts, rank.k) if rank is not None else _stats_in_order(parts, ids)
 
 
-
-
 def _merged_top(parts, k: int) -> PoolStats:
     """The top k of the blocks' top-k rows, by score then smaller id: the pool's exact top k.
     Merged as the blocks arrive, so the driver holds at most 2k rows, not k per block."""
@@ -195,10 +193,11 @@ def _stats_in_order(parts, ids: np.ndarray) -> PoolStats:
     order = np.argsort(ids)
     fields, seen = {}, np.zeros(len(ids), dtype=bool)
     for part in parts:
-        got = np.asarray(part["id"], dtype=np.int64)
-        at = np.minimum(np.searchsorted(ids, got, sorter=order), len(ids) - 1)
-        rows = order[at]
-        if not np.array_equal(ids[rows], got) or seen[rows].any():
+        try:
+            rows = positions(ids, np.asarray(part["id"], dtype=np.int64), order)
+        except KeyError:
+            rows = None
+        if rows is None or seen[rows].any():
             raise RuntimeError("scoring lost or duplicated pool rows")
         seen[rows] = True
         for key, value in part.items():
