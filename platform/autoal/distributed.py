@@ -12,6 +12,7 @@ runs in a unit test as `loop(payload, World.local())`, without Ray.
 from __future__ import annotations
 
 import dataclasses
+import os
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -105,8 +106,18 @@ def _worker(config: dict):
     context = ray.train.get_context()
     world = World(context.get_world_size(), context.get_world_rank(), ray.train.torch.get_device())
     torch.manual_seed(payload.seed)
+    deterministic()
     value = config["loop"](payload, world)
     return value if world.rank == 0 else None
+
+
+def deterministic() -> None:
+    """Make this process's torch kernels deterministic, so that a seed fixes the trained weights
+    bit for bit on a GPU and on a many-core CPU too (benchmarks/gpu_check.py: without it, two fits
+    with one seed differed by 2.5e-2 in a weight, on an H200 and on its 16-core CPU). An op with
+    no deterministic kernel warns instead of failing."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # cuBLAS's deterministic mode needs it
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def _off_the_main_thread(fn):

@@ -111,9 +111,12 @@ class DropoutHead(nn.Module):
 
 def keyed_uniform(keys: torch.Tensor, t: int, d: int) -> torch.Tensor:
     """[B, T, D] uniforms in [0, 1), entry (i, s, j) a hash of (keys[i], s, j): SplitMix64's
-    finaliser on the int64 counter (wrapping arithmetic), 24 of its bits as the fraction."""
-    x = keys.to(torch.int64).cpu()[:, None, None] * -7046029254386353131 \
-        + (torch.arange(t)[None, :, None] * d + torch.arange(d)[None, None, :] + 1) * 1442695040888963407
+    finaliser on the int64 counter (wrapping arithmetic), 24 of its bits as the fraction; computed
+    on the keys' device, and the same on every device."""
+    keys = keys.to(torch.int64)
+    s, j = torch.arange(t, device=keys.device), torch.arange(d, device=keys.device)
+    x = keys[:, None, None] * -7046029254386353131 \
+        + (s[None, :, None] * d + j[None, None, :] + 1) * 1442695040888963407
     x = (x ^ (x >> 30)) * -4658895280553007687
     x = (x ^ (x >> 27)) * -7723592293110705685
     x = x ^ (x >> 31)

@@ -17,6 +17,7 @@ import ray
 import torch
 from ray.data.extensions import ArrowTensorArray
 
+from autoal import distributed
 from autoal.config import AUTO
 from autoal.strategies import PoolStats, get
 from autoal.strategies.base import SCORER, positions, provided_by
@@ -83,6 +84,7 @@ class PoolScorer:
 
     def __init__(self, spec: dict, state, needs: frozenset[str], mc_samples: int, gpus: float, extra=None,
                  rank: Rank | None = None, chunk: int = 256):
+        distributed.deterministic()   # the same picks from the same model, on any device
         self.device = device_for(gpus)
         self.net = ModelSpec(**spec).build()
         self.net.load_state_dict(_resolve(state))
@@ -112,7 +114,7 @@ class PoolScorer:
         x = torch.tensor(np.ascontiguousarray(x, dtype=np.float32), device=self.device)   # Ray: read-only arrays
         extra = {self.extra.field} if self.extra is not None else set()
         out = fused_stats(self.net, x, self.needs | ({"embedding"} if extra else set()), self.mc_samples,
-                          keys=torch.tensor(np.ascontiguousarray(ids)))
+                          keys=torch.tensor(np.ascontiguousarray(ids), device=self.device))
         if self.extra is not None:
             out[self.extra.field] = self.extra_net(x, out["embedding"])
         return {k: v.float().cpu().numpy() for k, v in out.items() if k in self.needs | extra}
@@ -168,6 +170,8 @@ def score(spec: ModelSpec, state: dict, ids: np.ndarray, x, needs: frozenset[str
             _score_batch, compute=ray.data.TaskPoolStrategy(size=actors),
             batch_size=block_rows if rank is not None else batch_size,   # ranked: top k of each block
             batch_format="numpy", num_cpus=1, num_gpus=gpus,
+            max_calls=0,   # a GPU task's process otherwise exits after one block (Ray's default for GPU tasks),
+                           # paying a CUDA context and a model load per block
             fn_kwargs=dict(key=state_ref.hex(), spec=asdict(spec), state=state_ref, needs=needs,
                            mc_samples=mc_samples, gpus=gpus, extra=extra_ref, rank=rank, chunk=batch_size))
         parts = scored.iter_batches(batch_format="numpy", batch_size=None)
