@@ -62,9 +62,12 @@ class PoolStats:
 
 def positions(ids: np.ndarray, wanted: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
     """The index in `ids` of each of `wanted`; KeyError when one is not in `ids`. `order`, ids'
-    argsort, saves sorting again when many lookups go into the same ids."""
-    order = np.argsort(ids) if order is None else order
-    pos = order[np.minimum(np.searchsorted(ids, wanted, sorter=order), max(len(ids) - 1, 0))]
+    argsort, saves sorting again when many lookups go into the same ids; ascending ids (a pool's,
+    as a rule) need none."""
+    if order is None and len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
+        order = np.argsort(ids)
+    at = np.minimum(np.searchsorted(ids, wanted, sorter=order), max(len(ids) - 1, 0))
+    pos = at if order is None else order[at]
     if len(wanted) and (not len(ids) or not np.array_equal(ids[pos], wanted)):
         raise KeyError("ids not found")
     return pos

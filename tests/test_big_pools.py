@@ -143,3 +143,35 @@ def test_bad_parquet_gets_the_same_message_streamed(tmp_path, case):
     assert messages[0] == messages[1]
     assert {"nan": "NaN or infinite", "ragged": "different lengths", "null_id": "null id",
             "no_y": "lacks columns ['y']", "shape": "does not match 2 features"}[case] in messages[0]
+
+
+def test_the_driver_keeps_a_compact_index_and_one_copy_of_the_ids(tmp_path):
+    """What the driver holds per sample of a 10M-row pool: an id, a 1-byte label and a 1-byte split;
+    a lazy x shares the ids; a split stored in one piece is a view of the pool, not a copy."""
+    n = 5000
+    ids, y = np.arange(n, dtype=np.int64) * 3, np.arange(n) % 7
+    split = np.where(np.arange(n) < n - 500, "train", "test")
+    chunks = ((ids[s:s + 1000], np.ones((1000, 4)), y[s:s + 1000], split[s:s + 1000]) for s in range(0, n, 1000))
+    pool = read_parquet(write_shards(chunks, tmp_path / "pool", "compact", (4,), 7), lazy=True)
+    train = pool.subset("train")
+    assert pool.y.dtype == train.y.dtype == np.int8 and pool.split.codes.dtype == np.int8
+    assert train.x.ids is train.ids, "one array of ids, not one per view"
+    assert np.shares_memory(train.ids, pool.ids) and np.shares_memory(train.y, pool.y)
+    np.testing.assert_array_equal(train.labels(np.arange(3)), [0, 1, 2])
+    assert train.labels(np.arange(3)).dtype == np.int64
+    scattered = pool.take(np.arange(n) % 2 == 0)   # not one run: a copy
+    assert not np.shares_memory(scattered.ids, pool.ids) and scattered.x.ids is scattered.ids
+    np.testing.assert_array_equal(scattered.rows(ids[[10, 2]]), [5, 1])
+
+
+@pytest.mark.parametrize("ids", [np.arange(10_000, 30_000, dtype=np.int64),          # dense: a bitmap
+                                 np.arange(0, 10**12, 10**8, dtype=np.int64),        # sparse: sorted ids
+                                 np.array([-5, 3, 7], dtype=np.int64)])
+def test_id_sets_ship_dense_ids_as_a_bitmap_and_answer_membership_exactly(ids):
+    members = parquet_pool.IdSet.of(np.random.default_rng(0).permutation(ids))
+    assert (members.bits is not None) == (ids[-1] - ids[0] < 64 * len(ids))
+    if members.bits is not None:
+        assert members.bits.nbytes <= len(ids) // 8 + 1 or len(ids) < 64
+    rng = np.random.default_rng(1)
+    queries = np.concatenate([ids[::3], rng.integers(ids.min() - 100, ids.max() + 100, 5000), [-(2**62), 2**62]])
+    np.testing.assert_array_equal(members.contains(queries), np.isin(queries, ids))

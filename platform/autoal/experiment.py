@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +24,7 @@ from autoal.lock import describe
 from autoal.pool import OOD, UNLABELED, Pool, with_ood_classes
 from autoal.store import ExperimentDir
 from autoal.strategies import PoolStats, get
-from autoal.strategies.base import ORACLE, provided_by
+from autoal.strategies.base import ORACLE, positions, provided_by
 
 
 def derive_seed(seed: int, *parts: int) -> int:
@@ -97,7 +98,8 @@ class Experiment:
     def run(self) -> pd.DataFrame:
         """Run every strategy and seed not yet finished; the directory's lock is released however it ends."""
         try:
-            self.test_ref = ray.put((self.test.features(np.arange(len(self.test))), self.test.y))
+            everything = np.arange(len(self.test))
+            self.test_ref = ray.put((self.test.features(everything), self.test.labels(everything)))
             for seed in self.cfg.seeds:
                 initial = initial_pool(self.train, self.cfg, seed)
                 for name in self.cfg.strategies:
@@ -128,7 +130,7 @@ class Experiment:
         for round_ in range(start, cfg.rounds + 1):
             t0 = time.perf_counter()
             rows = self.trainable_rows(labeled)
-            train_set = round_hook.train_set(self.train.features(rows), self.train.y[rows])
+            train_set = round_hook.train_set(self.train.features(rows), self.train.labels(rows))
             fit = self.fit(train_set, self.test_ref, seed, round_, name=f"{name}-s{seed}-r{round_}",
                            **round_hook.fit_options())
             result = dict(dataset=cfg.dataset, strategy=name, seed=seed, round=round_, n_labeled=len(labeled),
@@ -165,9 +167,12 @@ class Experiment:
         """Run the hook, score the pool with the fused pass, let the strategy pick a batch.
         `rows` are the labeled set's trainable rows, those the task model was fit on."""
         cfg, strat = self.cfg, round_hook.strategy
-        unlabeled = np.setdiff1d(self.train.ids, labeled)
+        keep = np.ones(len(self.train), dtype=bool)   # 1 byte a sample: no set difference of 10M ids
+        keep[self.train.rows(labeled)] = False
+        unlabeled, unlabeled_x = self.train.view(keep)
+        del keep
         ctx = hooks.RoundContext(cfg, seed, round_, self.spec, task_state, self.train.features(rows),
-                                 self.train.y[rows], unlabeled, min(cfg.batch, len(unlabeled)),
+                                 self.train.labels(rows), unlabeled, min(cfg.batch, len(unlabeled)),
                                  derive_seed(seed, round_, 2), pool=self.train)
         t0 = time.perf_counter()
         extra = round_hook.before_query(ctx)
@@ -175,33 +180,29 @@ class Experiment:
         needs = strat.needs - provided_by(ORACLE)
         pool_stats = PoolStats(ids=unlabeled)
         if needs:
-            pool_stats = scoring.score(self.spec, task_state, unlabeled, self.train.x[self.train.rows(unlabeled)],
-                                       needs, mc_samples=cfg.mc_samples, gpus=cfg.gpus, extra=extra,
-                                       actors=scoring.actors_for(cfg.actors, len(unlabeled)),
-                                       rank=self.ranking(name, strat, needs, ctx.k))
+            score = partial(scoring.score, self.spec, task_state, mc_samples=cfg.mc_samples, gpus=cfg.gpus,
+                            actors=scoring.actors_for(cfg.actors, len(unlabeled)))
+            if strat.per_sample or not cfg.prefilter:
+                pool_stats = score(unlabeled, unlabeled_x, needs, extra=extra,
+                                   rank=scoring.Rank(name, cfg.strategy_options(name), ctx.k, needs)
+                                   if strat.per_sample else None)
+            else:   # `prefilter: m`: the top m x k by margin, then the strategy's statistics of those alone
+                # (keeping them in the ranked pass would bring m x k embeddings per block to the driver)
+                top = score(unlabeled, unlabeled_x, frozenset(), rank=scoring.Rank("margin", {}, cfg.prefilter * ctx.k))
+                pool_stats = score(top.ids, unlabeled_x[positions(unlabeled, top.ids)], needs, extra=extra)
         labeled_stats = None
         if strat.needs_labeled:   # the labeled set is small: scored here
             at = self.train.rows(labeled)
             labeled_stats = replace(scoring.score(self.spec, task_state, labeled, self.train.features(at), needs,
                                                   mc_samples=cfg.mc_samples, actors=0, gpus=cfg.gpus, extra=extra),
-                                    labels=self.train.y[at])
+                                    labels=self.train.labels(at))
         t2 = time.perf_counter()
         picks = np.asarray(strat.select(pool_stats, ctx.k, labeled=labeled_stats, seed=ctx.rng_seed), dtype=np.int64)
-        telemetry = round_hook.after_select(ctx, pool_stats, picks, self.train.y[self.train.rows(picks)])
+        telemetry = round_hook.after_select(ctx, pool_stats, picks, self.train.labels(self.train.rows(picks)))
         for table, table_rows in telemetry.items():
             self.store.append_rows(table, [dict(strategy=name, seed=seed, round=round_, **r) for r in table_rows])
         result.update(hook_s=t1 - t0, score_s=t2 - t1, select_s=time.perf_counter() - t2)
         return picks
-
-    def ranking(self, name: str, strategy, needs: frozenset[str], k: int) -> scoring.Rank | None:
-        """How the scoring pass may reduce the pool before selection: a per-sample strategy keeps
-        only each block's top k (exact), a batch strategy with `prefilter: m` the top m x k by margin;
-        None: every sample's statistics reach the strategy."""
-        if strategy.per_sample:
-            return scoring.Rank(name, self.cfg.strategy_options(name), k, needs)
-        if self.cfg.prefilter:
-            return scoring.Rank("margin", {}, self.cfg.prefilter * k, needs)
-        return None
 
     def trainable_rows(self, labeled: np.ndarray) -> np.ndarray:
         """Rows of the labeled ids to train on: an out-of-distribution or skipped answer never is a training label."""
@@ -210,6 +211,6 @@ class Experiment:
 
     def ledger_rows(self, name: str, seed: int, round_: int, ids: np.ndarray) -> pd.DataFrame:
         """The simulated oracle: reveal the hidden labels of the queried ids."""
-        labels = self.train.y[self.train.rows(ids)]
+        labels = self.train.labels(self.train.rows(ids))
         return pd.DataFrame({"strategy": name, "seed": seed, "round": round_, "id": ids, "label": labels})
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -38,29 +40,28 @@ def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
 
 @dataclass(frozen=True, eq=False)
 class LazyFeatures:
-    """Rows `rows` (positions in the files' order) of a Parquet pool's features, not yet read.
-    Views share `cache`: the features of small views once read (id -> row), so the labeled
-    set is read from the files once, each sample when it joins it."""
+    """The features of samples `ids` (in that order) of a Parquet pool, not yet read. Views share
+    `cache`: the features of small views once read (id -> row), so the labeled set is read from
+    the files once, each sample when it joins it."""
 
     location: str
-    source_ids: np.ndarray   # every id of the files, in their order
-    rows: np.ndarray
+    ids: np.ndarray
     sample_shape: tuple[int, ...]
     cache: dict = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return (len(self.rows), *self.sample_shape)
+        return (len(self.ids), *self.sample_shape)
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.ids)
 
     def __getitem__(self, index) -> "LazyFeatures":
-        return LazyFeatures(self.location, self.source_ids, self.rows[index], self.sample_shape, self.cache)
+        return self.with_ids(self.ids[index])
 
-    @property
-    def ids(self) -> np.ndarray:
-        return self.source_ids[self.rows]
+    def with_ids(self, ids: np.ndarray) -> "LazyFeatures":
+        """The view of the samples `ids` (the caller's array, not a copy)."""
+        return LazyFeatures(self.location, ids, self.sample_shape, self.cache)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         """The view's features [n, *shape], in its order: those not in the cache read from the
@@ -84,24 +85,55 @@ class LazyFeatures:
         return out if dtype is None else out.astype(dtype)
 
     def dataset(self):
-        """The view's rows as a Ray dataset of {id, x} (x float32 [n, *shape]), read lazily."""
+        """The view's rows as a Ray dataset of {id, x} (x float32 [n, *shape]), read lazily; the
+        workers learn which rows are the view's from an IdSet, not a list of its ids."""
         import ray
 
         fs, path = filesystem(self.location)
-        keep = np.zeros(len(self.source_ids), dtype=bool)
-        keep[self.rows] = True
-        order = np.argsort(self.source_ids)
-        sorted_ref, keep_ref = ray.put(self.source_ids[order]), ray.put(keep[order])
-        shape = self.sample_shape
+        members, shape = ray.put(IdSet.of(self.ids)), self.sample_shape
 
         def select(batch: pa.Table) -> dict[str, np.ndarray]:
             ids = batch.column("id").to_numpy()
-            sorted_ids, kept = ray.get(sorted_ref), ray.get(keep_ref)
-            hit = kept[np.searchsorted(sorted_ids, ids)]
+            hit = ray.get(members).contains(ids)
             return {"id": ids[hit], "x": features(batch.column("x").filter(pa.array(hit)), shape)}
 
         return ray.data.read_parquet(path, filesystem=fs).select_columns(["id", "x"]).map_batches(
             select, batch_format="pyarrow", zero_copy_batch=True)
+
+
+@dataclass(frozen=True)
+class IdSet:
+    """A set of int64 ids as shipped to scoring workers: a bitmap over [low, low + span) where the
+    ids are dense (as `autoal prepare` numbers them: 1 bit an id, not 64), else the sorted ids."""
+
+    low: int
+    bits: np.ndarray | None = None     # packed, little bit order: id low + i is in the set iff bit i is set
+    ordered: np.ndarray | None = None
+
+    CHUNK: ClassVar[int] = 1 << 20   # ids offset at a time: no full-size temporary
+
+    @classmethod
+    def of(cls, ids: np.ndarray) -> "IdSet":
+        if not len(ids):
+            return cls(0, ordered=np.zeros(0, np.int64))
+        low, high = int(ids.min()), int(ids.max())
+        if high - low >= 64 * len(ids):
+            return cls(low, ordered=np.sort(ids))
+        flags = np.zeros(high - low + 1, dtype=bool)
+        for start in range(0, len(ids), cls.CHUNK):
+            flags[ids[start:start + cls.CHUNK] - low] = True
+        return cls(low, bits=np.packbits(flags, bitorder="little"))
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        if self.bits is None:
+            at = np.minimum(np.searchsorted(self.ordered, ids), max(len(self.ordered) - 1, 0))
+            return (self.ordered[at] == ids) if len(self.ordered) else np.zeros(len(ids), bool)
+        offset = ids - self.low
+        inside = (offset >= 0) & (offset < 8 * len(self.bits))
+        hit = np.zeros(len(ids), dtype=bool)
+        offset = offset[inside]
+        hit[inside] = (self.bits[offset >> 3] >> (offset & 7)) & 1
+        return hit
 
 
 def scan(data: pads.Dataset, columns: list[str]):
@@ -117,8 +149,9 @@ def features(column, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def open_pool(location: str):
-    """The pool at `location` with lazy features, after checking every row."""
-    from autoal.pool import SPLITS, UNLABELED, Pool
+    """The pool at `location` with lazy features, after checking every row in one streamed pass
+    that fills the compact index (ids, labels, split codes) batch by batch."""
+    from autoal.pool import SPLITS, UNLABELED, Pool, label_dtype, labels_outside
 
     fs, path = filesystem(location)
     where = location
@@ -127,7 +160,7 @@ def open_pool(location: str):
         if info.type == pafs.FileType.NotFound:
             raise AutoALError(f"parquet pool {where} does not exist")
         data = pads.dataset(path, filesystem=fs, format="parquet")
-        schema = data.schema
+        schema, n = data.schema, data.count_rows()
     except (pa.ArrowInvalid, OSError) as exc:
         raise AutoALError(f"parquet pool {where} is not readable Parquet: {exc}") from None
     missing = {"id", "x", "y", "split"} - set(schema.names)
@@ -138,70 +171,79 @@ def open_pool(location: str):
     if not pa.types.is_list(x_type) and not pa.types.is_fixed_size_list(x_type) \
             and not pa.types.is_large_list(x_type):
         raise AutoALError(f"parquet pool {where}: x is {x_type}; expected list<float32> (flattened features)")
-
-    def read(column: str) -> pa.Table:   # one column at a time: the driver's peak is one column's buffers
-        try:
-            return data.to_table(columns=[column])
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise AutoALError(f"parquet pool {where} is not readable Parquet: {exc}") from None
-
-    ids = read("id")
-    if not len(ids):
+    split_type = schema.field("split").type
+    if not pa.types.is_string(split_type) and not pa.types.is_large_string(split_type):
+        raise AutoALError(f"parquet pool {where}: split is {split_type}; expected string (train / test)")
+    if not n:
         raise AutoALError(f"parquet pool {where} has no rows")
-    width = _check_features(data, where)
     meta = schema.metadata or {}
-    shape = schema_metadata(meta, b"shape", where, lambda v: tuple(json.loads(v)),
-                            "a JSON list of ints, e.g. [1, 8, 8]", (width,))
-    if not all(isinstance(d, int) and d > 0 for d in shape) or int(np.prod(shape)) != width:
-        raise AutoALError(f"parquet pool {where}: shape metadata {list(shape)} does not match {width} features")
-    ids, y = int_column(ids, "id", where), int_column(read("y"), "y", where, null=UNLABELED)
     classes = schema_metadata(meta, b"classes", where, int, "an integer", None)
-    classes = int(y.max()) + 1 if classes is None else classes
     name = meta.get(b"name", Path(path).name.encode()).decode(errors="replace")
-    split = read("split").column("split")
-    if not pa.types.is_string(split.type) and not pa.types.is_large_string(split.type):
-        raise AutoALError(f"parquet pool {where}: split is {split.type}; expected string (train / test)")
-    values = pc.unique(split).to_pylist()
-    if not set(values) <= set(SPLITS):   # else the Pool names the unknown values
-        split = split.to_numpy(zero_copy_only=False).astype(str)
-    else:   # no Python string per row: 10M of them would outweigh the ids and labels
-        split = np.where(pc.equal(split, "train").to_numpy(zero_copy_only=False), "train", "test")
-    x = LazyFeatures(location, ids, np.arange(len(ids)), shape)
-    return Pool(name, ids, x, y, split, classes)
-
-
-def _check_features(data: pads.Dataset, where: str) -> int:
-    """Every row's x: present, of one length, finite; returns the length. Streams the files."""
-    lengths, nonfinite, nulls = set(), 0, 0
-    for batch in scan(data, ["x"]):
-        xs = batch.column(0)
-        nulls += xs.null_count
-        if xs.null_count:
-            continue
-        lengths.update(np.unique(pc.list_value_length(xs).to_numpy(zero_copy_only=False)).tolist())
-        if len(lengths) == 1:
-            values = xs.flatten().to_numpy(zero_copy_only=False).reshape(len(xs), -1)
-            nonfinite += int((~np.isfinite(values)).any(axis=1).sum())
+    ids, codes = np.empty(n, np.int64), np.empty(n, np.int8)
+    y = np.empty(n, label_dtype(max(classes, 2)) if classes else np.int64)
+    lengths, nonfinite, nulls, unknown, bad, example, at = set(), 0, 0, set(), 0, 0, 0
+    try:
+        for batch in scan(data, ["id", "y", "split", "x"]):
+            rows = slice(at, at + batch.num_rows)
+            at += batch.num_rows
+            ids[rows] = int_column(batch.column(0), "id", where)
+            labels = int_column(batch.column(1), "y", where, null=UNLABELED)
+            if classes:   # a label the compact type cannot hold is out of range: counted, then refused
+                out = (labels < UNLABELED) | (labels >= classes)
+                if out.any():
+                    example = example if bad else int(labels[out][0])
+                    bad += int(out.sum())
+                    labels = np.clip(labels, UNLABELED, classes)
+            y[rows] = labels
+            split = batch.column(2)
+            codes[rows] = -1
+            for code, value in enumerate(SPLITS):
+                codes[rows][pc.equal(split, value).fill_null(False).to_numpy(zero_copy_only=False)] = code
+            if (codes[rows] < 0).any():
+                unknown.update(pc.unique(split.filter(pa.array(codes[rows] < 0))).to_pylist())
+            xs = batch.column(3)
+            nulls += xs.null_count
+            if xs.null_count:
+                continue
+            lengths.update(np.unique(pc.list_value_length(xs).to_numpy(zero_copy_only=False)).tolist())
+            if len(lengths) == 1:
+                values = xs.flatten().to_numpy(zero_copy_only=False).reshape(len(xs), -1)
+                nonfinite += int((~np.isfinite(values)).any(axis=1).sum())
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise AutoALError(f"parquet pool {where} is not readable Parquet: {exc}") from None
     if nulls:
         raise AutoALError(f"parquet pool {where}: {nulls} rows have a null x")
     if len(lengths) != 1:
         raise AutoALError(f"parquet pool {where}: rows of x have different lengths {sorted(lengths)[:5]}")
     if nonfinite:
         raise AutoALError(f"parquet pool {where}: {nonfinite} samples have NaN or infinite features")
-    return int(lengths.pop())
+    width = int(lengths.pop())
+    shape = schema_metadata(meta, b"shape", where, lambda v: tuple(json.loads(v)),
+                            "a JSON list of ints, e.g. [1, 8, 8]", (width,))
+    if not all(isinstance(d, int) and d > 0 for d in shape) or int(np.prod(shape)) != width:
+        raise AutoALError(f"parquet pool {where}: shape metadata {list(shape)} does not match {width} features")
+    if unknown:
+        raise AutoALError(f"pool {name!r}: unknown split values {sorted(map(str, unknown))}; expected train/test")
+    if bad:
+        raise labels_outside(name, bad, example, classes)
+    if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():   # the pool's index is kept in id order
+        order = np.argsort(ids, kind="stable")
+        ids, y, codes = ids[order], y[order], codes[order]
+    classes = int(y.max()) + 1 if classes is None else classes
+    split = pd.Categorical.from_codes(codes, categories=list(SPLITS))
+    return Pool(name, ids, LazyFeatures(location, ids, shape), y, split, classes)
 
 
-def int_column(table: pa.Table, name: str, where: str, null: int | None = None) -> np.ndarray:
+def int_column(column, name: str, where: str, null: int | None = None) -> np.ndarray:
     """An int64 column, refusing what a cast would silently change: text, fractions, and
     nulls unless `null` stands for them (y: an unknown label)."""
-    column = table.column(name)
     if column.null_count:
         if null is None:
             raise AutoALError(f"parquet pool {where}: {column.null_count} rows have a null {name}")
         column = column.fill_null(null)
     if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
         raise AutoALError(f"parquet pool {where}: {name} is {column.type}; expected int64")
-    values = column.to_numpy()
+    values = column.to_numpy(zero_copy_only=False)
     if pa.types.is_floating(column.type) and not np.array_equal(values, np.round(values)):
         bad = values[values != np.round(values)]
         raise AutoALError(f"parquet pool {where}: {len(bad)} values of {name} are not whole numbers "

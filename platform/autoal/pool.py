@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -29,16 +30,47 @@ OOD = -1  # the label of an out-of-distribution sample: the oracle's "none of th
 UNLABELED = -2  # the label is unknown (null in Parquet): nobody has answered for this sample yet
 
 
+def label_dtype(classes: int) -> np.dtype:
+    """The smallest signed integer type holding every label of `classes` classes, OOD and UNLABELED
+    (1 byte a sample for up to 127 classes: the driver keeps a label per sample of the pool)."""
+    return np.dtype(np.int8 if classes < 128 else np.int16 if classes < 2**15 else np.int32)
+
+
+def split_column(values) -> pd.Categorical:
+    """A split column as train/test categories (1 byte a sample, not a 5-character string);
+    unknown values are a user error."""
+    if isinstance(values, pd.Categorical) and list(values.categories) == list(SPLITS):
+        return values
+    values = np.asarray(values)
+    codes = np.full(len(values), -1, dtype=np.int8)
+    for code, name in enumerate(SPLITS):
+        codes[values == name] = code
+    if (codes < 0).any():
+        unknown = np.unique(values[codes < 0].astype(str))
+        raise AutoALError(f"unknown split values {sorted(unknown.tolist())}; expected train/test")
+    return pd.Categorical.from_codes(codes, categories=list(SPLITS))
+
+
+def labels_outside(name: str, count: int, example: int, classes: int) -> AutoALError:
+    return AutoALError(
+        f"pool {name!r}: {count} labels outside 0..{classes - 1} (e.g. {example}; {OOD} marks "
+        "out-of-distribution samples and null unknown labels, in the train split only)")
+
+
 @dataclass(frozen=True, eq=False)
 class Pool:
     """Samples with stable ids. x is float32 [N, *shape] (an array, or features left in Parquet
-    files: `features` reads the rows asked for either way), y int64 [N]."""
+    files: `features` reads the rows asked for either way); y holds labels in the smallest integer
+    type (`labels` gives int64); split is a train/test Categorical.
+
+    The index is compact because the driver keeps it for every sample of a pool of millions:
+    ids (8 bytes), a label (1) and a split (1) a sample; a lazy x shares the pool's ids."""
 
     name: str
     ids: np.ndarray
     x: np.ndarray
     y: np.ndarray
-    split: np.ndarray
+    split: pd.Categorical
     classes: int
 
     def __post_init__(self) -> None:
@@ -46,25 +78,30 @@ class Pool:
         for field, arr in (("x", self.x), ("y", self.y), ("split", self.split)):
             if len(arr) != n:
                 raise AutoALError(f"pool {self.name!r}: {field} has {len(arr)} rows but there are {n} ids")
-        ordered = np.sort(self.ids)
-        if (ordered[1:] == ordered[:-1]).any():
-            raise AutoALError(f"pool {self.name!r}: ids are not unique")
+        if self.classes < 2:
+            raise AutoALError(f"pool {self.name!r}: needs at least 2 classes, has {self.classes}")
+        try:
+            object.__setattr__(self, "split", split_column(self.split))
+        except AutoALError as exc:
+            raise AutoALError(f"pool {self.name!r}: {exc}") from None
+        ascending = n < 2 or bool((self.ids[1:] > self.ids[:-1]).all())
+        if not ascending:   # unsorted ids (an image folder's hashes): positions need their argsort
+            order = np.argsort(self.ids, kind="stable")
+            if (self.ids[order[1:]] == self.ids[order[:-1]]).any():
+                raise AutoALError(f"pool {self.name!r}: ids are not unique")
+        object.__setattr__(self, "_order", None if ascending else order)
         if isinstance(self.x, np.ndarray) and not np.isfinite(self.x).all():   # lazy features: checked when read
             bad = int((~np.isfinite(self.x.reshape(n, -1))).any(axis=1).sum())
             raise AutoALError(f"pool {self.name!r}: {bad} samples have NaN or infinite features")
-        if self.classes < 2:
-            raise AutoALError(f"pool {self.name!r}: needs at least 2 classes, has {self.classes}")
-        out = (self.y < UNLABELED) | (self.y >= self.classes) | ((self.y < 0) & (self.split != "train"))
+        y = np.asarray(self.y)
+        out = (y < UNLABELED) | (y >= self.classes) | ((y < 0) & (self.split != "train"))
         if out.any():
-            raise AutoALError(
-                f"pool {self.name!r}: {int(out.sum())} labels outside 0..{self.classes - 1} "
-                f"(e.g. {int(self.y[out][0])}; {OOD} marks out-of-distribution samples and null unknown labels, "
-                "in the train split only)")
-        outside = (self.split != SPLITS[0]) & (self.split != SPLITS[1])
-        unknown = set(np.unique(self.split[outside]))   # not np.unique of the whole column: 10M strings
-        if unknown:
-            raise AutoALError(f"pool {self.name!r}: unknown split values {sorted(map(str, unknown))}; "
-                              "expected train/test")
+            raise labels_outside(self.name, int(out.sum()), int(y[out][0]), self.classes)
+        object.__setattr__(self, "y", y.astype(label_dtype(self.classes), copy=False))
+        if hasattr(self.x, "with_ids"):   # a lazy view's ids are the pool's: one array, not two
+            if not np.array_equal(self.x.ids, self.ids):
+                raise ValueError("a lazy pool's features are not in the order of its ids")
+            object.__setattr__(self, "x", self.x.with_ids(self.ids))
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -77,20 +114,52 @@ class Pool:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def take(self, index: np.ndarray) -> "Pool":
+        """The samples at `index` (positions or a mask), unchecked: they were checked as this pool's.
+        A mask of one run of rows (a split stored in one piece) takes views, not copies; a lazy x
+        reads none of the samples."""
+        index = _as_run(index)
+        ids, x = self.view(index)
+        part = object.__new__(Pool)
+        for name, value in dict(name=self.name, ids=ids, x=x, y=self.y[index], split=self.split[index],
+                                classes=self.classes).items():
+            object.__setattr__(part, name, value)
+        order = None if self._order is None or not len(ids) else np.argsort(ids, kind="stable")
+        object.__setattr__(part, "_order", order)
+        return part
+
+    def view(self, index) -> tuple[np.ndarray, np.ndarray]:
+        """The ids and x of the samples at `index`: what a scoring pass takes (a lazy x shares
+        the ids and reads none of the samples)."""
+        ids = self.ids[index]
+        return ids, self.x.with_ids(ids) if hasattr(self.x, "with_ids") else self.x[index]
+
     def subset(self, split: str) -> "Pool":
-        mask = self.split == split
-        return Pool(self.name, self.ids[mask], self.x[mask], self.y[mask], self.split[mask], self.classes)
+        return self.take(np.asarray(self.split == split))
 
     def features(self, rows: np.ndarray) -> np.ndarray:
         """x of `rows` as an array (a lazy pool reads them: ask for few)."""
         return np.asarray(self.x[rows])
 
+    def labels(self, rows: np.ndarray) -> np.ndarray:
+        """y of `rows` as int64, the type losses and ledgers take."""
+        return self.y[rows].astype(np.int64)
+
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Row positions of `ids` (which must all be in the pool)."""
         try:
-            return positions(self.ids, ids)
+            return positions(self.ids, ids, self._order)
         except KeyError:
             raise AutoALError(f"pool {self.name!r}: unknown ids requested") from None
+
+
+def _as_run(index):
+    """A boolean mask that selects one run of rows as a slice (numpy indexes it with views)."""
+    index = np.asarray(index)
+    if index.dtype != bool or not index.any():
+        return index
+    first, last = int(index.argmax()), len(index) - int(index[::-1].argmax())
+    return slice(first, last) if index[first:last].all() else index
 
 
 def with_ood_classes(pool: Pool, classes: tuple[int, ...]) -> Pool:
@@ -108,8 +177,8 @@ def with_ood_classes(pool: Pool, classes: tuple[int, ...]) -> Pool:
     keep = ~(ood & (pool.split != "train"))
     renumber = np.cumsum(~np.isin(np.arange(pool.classes), classes)) - 1
     y = np.where(ood, OOD, renumber[np.maximum(pool.y, 0)])
-    return Pool(f"{pool.name}+ood{list(classes)}", pool.ids[keep], pool.x[keep], y[keep], pool.split[keep],
-                pool.classes - len(classes))
+    kept = pool.take(keep)
+    return Pool(f"{pool.name}+ood{list(classes)}", kept.ids, kept.x, y[keep], kept.split, pool.classes - len(classes))
 
 
 def from_arrays(name: str, x_train, y_train, x_test, y_test, classes: int | None = None) -> Pool:

@@ -113,8 +113,9 @@ class TrainPayload:
 
 def train_loop(p: TrainPayload, world: World) -> dict:
     """Train a TaskNet (classifier + loss-prediction module) from scratch, then evaluate."""
-    x, y = (torch.tensor(a) for a in p.train)   # copies: object-store arrays are read-only
-    x_test, y_test = (torch.tensor(a) for a in p.test)
+    # copies (object-store arrays are read-only); labels as int64 whatever integer type they came in
+    x, y = torch.tensor(p.train[0]), torch.tensor(p.train[1], dtype=torch.int64)
+    x_test, y_test = torch.tensor(p.test[0]), torch.tensor(p.test[1], dtype=torch.int64)
     net = p.spec.build()
     model = world.prepare(net)
     optimizer = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
