@@ -137,7 +137,7 @@ def test_lpl_ranking_loss_reaches_the_backbone_only_while_joint(digits, spec):
     train, _ = digits
     torch.manual_seed(0)
     net = spec.build()
-    x, y = torch.tensor(train.x[:32]), torch.tensor(train.y[:32])
+    x, y = torch.tensor(train.x[:32]), torch.tensor(train.labels(np.arange(32)))
     for joint in (True, False):
         _, pred_loss, clean = net(x, joint=joint)
         ranking = models.loss_ranking(pred_loss, torch.nn.functional.cross_entropy(clean, y, reduction="none"))

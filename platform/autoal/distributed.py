@@ -66,6 +66,12 @@ def portable_state(module: nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
 
 
+def tensors(data, labels: int | None = None) -> list[torch.Tensor]:
+    """A payload's arrays as tensors: copies (object-store arrays are read-only), the one at
+    index `labels` as int64, whatever integer type the pool keeps its labels in."""
+    return [torch.tensor(a, dtype=torch.int64 if i == labels else None) for i, a in enumerate(data)]
+
+
 def torch_state(state: dict) -> dict[str, torch.Tensor]:
     """The inverse of `portable_state` (tensors pass through)."""
     return {k: torch.tensor(v) for k, v in state.items()}  # a copy: arrays from Ray are read-only

@@ -33,7 +33,7 @@ import torch.distributed as dist
 
 from autoal import objective, scoring, training
 from autoal.config import SearchConfig
-from autoal.distributed import World, portable_state
+from autoal.distributed import World, portable_state, tensors
 from autoal.searchnet import SearchNet
 from autoal.strategies.autoal import AutoAL
 
@@ -147,7 +147,7 @@ def search_loop(p: SearchPayload, world: World) -> dict:
     last epoch's steps, and the selection and rank gradient norms on the whole of the last cycle's rows
     (computed on rank 0, the one whose value `distributed.run` returns)."""
     sc, seed = p.search, p.seed
-    x, y, e = (torch.tensor(a) for a in p.data)   # copies: object-store arrays are read-only
+    x, y, e = tensors(p.data, labels=1)
     net = SearchNet(p.spec, len(p.candidates), sc.backbone, sc.loss_module, e.shape[1])
     if p.search_state is not None:
         net.load_state_dict(p.search_state)

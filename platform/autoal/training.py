@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from autoal import distributed, models
-from autoal.distributed import World, portable_state, torch_state
+from autoal.distributed import World, portable_state, tensors, torch_state
 
 
 @dataclass(frozen=True)
@@ -113,9 +113,7 @@ class TrainPayload:
 
 def train_loop(p: TrainPayload, world: World) -> dict:
     """Train a TaskNet (classifier + loss-prediction module) from scratch, then evaluate."""
-    # copies (object-store arrays are read-only); labels as int64 whatever integer type they came in
-    x, y = torch.tensor(p.train[0]), torch.tensor(p.train[1], dtype=torch.int64)
-    x_test, y_test = torch.tensor(p.test[0]), torch.tensor(p.test[1], dtype=torch.int64)
+    (x, y), (x_test, y_test) = tensors(p.train, labels=1), tensors(p.test, labels=1)
     net = p.spec.build()
     model = world.prepare(net)
     optimizer = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)

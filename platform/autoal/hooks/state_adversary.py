@@ -31,7 +31,7 @@ from torch import nn
 
 from autoal import distributed, models, training
 from autoal.config import ExperimentConfig
-from autoal.distributed import World, portable_state
+from autoal.distributed import World, portable_state, tensors
 from autoal.hooks.round import RoundContext, RoundHook, ScorerExtra
 from autoal.strategies import Strategy
 from autoal.strategies.adversarial import online_uncertainty
@@ -119,7 +119,7 @@ class AdversarialPayload:
 
 def adversarial_loop(p: AdversarialPayload, world: World) -> dict:
     """Train VAE + discriminator; returns their state."""
-    x_l, y_l, x_u = (torch.tensor(a) for a in p.data)   # copies: object-store arrays are read-only
+    x_l, y_l, x_u = tensors(p.data, labels=1)
     device = world.device
     targets = unlabeled_targets(p.spec, p.task_state, x_u, device)
     torch.manual_seed(p.seed)

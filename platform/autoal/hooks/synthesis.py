@@ -36,7 +36,7 @@ from torch import nn
 
 from autoal import distributed, models, training
 from autoal.config import ExperimentConfig
-from autoal.distributed import World, portable_state
+from autoal.distributed import World, portable_state, tensors
 from autoal.hooks.round import RoundContext, RoundHook
 from autoal.hooks.state_adversary import HIDDEN, VAE
 from autoal.pool import OOD
@@ -90,7 +90,7 @@ class GANPayload:
 
 def vae_acgan_loop(p: GANPayload, world: World) -> dict:
     """Train the VAE-ACGAN on the labeled set; returns the generator's state."""
-    x, y = (torch.tensor(a) for a in p.data)   # copies: object-store arrays are read-only
+    x, y = tensors(p.data, labels=1)
     device = world.device
     generator_net, discriminator_net = ConditionalVAE(p.spec, LATENT), ACDiscriminator(p.spec)
     generator, discriminator = world.prepare(generator_net), world.prepare(discriminator_net)
