@@ -175,3 +175,22 @@ def test_id_sets_ship_dense_ids_as_a_bitmap_and_answer_membership_exactly(ids):
     rng = np.random.default_rng(1)
     queries = np.concatenate([ids[::3], rng.integers(ids.min() - 100, ids.max() + 100, 5000), [-(2**62), 2**62]])
     np.testing.assert_array_equal(members.contains(queries), np.isin(queries, ids))
+
+
+def test_a_pool_in_one_file_streams_as_one_block_per_row_group(ray_local, tmp_path):
+    """A user's pool may be one big file: the scoring pass still reads it with one task per row
+    group, and each returns only the view's rows."""
+    n, rng = 4000, np.random.default_rng(0)
+    x = rng.normal(size=(n, 3)).astype(np.float32)
+    ids = np.arange(n, dtype=np.int64) + 10**9
+    location = write_shards([(ids, x, np.arange(n) % 2, np.full(n, "train"))], tmp_path / "pool", "one", (3,), 2)
+    files = list(location.glob("*.parquet"))
+    assert len(files) == 1 and pq.ParquetFile(files[0]).num_row_groups == 4
+    view = read_parquet(location, lazy=True).x[rng.permutation(n)[:1500]]
+    data = view.dataset().materialize()
+    assert data.num_blocks() >= 4
+    rows = data.to_pandas()
+    order = np.argsort(view.ids)
+    np.testing.assert_array_equal(np.sort(rows["id"].to_numpy()), view.ids[order])
+    got = np.stack(rows.sort_values("id")["x"].to_numpy())
+    np.testing.assert_array_equal(got, x[view.ids[order] - 10**9])

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from autoal.errors import AutoALError
 from autoal.strategies.base import positions
@@ -84,21 +85,48 @@ class LazyFeatures:
                         self.cache.update(zip(ids[hit].tolist(), rows))
         return out if dtype is None else out.astype(dtype)
 
+    def batches(self, size: int):
+        """The view's (ids, features) in the files' order, `size` rows at a time (the last fewer):
+        how a lazy pool is re-written without being read whole."""
+        members, (fs, path) = IdSet.of(self.ids), filesystem(self.location)
+        ids, xs, held = [], [], 0
+        for batch in scan(pads.dataset(path, filesystem=fs, format="parquet"), ["id", "x"]):
+            hit = members.contains(batch.column(0).to_numpy())
+            ids.append(batch.column(0).to_numpy()[hit])
+            xs.append(features(batch.column(1).filter(pa.array(hit)), self.sample_shape))
+            held += int(hit.sum())
+            while held >= size:
+                all_ids, all_xs = np.concatenate(ids), np.concatenate(xs)
+                yield all_ids[:size], all_xs[:size]
+                ids, xs, held = [all_ids[size:]], [all_xs[size:]], len(all_ids) - size
+        if held:
+            yield np.concatenate(ids), np.concatenate(xs)
+
     def dataset(self):
-        """The view's rows as a Ray dataset of {id, x} (x float32 [n, *shape]), read lazily; the
-        workers learn which rows are the view's from an IdSet, not a list of its ids."""
+        """The view's rows as a Ray dataset of {id, x} (x float32 [n, *shape]), read lazily, one
+        task per row group (a pool in one file still streams through many workers); the tasks
+        learn which rows are the view's from an IdSet, not a list of its ids."""
         import ray
 
         fs, path = filesystem(self.location)
-        members, shape = ray.put(IdSet.of(self.ids)), self.sample_shape
+        pieces = [{"file": fragment.path, "row_group": group}
+                  for fragment in pads.dataset(path, filesystem=fs, format="parquet").get_fragments()
+                  for group in range(fragment.metadata.num_row_groups)]
+        members, location, shape = ray.put(IdSet.of(self.ids)), self.location, self.sample_shape
 
-        def select(batch: pa.Table) -> dict[str, np.ndarray]:
-            ids = batch.column("id").to_numpy()
-            hit = ray.get(members).contains(ids)
-            return {"id": ids[hit], "x": features(batch.column("x").filter(pa.array(hit)), shape)}
+        def read(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            fs, _ = filesystem(location)
+            ids, xs = [], []
+            for file, group in zip(batch["file"], batch["row_group"]):
+                with fs.open_input_file(str(file)) as f:
+                    table = pq.ParquetFile(f).read_row_group(int(group), columns=["id", "x"])
+                hit = ray.get(members).contains(table.column("id").to_numpy())
+                ids.append(table.column("id").to_numpy()[hit])
+                xs.append(features(table.column("x").filter(pa.array(hit)), shape))
+            return {"id": np.concatenate(ids), "x": np.concatenate(xs)}
 
-        return ray.data.read_parquet(path, filesystem=fs).select_columns(["id", "x"]).map_batches(
-            select, batch_format="pyarrow", zero_copy_batch=True)
+        return ray.data.from_items(pieces, override_num_blocks=len(pieces)).map_batches(
+            read, batch_size=1, batch_format="numpy")
 
 
 @dataclass(frozen=True)

@@ -200,11 +200,14 @@ def shard_rows(width: int) -> int:
 
 
 def write_parquet(pool: Pool, out_dir: str | os.PathLike, log=None) -> Path:
-    """Write the pool as Parquet shards sized for streaming; the directory appears complete or not at all."""
-    flat = np.asarray(pool.x).reshape(len(pool), -1)
-    rows = shard_rows(flat.shape[1])
-    chunks = ((pool.ids[s:s + rows], flat[s:s + rows], pool.y[s:s + rows], pool.split[s:s + rows])
-              for s in range(0, len(pool), rows))
+    """Write the pool as Parquet shards sized for streaming; the directory appears complete or not at all.
+    A lazy pool (Parquet to Parquet: re-sharding) streams from its files, a shard at a time."""
+    rows = shard_rows(int(np.prod(pool.shape)))
+    if hasattr(pool.x, "batches"):
+        features = pool.x.batches(rows)
+    else:
+        features = ((pool.ids[s:s + rows], pool.x[s:s + rows]) for s in range(0, len(pool), rows))
+    chunks = ((ids, x, pool.y[at], pool.split[at]) for ids, x in features for at in [pool.rows(ids)])
     return write_shards(chunks, out_dir, pool.name, pool.shape, pool.classes, total=len(pool), log=log)
 
 
