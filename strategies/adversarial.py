@@ -39,15 +39,19 @@ def online_uncertainty(probs: np.ndarray) -> np.ndarray:
 
 class _DiscriminatorRanking(Strategy):
     """Top-k by the discriminator's probability of the unlabeled state. The options are
-    the round hook's: VAE + discriminator `epochs` over the unlabeled pool, the VAE's
-    `latent` size, and Adam's `lr` and `batch_size`."""
+    the round hook's: VAE + discriminator `epochs` over the unlabeled samples it trains on, at
+    most `sample` of them (a seeded uniform draw; None: all), the VAE's `latent` size, and
+    Adam's `lr` and `batch_size`. An epoch is a pass over those samples, so on a pool of
+    millions the draw bounds the training and the features read into it; the scoring pass
+    still rates every unlabeled sample."""
 
     needs = frozenset({"unlabeled_score"})
 
-    def __init__(self, epochs: int = 10, latent: int = 32, lr: float = 5e-4, batch_size: int = 64):
-        if min(epochs, latent, batch_size) < 1 or lr <= 0:
-            raise ValueError(f"{self.name} needs epochs, latent and batch_size >= 1 and lr > 0")
-        self.epochs, self.latent, self.lr, self.batch_size = epochs, latent, lr, batch_size
+    def __init__(self, epochs: int = 10, latent: int = 32, lr: float = 5e-4, batch_size: int = 64,
+                 sample: int | None = 50_000):
+        if min(epochs, latent, batch_size, 1 if sample is None else sample) < 1 or lr <= 0:
+            raise ValueError(f"{self.name} needs epochs, latent, batch_size and sample >= 1 and lr > 0")
+        self.epochs, self.latent, self.lr, self.batch_size, self.sample = epochs, latent, lr, batch_size, sample
 
     def score(self, stats: PoolStats) -> np.ndarray:
         return np.asarray(stats.unlabeled_score, dtype=np.float64)

@@ -436,6 +436,38 @@ def test_bad_strategy_options_end_with_one_clear_message(tmp_path):
         assert not (tmp_path / str(i)).exists()
 
 
+def test_vaal_trains_on_a_seeded_sample_of_the_unlabeled_pool_and_rates_all_of_it(ray_local, tmp_path,
+                                                                                   monkeypatch):
+    """`sample` bounds the VAE's training set (an epoch is a pass over it: on a pool of millions,
+    all of it would cost millions of steps); the scoring pass still rates every unlabeled sample."""
+    from autoal.hooks import state_adversary
+
+    trained, rated = [], []
+    real_run, real_score = distributed.run, scoring.score
+
+    def run(loop, payload, **kw):
+        if loop is state_adversary.adversarial_loop:
+            trained.append(len(payload.data[2]))
+        return real_run(loop, payload, **kw)
+
+    def score(spec, state, ids, *a, extra=None, **kw):
+        if extra is not None:   # the pass that carries the discriminator
+            rated.append(len(ids))
+        return real_score(spec, state, ids, *a, extra=extra, **kw)
+    monkeypatch.setattr(distributed, "run", run)
+    monkeypatch.setattr(scoring, "score", score)
+    ledgers = []
+    for run in ("a", "b"):
+        cfg = config.load(None, dict(LOOP, strategies=["vaal"], rounds=1, ood_classes=[],
+                                     **{"options.vaal.sample": 30}))
+        exp = Experiment.prepare(cfg, tmp_path / run, log=lambda m: None)
+        exp.run()
+        ledgers.append(exp.store.ledger)
+    unlabeled = len(exp.train) - cfg.initial
+    assert trained == [30, 30] and rated == [unlabeled, unlabeled]
+    pd.testing.assert_frame_equal(ledgers[0], ledgers[1])   # the draw is seeded
+
+
 # --- in the loop ----------------------------------------------------------------------------
 
 LOOP = {"dataset": "digits", "strategies": list(BASELINES), "initial": 20, "batch": 10, "rounds": 3, "epochs": 2,

@@ -72,12 +72,13 @@ class LazyFeatures:
         known = np.fromiter((i in self.cache for i in wanted.tolist()), dtype=bool, count=len(wanted))
         for at in np.flatnonzero(known):
             out[at] = self.cache[int(wanted[at])]
-        missing = np.sort(wanted[~known])
+        missing = wanted[~known]
         if len(missing):
             fs, path = filesystem(self.location)
+            members = IdSet.of(missing)
             for batch in scan(pads.dataset(path, filesystem=fs, format="parquet"), ["id", "x"]):
                 ids = batch.column(0).to_numpy()
-                hit = np.isin(ids, missing)
+                hit = members.contains(ids)
                 if hit.any():
                     rows = features(batch.column(1).filter(pa.array(hit)), self.sample_shape)
                     out[positions(wanted, ids[hit])] = rows
@@ -208,7 +209,7 @@ def open_pool(location: str):
     classes = schema_metadata(meta, b"classes", where, int, "an integer", None)
     name = meta.get(b"name", Path(path).name.encode()).decode(errors="replace")
     ids, codes = np.empty(n, np.int64), np.empty(n, np.int8)
-    y = np.empty(n, label_dtype(max(classes, 2)) if classes else np.int64)
+    y = np.empty(n, label_dtype(classes) if classes else np.int64)
     lengths, nonfinite, nulls, unknown, bad, example, at = set(), 0, 0, set(), 0, 0, 0
     try:
         for batch in scan(data, ["id", "y", "split", "x"]):

@@ -166,7 +166,10 @@ class AdversarialHook(RoundHook):
 
     def before_query(self, ctx: RoundContext) -> ScorerExtra:
         s = self.strategy
-        x_u = ctx.pool.features(ctx.pool.rows(ctx.unlabeled_ids))
+        trained_on = ctx.unlabeled_ids
+        if s.sample is not None and len(trained_on) > s.sample:
+            trained_on = np.sort(np.random.default_rng(ctx.rng_seed).choice(trained_on, s.sample, replace=False))
+        x_u = ctx.pool.features(ctx.pool.rows(trained_on))
         payload = AdversarialPayload(ctx.spec, ctx.rng_seed, s.latent, s.epochs, s.lr, s.batch_size,
                                      ctx.task_state if self.relabel else None,
                                      (np.asarray(ctx.labeled_x, np.float32), np.asarray(ctx.labeled_y, np.int64),
