@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import ClassVar
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -77,13 +77,11 @@ class LazyFeatures:
             fs, path = filesystem(self.location)
             members = IdSet.of(missing)
             for batch in scan(pads.dataset(path, filesystem=fs, format="parquet"), ["id", "x"]):
-                ids = batch.column(0).to_numpy()
-                hit = members.contains(ids)
-                if hit.any():
-                    rows = features(batch.column(1).filter(pa.array(hit)), self.sample_shape)
-                    out[positions(wanted, ids[hit])] = rows
+                ids, rows = members.rows_of(batch, self.sample_shape)
+                if len(ids):
+                    out[positions(wanted, ids)] = rows
                     if len(self) <= CACHE_ROWS:
-                        self.cache.update(zip(ids[hit].tolist(), rows))
+                        self.cache.update(zip(ids.tolist(), rows))
         return out if dtype is None else out.astype(dtype)
 
     def batches(self, size: int):
@@ -92,10 +90,10 @@ class LazyFeatures:
         members, (fs, path) = IdSet.of(self.ids), filesystem(self.location)
         ids, xs, held = [], [], 0
         for batch in scan(pads.dataset(path, filesystem=fs, format="parquet"), ["id", "x"]):
-            hit = members.contains(batch.column(0).to_numpy())
-            ids.append(batch.column(0).to_numpy()[hit])
-            xs.append(features(batch.column(1).filter(pa.array(hit)), self.sample_shape))
-            held += int(hit.sum())
+            batch_ids, batch_xs = members.rows_of(batch, self.sample_shape)
+            ids.append(batch_ids)
+            xs.append(batch_xs)
+            held += len(batch_ids)
             while held >= size:
                 all_ids, all_xs = np.concatenate(ids), np.concatenate(xs)
                 yield all_ids[:size], all_xs[:size]
@@ -121,9 +119,9 @@ class LazyFeatures:
             for file, group in zip(batch["file"], batch["row_group"]):
                 with fs.open_input_file(str(file)) as f:
                     table = pq.ParquetFile(f).read_row_group(int(group), columns=["id", "x"])
-                hit = ray.get(members).contains(table.column("id").to_numpy())
-                ids.append(table.column("id").to_numpy()[hit])
-                xs.append(features(table.column("x").filter(pa.array(hit)), shape))
+                group_ids, group_xs = ray.get(members).rows_of(table, shape)
+                ids.append(group_ids)
+                xs.append(group_xs)
             return {"id": np.concatenate(ids), "x": np.concatenate(xs)}
 
         return ray.data.from_items(pieces, override_num_blocks=len(pieces)).map_batches(
@@ -164,6 +162,13 @@ class IdSet:
         hit[inside] = (self.bits[offset >> 3] >> (offset & 7)) & 1
         return hit
 
+    def rows_of(self, data, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """The (ids, features [n, *shape]) of the rows of `data`, a record batch or table of
+        (id, x), whose ids are in the set."""
+        ids = data.column(0).to_numpy()
+        hit = self.contains(ids)
+        return ids[hit], features(data.column(1).filter(pa.array(hit)), shape)
+
 
 def scan(data: pads.Dataset, columns: list[str]):
     """The record batches of `columns`, one at a time: pyarrow's default read-ahead (16 batches
@@ -180,7 +185,7 @@ def features(column, shape: tuple[int, ...]) -> np.ndarray:
 def open_pool(location: str):
     """The pool at `location` with lazy features, after checking every row in one streamed pass
     that fills the compact index (ids, labels, split codes) batch by batch."""
-    from autoal.pool import SPLITS, UNLABELED, Pool, label_dtype, labels_outside
+    from autoal.pool import SPLITS, UNLABELED, Pool, label_dtype, labels_outside, unknown_splits
 
     fs, path = filesystem(location)
     where = location
@@ -252,7 +257,7 @@ def open_pool(location: str):
     if not all(isinstance(d, int) and d > 0 for d in shape) or int(np.prod(shape)) != width:
         raise AutoALError(f"parquet pool {where}: shape metadata {list(shape)} does not match {width} features")
     if unknown:
-        raise AutoALError(f"pool {name!r}: unknown split values {sorted(map(str, unknown))}; expected train/test")
+        raise unknown_splits(name, unknown)
     if bad:
         raise labels_outside(name, bad, example, classes)
     if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():   # the pool's index is kept in id order

@@ -36,19 +36,22 @@ def label_dtype(classes: int) -> np.dtype:
     return np.dtype(np.int8 if classes < 128 else np.int16 if classes < 2**15 else np.int32)
 
 
-def split_column(values) -> pd.Categorical:
-    """A split column as train/test categories (1 byte a sample, not a 5-character string);
-    unknown values are a user error."""
+def split_column(values, name: str) -> pd.Categorical:
+    """Pool `name`'s split column as train/test categories (1 byte a sample, not a 5-character
+    string); unknown values are a user error."""
     if isinstance(values, pd.Categorical) and list(values.categories) == list(SPLITS):
         return values
     values = np.asarray(values)
     codes = np.full(len(values), -1, dtype=np.int8)
-    for code, name in enumerate(SPLITS):
-        codes[values == name] = code
+    for code, split in enumerate(SPLITS):
+        codes[values == split] = code
     if (codes < 0).any():
-        unknown = np.unique(values[codes < 0].astype(str))
-        raise AutoALError(f"unknown split values {sorted(unknown.tolist())}; expected train/test")
+        raise unknown_splits(name, np.unique(values[codes < 0].astype(str)).tolist())
     return pd.Categorical.from_codes(codes, categories=list(SPLITS))
+
+
+def unknown_splits(name: str, values) -> AutoALError:
+    return AutoALError(f"pool {name!r}: unknown split values {sorted(map(str, values))}; expected train/test")
 
 
 def labels_outside(name: str, count: int, example: int, classes: int) -> AutoALError:
@@ -80,16 +83,11 @@ class Pool:
                 raise AutoALError(f"pool {self.name!r}: {field} has {len(arr)} rows but there are {n} ids")
         if self.classes < 2:
             raise AutoALError(f"pool {self.name!r}: needs at least 2 classes, has {self.classes}")
-        try:
-            object.__setattr__(self, "split", split_column(self.split))
-        except AutoALError as exc:
-            raise AutoALError(f"pool {self.name!r}: {exc}") from None
-        ascending = n < 2 or bool((self.ids[1:] > self.ids[:-1]).all())
-        if not ascending:   # unsorted ids (an image folder's hashes): positions need their argsort
-            order = np.argsort(self.ids, kind="stable")
-            if (self.ids[order[1:]] == self.ids[order[:-1]]).any():
+        object.__setattr__(self, "split", split_column(self.split, self.name))
+        if n > 1 and not (self.ids[1:] > self.ids[:-1]).all():   # ascending ids are unique
+            ordered = np.sort(self.ids)
+            if (ordered[1:] == ordered[:-1]).any():
                 raise AutoALError(f"pool {self.name!r}: ids are not unique")
-        object.__setattr__(self, "_order", None if ascending else order)
         if isinstance(self.x, np.ndarray) and not np.isfinite(self.x).all():   # lazy features: checked when read
             bad = int((~np.isfinite(self.x.reshape(n, -1))).any(axis=1).sum())
             raise AutoALError(f"pool {self.name!r}: {bad} samples have NaN or infinite features")
@@ -124,8 +122,6 @@ class Pool:
         for name, value in dict(name=self.name, ids=ids, x=x, y=self.y[index], split=self.split[index],
                                 classes=self.classes).items():
             object.__setattr__(part, name, value)
-        order = None if self._order is None or not len(ids) else np.argsort(ids, kind="stable")
-        object.__setattr__(part, "_order", order)
         return part
 
     def view(self, index) -> tuple[np.ndarray, np.ndarray]:
@@ -148,7 +144,7 @@ class Pool:
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Row positions of `ids` (which must all be in the pool)."""
         try:
-            return positions(self.ids, ids, self._order)
+            return positions(self.ids, ids)
         except KeyError:
             raise AutoALError(f"pool {self.name!r}: unknown ids requested") from None
 
