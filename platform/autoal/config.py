@@ -73,7 +73,9 @@ class ExperimentConfig:
     batch_size: int = key(64, "the task model's mini-batch")
     dropout: float = key(0.3, "dropout of the classifier head (MC dropout)")
     mc_samples: int = key(10, "T, MC-dropout samples of the head")
-    workers: int = key(0, "Ray Train workers; 0 = local mode in the driver", execution=True)
+    workers: int = key(0, "training workers; 0 = train in the driver", execution=True)
+    warm_workers: bool = key(True, "start the training workers once per run and keep them for every fit; "
+                                   "false: a new Ray Train worker group per fit (~20 s each)", execution=True)
     actors: int | str = key(AUTO, "Ray Data scoring workers; 0 = in the driver; auto: in the driver for small "
                                   "pools", execution=True)
     gpus: float = key(0.0, "GPUs per training worker and per scoring worker", execution=True)
