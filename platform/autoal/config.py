@@ -45,7 +45,9 @@ class SearchConfig:
     fit_steps: int = key(50, "FitNet epochs are raised until it takes at least this many optimiser steps")
     search_epochs: int = key(10, "SearchNet epochs over L_val per cycle")
     lam: float = key(1.0, "count regulariser weight (lambda)")
-    prior: float = key(1.0, "weight of KL(pi || flat mixture): shrinks AutoAL toward vote")
+    prior: float = key(1.0, "weight of KL(pi || flat mixture) before any evidence: shrinks AutoAL toward vote")
+    prior_rows: int = key(50, "the prior's strength in search rows, n0: its weight is prior n0 / (n0 + rows replayed)")
+    replay: bool = key(True, "SearchNet trains on the rows of every past cycle, not only this round's")
     gamma: float = key(0.1, "ranking loss weight")
     threshold: str = key("gmm", "gmm (paper) or quantile (exact)")
     lr: float = key(1e-3, "SearchNet's and FitNet's Adam learning rate")
@@ -111,6 +113,7 @@ class ExperimentConfig:
             (0.0 < self.search.rho < 1.0, "search.rho must be in (0, 1)"),
             (self.search.eta > 0, "search.eta must be positive"),
             (self.search.prior >= 0, "search.prior must be >= 0"),
+            (self.search.prior_rows >= 0, "search.prior_rows must be >= 0"),
             (self.search.fit_steps >= 0, "search.fit_steps must be >= 0"),
             (len(set(self.ood_classes)) == len(self.ood_classes), "ood_classes lists a class twice"),
         ]
