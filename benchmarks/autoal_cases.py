@@ -31,7 +31,7 @@ from autoal import config, experiment, metrics
 from autoal.strategies.autoal import CANDIDATES
 
 CASES = {
-    "switching": ("kmeans", "margin"),
+    "switching": ("typiclust", "margin"),
     "weak": ("margin", "coreset", "random"),
     "default": CANDIDATES,
 }
