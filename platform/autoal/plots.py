@@ -2,6 +2,7 @@
 the pairwise win/tie/loss penalty matrix."""
 from __future__ import annotations
 
+from io import BytesIO
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from autoal.safe_io import atomic_write  # noqa: E402
 
 
 def curves(results: pd.DataFrame, path: Path, title: str = "", ylabel: str = "test accuracy") -> Path:
@@ -28,10 +31,13 @@ def curves(results: pd.DataFrame, path: Path, title: str = "", ylabel: str = "te
 
 
 def save(fig, path: Path) -> Path:
-    """Write the figure as PNG and free it (pyplot keeps every open figure alive)."""
+    """Write the figure as PNG (atomically, never through a symlink) and free it (pyplot keeps
+    every open figure alive)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    buf = BytesIO()
+    fig.savefig(buf, dpi=120, format="png")
     plt.close(fig)
+    atomic_write(Path(path), buf.getvalue())
     return path
 
 
