@@ -19,7 +19,7 @@ import yaml
 
 from autoal import config
 from autoal.errors import AutoALError
-from autoal.safe_io import load_yaml, one_line, shown
+from autoal.safe_io import MESSAGE_CHARS, load_yaml, one_line, shown
 
 
 def _config_flags(run: argparse.ArgumentParser) -> list[str]:
@@ -36,9 +36,9 @@ def _config_flags(run: argparse.ArgumentParser) -> list[str]:
             name = f.metadata["flag"] or f.name
             kind = dict(type=_actors) if isinstance(item, types.UnionType) else dict(type=_bool) if item is bool \
                 else dict(type=item)
-            many = get_origin(hint) is tuple   # a list flag given twice adds to it; any other flag, once
+            many = get_origin(hint) is tuple   # a list flag given twice adds to it; a scalar's last value wins
             run.add_argument("--" + prefix + name.replace("_", "-"), dest=prefix + f.name,
-                             metavar="true|false" if item is bool else name.upper(), action=Extend if many else Once,
+                             metavar="true|false" if item is bool else name.upper(), action=Extend if many else "store",
                              nargs="+" if many else None, help=f.metadata["help"], **kind)
             keys.append(prefix + f.name)
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -190,15 +190,6 @@ def _label_parser(sub) -> None:
     export.set_defaults(func=_label_export)
 
 
-class Once(argparse.Action):
-    """A flag that takes one value and may be given once: a second value would silently win."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if getattr(namespace, self.dest, None) is not None:
-            raise argparse.ArgumentError(self, "given twice; give it once")
-        setattr(namespace, self.dest, values)
-
-
 class Extend(argparse.Action):
     """A list flag: `--strategy a --strategy b` means both, as `--strategy a b` does."""
 
@@ -284,10 +275,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parser().parse_args(argv)
         args.func(args)
     except AutoALError as exc:
-        print(f"autoal: error: {one_line(exc)}", file=sys.stderr)
+        print(f"autoal: error: {one_line(exc, MESSAGE_CHARS - 15)}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"autoal: error: {one_line(_os_error(exc))}", file=sys.stderr)
+        print(f"autoal: error: {one_line(_os_error(exc), MESSAGE_CHARS - 15)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("autoal: interrupted; re-run the same command to resume", file=sys.stderr)
