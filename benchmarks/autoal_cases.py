@@ -12,7 +12,7 @@ main job, jobs/main.yaml; `--rounds` lengthens the budget) and paired seeds: at 
 strategy starts from the same initial pool. Single strategies run once each into `singles/<name>`,
 each case's autoal and vote into `<case>/`; re-running resumes. Prints, per case: AUBC
 with 95% intervals; the paired AUBC difference of autoal against vote and against each
-candidate (mean, 95% interval, paired t and Wilcoxon p, seeds won); the best candidate per
+candidate (autoal.compare: mean, 95% interval, paired t and Wilcoxon p; seeds won); the best candidate per
 round; the candidates' mean pool weight per round; search time per round next to the task
 model's training time.
 
@@ -23,11 +23,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from scipy import stats
 
-from autoal import config, experiment, metrics
+from autoal import compare, config, experiment, metrics
 from autoal.strategies.autoal import CANDIDATES
 
 CASES = {
@@ -58,16 +56,17 @@ def finished(directories: list[Path], seeds: list[int]) -> pd.DataFrame:
 
 
 def interval(values: pd.Series) -> str:
-    """mean ± the half-width of its 95% t interval."""
-    half = stats.t.ppf(0.975, len(values) - 1) * values.std() / np.sqrt(len(values)) if len(values) > 1 else np.nan
-    return f"{values.mean():+.4f} ± {half:.4f}"
+    """mean [95% t interval]."""
+    t = compare.paired_test(values)
+    return f"{t['mean']:.4f} [{t['ci_low']:.4f}, {t['ci_high']:.4f}]"
 
 
 def paired(runs: pd.DataFrame, name: str, other: str) -> str:
+    """name's AUBC minus other's, seed by seed: mean [95% interval], paired t and Wilcoxon p, seeds won."""
     diff = runs[name] - runs[other]
-    t = stats.ttest_rel(runs[name], runs[other]).pvalue
-    w = stats.wilcoxon(diff).pvalue if (diff != 0).any() else 1.0
-    return f"{interval(diff)}  t p={t:.3f}  Wilcoxon p={w:.3f}  ({int((diff > 0).sum())}/{len(diff)})"
+    t = compare.paired_test(diff)
+    return (f"{t['mean']:+.4f} [{t['ci_low']:+.4f}, {t['ci_high']:+.4f}]  t p={t['p_t']:.3f}  "
+            f"Wilcoxon p={t['p_wilcoxon']:.3f}  ({int((diff > 0).sum())}/{len(diff)})")
 
 
 def report(case: str, candidates: tuple[str, ...], results: pd.DataFrame, out: Path) -> None:
@@ -77,9 +76,9 @@ def report(case: str, candidates: tuple[str, ...], results: pd.DataFrame, out: P
           + (f"; not run alone: {', '.join(c for c in candidates if c not in ran)}" if len(ran) < len(candidates)
              else ""))
     for name in runs.mean().sort_values(ascending=False).index:
-        print(f"  {name:<18} AUBC {interval(runs[name])[1:]}")
+        print(f"  {name:<18} AUBC {interval(runs[name])}")
     best = runs[ran].mean().idxmax()
-    print(f"  paired AUBC difference (mean ± 95% interval), best single candidate: {best}")
+    print(f"  paired AUBC difference (mean [95% interval]), best single candidate: {best}")
     for other in ("vote", best, *(c for c in ran if c != best)):
         print(f"    autoal - {other:<16} {paired(runs, 'autoal', other)}")
     print(f"    vote   - {best:<16} {paired(runs, 'vote', best)}")
