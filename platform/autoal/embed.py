@@ -22,12 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from autoal import backbones
 from autoal.errors import AutoALError
-from autoal.parquet_pool import features, filesystem
+from autoal.parquet_pool import features, filesystem, open_pool
 from autoal.pool import UNLABELED, pool_schema, row_group_rows, shard_table
 
 DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
@@ -125,9 +126,6 @@ def plan(source: str, data_root: str, download: bool = False, shard_rows: int = 
                   for s in range(0, len(files), shard_rows)]
         return Plan(f"images:{root.name}", len(names), len(files), shards)
     if kind == "parquet" and arg:
-        from autoal.parquet_pool import open_pool
-        import pyarrow.dataset as pads
-
         pool = open_pool(arg)   # checks every row, streaming
         _need_images(source, pool.shape)
         fs, path = filesystem(arg)
@@ -234,6 +232,7 @@ def embed(source: str, out: str, backbone: str, *, weights: str | None = None, d
           log=print) -> EmbedResult:
     """Embed `source` into the Parquet pool `out` (see the module docstring); `log` gets a line per shard."""
     import ray
+    import ray.data   # before runtime quiets Ray's loggers: importing it configures them
 
     from autoal import runtime
 

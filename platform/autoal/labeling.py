@@ -30,7 +30,7 @@ import pandas as pd
 import ray
 import yaml
 
-from autoal import backbones, config, hooks, label_files, models, runtime, scoring, training
+from autoal import backbones, config, fit_time, hooks, label_files, models, runtime, scoring, training
 from autoal.errors import AutoALError
 from autoal.experiment import Experiment, derive_seed, initial_pool
 from autoal.label_pool import ProjectSpec, absolute_spec, embed_project, load_pool, parse_classes, with_embeddings
@@ -204,7 +204,7 @@ class LabelProject:
 
     def next(self, batch: int | None = None, strategy: str | None = None, log=print) -> list[Path]:
         """Train on the labels so far, then ask the next batch; returns the files written for the person."""
-        cfg, seed, round_ = self.cfg, self.seed, self.committed
+        cfg, seed, round_, start = self.cfg, self.seed, self.committed, time.perf_counter()
         name = strategy or self.spec.strategy
         round_hook = self.round_hook(name)
         k = cfg.batch if batch is None else batch
@@ -242,7 +242,7 @@ class LabelProject:
         self.store.append_result(result)
         log(f"round {round_}: trained on {len(rows)} labels, accuracy {result['accuracy']:.4f}"
             f"{' (estimate)' if result['accuracy_estimated'] else ''}; asked {len(picks)} queries by "
-            f"{result['query_strategy']}")
+            f"{result['query_strategy']} in {time.perf_counter() - start:.1f} s")
         self.store.append_rows("queries", [dict(strategy=RUN, seed=seed, round=round_ + 1, id=int(i),
                                                 query_strategy=result["query_strategy"], predicted=p,
                                                 confidence=float(c))
@@ -254,7 +254,8 @@ class LabelProject:
                      asked: np.ndarray, result: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Fit, measure, score and select: (picks, predicted class names, confidences)."""
         seed, round_, x, y = self.seed, self.committed, experiment.train.x, experiment.train.y
-        self._announce(len(rows), log=experiment.log)
+        folds = 0 if len(self.test[1]) else self.spec.cv_folds
+        fit_time.announce(self.model_spec, self.cfg, len(rows), folds, bool(self.spec.embed), experiment.log)
         t0 = time.perf_counter()
         test = self.test if len(self.test[1]) else (x[rows], y[rows])
         fit = experiment.fit(round_hook.train_set(x[rows], y[rows]), ray.put(test), seed, round_,
@@ -287,17 +288,6 @@ class LabelProject:
                                        weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
                                        min_steps=cfg.min_steps, workers=cfg.workers, gpus=cfg.gpus,
                                        name=f"label-r{self.committed}-cv")
-
-    def _announce(self, n: int, log, long_s: float = 15.0) -> None:
-        """Say before a fit that will keep the person waiting how long it is expected to take."""
-        cfg, folds = self.cfg, 0 if len(self.test[1]) else min(self.spec.cv_folds, n)
-        seconds = 0.0 if cfg.gpus > 0 else training.expected_seconds(
-            self.model_spec, n, epochs=cfg.epochs, batch_size=cfg.batch_size, min_steps=cfg.min_steps,
-            trainings=max(1, folds))   # the fit, and k fold models on (k-1)/k of the labels each
-        if seconds >= long_s:
-            log(f"training {self.model_spec.name} on {n} labels{f' and {folds}-fold CV' * (folds >= 2)} is expected "
-                f"to take about {seconds / 60:.1f} min on this CPU" + ("" if self.spec.embed else
-                "; `label init --embed resnet18` makes a project whose rounds train a head in seconds"))
 
     # --- answers, status, export --------------------------------------------------
 

@@ -6,7 +6,6 @@ reproducible for a seed and every rank takes the same number of steps.
 """
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
@@ -182,23 +181,3 @@ def cross_validate(spec: ModelSpec, train: tuple[np.ndarray, np.ndarray], folds:
                            tuple(folds))
     return float(distributed.run(folds_loop, payload, workers=workers, gpus=gpus, name=name))
 
-
-def expected_seconds(spec: ModelSpec, n: int, *, epochs: int, batch_size: int, min_steps: int,
-                     trainings: float = 1.0) -> float:
-    """How long `trainings` fits on `n` samples will take here: one optimiser step timed in this
-    process (after one to warm up), times the steps a fit takes. A person is told before a long wait."""
-    world = World.local()
-    net = spec.build()
-    optimizer = torch.optim.Adam(net.parameters())
-    x = torch.rand((min(batch_size, n), *spec.shape))
-    y = torch.randint(0, spec.classes, (len(x),))
-    timings = []
-    with threads_for(spec):
-        for _ in range(2):
-            start = time.perf_counter()
-            logits, _, _ = net(x)
-            F.cross_entropy(logits, y).backward()
-            optimizer.step()
-            timings.append(time.perf_counter() - start)
-    steps = epochs_for(n, batch_size, epochs, min_steps, world) * len(shard_batches(n, batch_size, 0, 0, world))
-    return trainings * steps * timings[-1]
