@@ -19,6 +19,7 @@ import yaml
 
 from autoal import config
 from autoal.errors import AutoALError
+from autoal.safe_io import MESSAGE_CHARS, load_yaml, one_line, shown
 
 
 def _config_flags(run: argparse.ArgumentParser) -> list[str]:
@@ -35,9 +36,10 @@ def _config_flags(run: argparse.ArgumentParser) -> list[str]:
             name = f.metadata["flag"] or f.name
             kind = dict(type=_actors) if isinstance(item, types.UnionType) else dict(type=_bool) if item is bool \
                 else dict(type=item)
+            many = get_origin(hint) is tuple   # a list flag given twice adds to it; a scalar's last value wins
             run.add_argument("--" + prefix + name.replace("_", "-"), dest=prefix + f.name,
-                             metavar="true|false" if item is bool else name.upper(),
-                             nargs="+" if get_origin(hint) is tuple else None, help=f.metadata["help"], **kind)
+                             metavar="true|false" if item is bool else name.upper(), action=Extend if many else "store",
+                             nargs="+" if many else None, help=f.metadata["help"], **kind)
             keys.append(prefix + f.name)
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="any config key, dotted, with a YAML value: --set options.poal.iterations=500")
@@ -50,9 +52,9 @@ def _overrides(args) -> dict:
     for item in args.set:
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise AutoALError(f"--set takes KEY=VALUE, got {item!r}")
+            raise AutoALError(f"--set takes KEY=VALUE, got {shown(item)}")
         try:
-            overrides[key] = yaml.safe_load(text)
+            overrides[key] = load_yaml(text)
         except yaml.YAMLError as exc:
             raise AutoALError(f"--set {key}: the value is not YAML: {config.yaml_problem(exc)}") from None
     return overrides
@@ -203,8 +205,23 @@ def _label_parser(sub) -> None:
     export.set_defaults(func=_label_export)
 
 
+class Extend(argparse.Action):
+    """A list flag: `--strategy a --strategy b` means both, as `--strategy a b` does."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), *values])
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one `autoal: error:` line (exit 2), not a usage block."""
+
+    def error(self, message: str):
+        raise AutoALError(f"{self.prog.removeprefix('autoal').strip() or 'autoal'}: {message}"
+                          f"; see `{self.prog} --help`")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="autoal", description=__doc__.splitlines()[0])
+    p = Parser(prog="autoal", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run an active-learning experiment (resumes an existing --out)")
@@ -257,7 +274,7 @@ def parser() -> argparse.ArgumentParser:
 
 def _bool(text: str) -> bool:
     if text.lower() not in ("true", "false"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected true or false, got {shown(text)}")
     return text.lower() == "true"
 
 
@@ -267,7 +284,7 @@ def _actors(text: str) -> int | str:
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or auto, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected an integer or auto, got {shown(text)}") from None
 
 
 # what to do about a failed file operation, by errno
@@ -286,14 +303,14 @@ def _os_error(exc: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
     try:
+        args = parser().parse_args(argv)
         args.func(args)
     except AutoALError as exc:
-        print(f"autoal: error: {exc}", file=sys.stderr)
+        print(f"autoal: error: {one_line(exc, MESSAGE_CHARS - 15)}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"autoal: error: {_os_error(exc)}", file=sys.stderr)
+        print(f"autoal: error: {one_line(_os_error(exc), MESSAGE_CHARS - 15)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("autoal: interrupted; re-run the same command to resume", file=sys.stderr)

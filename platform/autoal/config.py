@@ -14,6 +14,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from autoal.errors import AutoALError
+from autoal.safe_io import CONFIG_BYTES, clip, load_yaml, read_text, shown
 
 AUTO = "auto"  # a value some fields take instead of a number: decided by the run (e.g. `actors`)
 
@@ -44,7 +45,9 @@ class SearchConfig:
     fit_steps: int = key(50, "FitNet epochs are raised until it takes at least this many optimiser steps")
     search_epochs: int = key(10, "SearchNet epochs over L_val per cycle")
     lam: float = key(1.0, "count regulariser weight (lambda)")
-    prior: float = key(1.0, "weight of KL(pi || flat mixture): shrinks AutoAL toward vote")
+    prior: float = key(1.0, "weight of KL(pi || flat mixture) before any evidence: shrinks AutoAL toward vote")
+    prior_rows: int = key(50, "the prior's strength in search rows, n0: its weight is prior n0 / (n0 + rows replayed)")
+    replay: bool = key(True, "SearchNet trains on the rows of every past cycle, not only this round's")
     gamma: float = key(0.1, "ranking loss weight")
     threshold: str = key("gmm", "gmm (paper) or quantile (exact)")
     lr: float = key(1e-3, "SearchNet's and FitNet's Adam learning rate")
@@ -73,7 +76,9 @@ class ExperimentConfig:
     batch_size: int = key(64, "the task model's mini-batch")
     dropout: float = key(0.3, "dropout of the classifier head (MC dropout)")
     mc_samples: int = key(10, "T, MC-dropout samples of the head")
-    workers: int = key(0, "Ray Train workers; 0 = local mode in the driver", execution=True)
+    workers: int = key(0, "training workers; 0 = train in the driver", execution=True)
+    warm_workers: bool = key(True, "start the training workers once per run and keep them for every fit; "
+                                   "false: a new Ray Train worker group per fit (~20 s each)", execution=True)
     actors: int | str = key(AUTO, "Ray Data scoring workers; 0 = in the driver; auto: in the driver for small "
                                   "pools", execution=True)
     gpus: float = key(0.0, "GPUs per training worker and per scoring worker", execution=True)
@@ -108,6 +113,7 @@ class ExperimentConfig:
             (0.0 < self.search.rho < 1.0, "search.rho must be in (0, 1)"),
             (self.search.eta > 0, "search.eta must be positive"),
             (self.search.prior >= 0, "search.prior must be >= 0"),
+            (self.search.prior_rows >= 0, "search.prior_rows must be >= 0"),
             (self.search.fit_steps >= 0, "search.fit_steps must be >= 0"),
             (len(set(self.ood_classes)) == len(self.ood_classes), "ood_classes lists a class twice"),
         ]
@@ -119,7 +125,7 @@ class ExperimentConfig:
         from autoal.strategies import names
         unknown = [name for name in self.strategies if name not in names()]
         if unknown:
-            raise AutoALError(f"bad config: unknown strategy {unknown[0]!r}; known: {', '.join(names())}")
+            raise AutoALError(f"bad config: unknown strategy {shown(unknown[0], 40)}; known: {', '.join(names())}")
 
     @property
     def budget(self) -> int:
@@ -150,10 +156,11 @@ def _coerce(cls, data: dict[str, Any], where: str):
         raise AutoALError(f"bad config: {where or 'the config'} must be a mapping")
     hints = get_type_hints(cls)
     known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(map(str, set(data) - known))
     if unknown:
         raise AutoALError(f"bad config: unknown key{'s' if len(unknown) > 1 else ''} "
-                          f"{', '.join(where + k for k in unknown)}; known: {', '.join(sorted(known))}")
+                          f"{', '.join(clip(where + k, 40) for k in unknown[:3])}{', ...' if len(unknown) > 3 else ''}"
+                          f"; known: {', '.join(sorted(known))}")
     kwargs = {}
     for key, value in data.items():
         kwargs[key] = _value(hints[key], value, where + key)
@@ -171,7 +178,7 @@ def _value(hint, value, name: str):
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise AutoALError(f"bad config: {name} must be true or false, got {value!r}")
+        raise AutoALError(f"bad config: {name} must be true or false, got {shown(value)}")
     if origin is dict:   # `options`: strategy name -> its constructor's keyword arguments
         return _options(value, name)
     if isinstance(hint, types.UnionType):  # a number, or AUTO (`actors`) or None (an unset option)
@@ -182,17 +189,20 @@ def _value(hint, value, name: str):
             return AUTO
         if isinstance(value, bool) or not isinstance(value, int):
             other = AUTO if str in args else "null"
-            raise AutoALError(f"bad config: {name} must be an integer or {other}, got {value!r}")
+            raise AutoALError(f"bad config: {name} must be an integer or {other}, got {shown(value)}")
         return _value(args[0], value, name)
     if hint in (int, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
-            raise AutoALError(f"bad config: {name} must be finite, got {value!r}")
+            raise AutoALError(f"bad config: {name} must be finite, got {shown(value)}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and value != int(value)):
-            raise AutoALError(f"bad config: {name} must be {'an integer' if hint is int else 'a number'}, got {value!r}")
+            raise AutoALError(f"bad config: {name} must be {'an integer' if hint is int else 'a number'}, "
+                              f"got {shown(value)}")
+        if hint is int and not -2**63 <= value < 2**63:
+            raise AutoALError(f"bad config: {name} must fit in 64 bits (|value| < 2**63), got {shown(value)}")
         return hint(value)
     if hint is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise AutoALError(f"bad config: {name} must be a string, got {value!r}")
+            raise AutoALError(f"bad config: {name} must be a string, got {shown(value)}")
         return str(value)
     return value
 
@@ -207,14 +217,14 @@ def _options(data, where: str) -> dict[str, dict[str, Any]]:
     out = {}
     for strategy, options in data.items():
         if strategy not in names():
-            raise AutoALError(f"bad config: {where}.{strategy}: unknown strategy {strategy!r}; known: "
+            raise AutoALError(f"bad config: {where}.{shown(strategy, 40)}: unknown strategy; known: "
                               f"{', '.join(names())}")
         params = parameters(strategy)
         if not isinstance(options, dict):
             raise AutoALError(f"bad config: {where}.{strategy} must be a mapping of options")
-        unknown = sorted(set(options) - set(params))
+        unknown = sorted(map(str, set(options) - set(params)))
         if unknown:
-            raise AutoALError(f"bad config: unknown option {where}.{strategy}.{unknown[0]}; {strategy} takes "
+            raise AutoALError(f"bad config: unknown option {where}.{strategy}.{clip(unknown[0], 40)}; {strategy} takes "
                               f"{', '.join(params) or 'no options'}")
         out[strategy] = {k: _value(params[k], v, f"{where}.{strategy}.{k}") for k, v in options.items()}
         try:
@@ -242,25 +252,22 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
     """
     data: dict[str, Any] = {}
     if path is not None:
+        text = read_text(path, CONFIG_BYTES, "config")
         try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise AutoALError(f"cannot read config {path}: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise AutoALError(f"config {path} is not a UTF-8 text file") from None
-        try:
-            data = yaml.safe_load(text) or {}
+            data = load_yaml(text) or {}
         except yaml.YAMLError as exc:
             raise AutoALError(f"config {path} is not valid YAML: {yaml_problem(exc)}") from None
         if not isinstance(data, dict):
             raise AutoALError(f"config {path} must be a YAML mapping of keys to values")
     for key, value in (overrides or {}).items():
         target = data
+        if not all(key.split(".")):
+            raise AutoALError(f"bad config: {shown(key, 40)} is not a config key (dotted names like search.lam)")
         *parents, leaf = key.split(".")
         for i, parent in enumerate(parents):
             target = target.setdefault(parent, {})
             if not isinstance(target, dict):
                 raise AutoALError(f"bad config: cannot set {key}: {'.'.join(parents[:i + 1])} is "
-                                  f"{target!r}, not a section")
+                                  f"{shown(target)}, not a section")
         target[leaf] = value
     return from_dict(data)

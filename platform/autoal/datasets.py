@@ -20,6 +20,7 @@ from typing import Callable, TypeVar
 import numpy as np
 
 from autoal.errors import AutoALError
+from autoal.safe_io import shown
 from autoal.pool import Pool, from_arrays, read_parquet, write_parquet
 
 T = TypeVar("T")
@@ -52,7 +53,7 @@ def load(spec: str, data_root: str | Path, download: bool = False) -> Pool:
     name, sep, arg = spec.strip().partition(":")
     src = _SOURCES.get(name.lower())
     if src is None:
-        raise AutoALError(f"unknown data source {name!r} in {spec!r}; known sources: {', '.join(_SOURCES)}")
+        raise AutoALError(f"unknown data source {shown(name)} in {shown(spec)}; known sources: {', '.join(_SOURCES)}")
     root = Path(data_root).expanduser()
     if root.exists() and not root.is_dir():
         raise AutoALError(f"data root {root} is a file; --data-root names the directory dataset files live in")
@@ -69,7 +70,7 @@ def prepare(spec: str, data_root: str | Path, out_dir: str | Path, download: boo
 
 def _no_arg(name: str, arg: str | None) -> None:
     if arg is not None:
-        raise AutoALError(f"data source {name!r} takes no argument; use '{name}', not '{name}:{arg}'")
+        raise AutoALError(f"data source {shown(name)} takes no argument; use '{name}', not '{name}:{arg}'")
 
 
 def _parse_file(path: Path, what: str, parse: Callable[[Path], T]) -> T:
@@ -264,7 +265,7 @@ def _medmnist_flag(arg: str | None) -> tuple[str, int, type]:
     supported = [f for f, info in medmnist.INFO.items() if is_2d(f) and "multi-label" not in info["task"]]
     flag, _, size_text = (arg or "").strip().lower().partition("@")
     if flag not in medmnist.INFO:
-        raise AutoALError(f"medmnist needs a 2D flag, e.g. medmnist:pathmnist; got {arg!r}. "
+        raise AutoALError(f"medmnist needs a 2D flag, e.g. medmnist:pathmnist; got {shown(arg)}. "
                           f"Supported: {', '.join(supported)}")
     if not is_2d(flag):
         raise AutoALError(f"medmnist:{flag} is a 3D volume dataset; only 2D images are supported: "

@@ -115,16 +115,12 @@ def plan(source: str, data_root: str, download: bool = False, shard_rows: int = 
 
     kind, _, arg = source.partition(":")
     if kind == "images":
-        root, _ = images.parse_spec(arg)
-        files = images.image_files(root, classes)
-        names = classes if classes is not None else tuple(sorted({c for _, c in files if c is not None}))
-        index = {name: i for i, name in enumerate(names)}
-        paths = np.array([str(root / relative) for relative, _ in files])
-        ids = np.array([images.stable_id(relative) for relative, _ in files], dtype=np.int64)
-        y = np.array([UNLABELED if c is None else index[c] for _, c in files], dtype=np.int64)
+        root, _ = images.parse_spec(arg)   # the size is the backbone's transforms'
+        names, paths, ids, y = images.index_folder(root, classes)
+        paths = [str(path) for path in paths]
         shards = [FileShard(tuple(paths[s:s + shard_rows]), ids[s:s + shard_rows], y[s:s + shard_rows])
-                  for s in range(0, len(files), shard_rows)]
-        return Plan(f"images:{root.name}", len(names), len(files), shards)
+                  for s in range(0, len(paths), shard_rows)]
+        return Plan(f"images:{root.name}", len(names), len(paths), shards)
     if kind == "parquet" and arg:
         pool = open_pool(arg)   # checks every row, streaming
         _need_images(source, pool.shape)

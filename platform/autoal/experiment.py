@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 import ray
 
-from autoal import datasets, hooks, models, plots, runtime, scoring, training
+from autoal import datasets, distributed, hooks, models, plots, runtime, scoring, training
 from autoal.config import ExperimentConfig
 from autoal.errors import AutoALError
+from autoal.safe_io import shown
 from autoal.lock import describe
 from autoal.pool import OOD, UNLABELED, Pool, with_ood_classes
 from autoal.store import ExperimentDir
@@ -47,21 +48,21 @@ def load_data(cfg: ExperimentConfig, download: bool = False) -> tuple[Pool, Pool
     pool = datasets.load(cfg.dataset, cfg.data_root, download=download)
     unknown = int((pool.y == UNLABELED).sum())
     if unknown:
-        raise AutoALError(f"dataset {cfg.dataset!r} has {unknown} samples without a label, and `autoal run` "
+        raise AutoALError(f"dataset {shown(cfg.dataset)} has {unknown} samples without a label, and `autoal run` "
                           "simulates the oracle from known labels; label them with `autoal label`")
     pool = with_ood_classes(pool, cfg.ood_classes)
     train, test = pool.subset("train"), pool.subset("test")
     if not len(test):
-        raise AutoALError(f"dataset {cfg.dataset!r} has no test split to evaluate on")
+        raise AutoALError(f"dataset {shown(cfg.dataset)} has no test split to evaluate on")
     if cfg.initial_method == "kcenter" and not isinstance(train.x, np.ndarray):
-        raise AutoALError(f"initial_method kcenter compares every sample's features, and {cfg.dataset!r} "
+        raise AutoALError(f"initial_method kcenter compares every sample's features, and {shown(cfg.dataset)} "
                           "leaves them in its files; use initial_method random")
     if cfg.budget > len(train):
         raise AutoALError(f"budget {cfg.budget} (initial {cfg.initial} + {cfg.rounds} rounds x "
                           f"batch {cfg.batch}) exceeds the pool of {len(train)} training samples")
     present = np.unique(train.y[train.y != OOD])
     if len(present) < 2:
-        raise AutoALError(f"the train split of {cfg.dataset!r} holds {len(present)} class(es) "
+        raise AutoALError(f"the train split of {shown(cfg.dataset)} holds {len(present)} class(es) "
                           f"({present.tolist()}) of the {pool.classes} its metadata declares; "
                           "a classifier needs at least 2")
     spec = training.ModelSpec(models.resolve(cfg.model, train.shape), train.shape, pool.classes, cfg.dropout)
@@ -96,19 +97,22 @@ class Experiment:
         return cls(cfg, train, test, spec, store, log, on_round)
 
     def run(self) -> pd.DataFrame:
-        """Run every strategy and seed not yet finished; the directory's lock is released however it ends."""
+        """Run every strategy and seed not yet finished, every fit on one group of training workers;
+        the directory's lock is released and the workers stopped however it ends."""
+        cfg = self.cfg
         try:
             everything = np.arange(len(self.test))
             self.test_ref = ray.put((self.test.features(everything), self.test.labels(everything)))
-            for seed in self.cfg.seeds:
-                initial = initial_pool(self.train, self.cfg, seed)
-                for name in self.cfg.strategies:
-                    self.run_strategy(name, hooks.create(name, self.cfg), seed, initial)
+            with distributed.workers(cfg.workers, cfg.gpus, warm=cfg.warm_workers, log=self.log):
+                for seed in cfg.seeds:
+                    initial = initial_pool(self.train, cfg, seed)
+                    for name in cfg.strategies:
+                        self.run_strategy(name, hooks.create(name, cfg), seed, initial)
             root = self.store.root
-            plots.curves(self.store.results, root / "curves.png", title=self.cfg.dataset)
+            plots.curves(self.store.results, root / "curves.png", title=cfg.dataset)
             if (root / "strategy_weights.parquet").exists():
                 plots.strategy_weights(pd.read_parquet(root / "strategy_weights.parquet"),
-                                       root / "strategy_weights.png", title=f"{self.cfg.dataset}: AutoAL weights")
+                                       root / "strategy_weights.png", title=f"{cfg.dataset}: AutoAL weights")
         finally:
             self.store.close()
         return self.store.results

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from autoal.config import ExperimentConfig
-from autoal.distributed import World
-from autoal.training import ModelSpec, epochs_for, shard_batches, threads_for
+from autoal.distributed import THREADS, World
+from autoal.training import ModelSpec, epochs_for, shard_batches
 
 LONG_S = 15.0   # a wait worth announcing
 
@@ -16,20 +16,23 @@ LONG_S = 15.0   # a wait worth announcing
 def expected_seconds(spec: ModelSpec, n: int, *, epochs: int, batch_size: int, min_steps: int,
                      trainings: float = 1.0) -> float:
     """How long `trainings` fits on `n` samples will take here: one optimiser step timed in this
-    process (after one to warm up), times the steps a fit takes."""
+    process on a fit's torch threads (after one step to warm up), times the steps a fit takes."""
     world = World.local()
     net = spec.build()
     optimizer = torch.optim.Adam(net.parameters())
     x = torch.rand((min(batch_size, n), *spec.shape))
     y = torch.randint(0, spec.classes, (len(x),))
-    timings = []
-    with threads_for(spec):
+    timings, threads = [], torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
         for _ in range(2):
             start = time.perf_counter()
             logits, _, _ = net(x)
             F.cross_entropy(logits, y).backward()
             optimizer.step()
             timings.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
     steps = epochs_for(n, batch_size, epochs, min_steps, world) * len(shard_batches(n, batch_size, 0, 0, world))
     return trainings * steps * timings[-1]
 

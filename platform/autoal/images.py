@@ -3,7 +3,9 @@
 Layouts: image files directly in <dir> are unlabeled; files under
 `<dir>/<class>/` carry that class as a known (seed) label. Each image's path
 relative to <dir> is its name, and its id is a hash of that path, so ids stay
-stable when files are added or removed. Images are decoded with PIL (which
+stable when files are added or removed. Hidden files and folders are left out; a
+symbolic link is read only when it points to a file inside <dir> (safe_io.folder_files),
+any other link is refused, so a pool never reads a file outside its folder. Images are decoded with PIL (which
 torchvision brings), centre-cropped to a square and resized to <size> pixels
 (default 32); the pool is grayscale when every image is, else RGB.
 """
@@ -16,6 +18,7 @@ import numpy as np
 
 from autoal.datasets import _parse_file
 from autoal.errors import AutoALError
+from autoal.safe_io import folder_files, shown
 from autoal.pool import UNLABELED, Pool
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -45,13 +48,13 @@ def image_files(root: Path, classes: tuple[str, ...] | None) -> list[tuple[str, 
     if not root.is_dir():
         raise AutoALError(f"image folder {root} does not exist or is not a folder")
     found = []
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root)
-        if path.suffix.lower() not in EXTENSIONS or any(part.startswith(".") for part in relative.parts):
+    for path in folder_files(root, f"images:{root}"):
+        relative = path.relative_to(root.resolve())
+        if path.suffix.lower() not in EXTENSIONS:
             continue
         label = relative.parts[0] if len(relative.parts) > 1 else None
         if label is not None and classes is not None and label not in classes:
-            raise AutoALError(f"{root / label} is a class folder, but {label!r} is not one of the classes "
+            raise AutoALError(f"{root / label} is a class folder, but {shown(label)} is not one of the classes "
                               f"{', '.join(classes)}; rename or move it")
         found.append((relative.as_posix(), label))
     if not found:
@@ -84,14 +87,21 @@ def read_folder(arg: str | None, classes: tuple[str, ...] | None = None) -> tupl
     without it the class folders, sorted, are the classes. Every sample is in
     the train split; an undecodable file is an error naming it."""
     root, size = parse_spec(arg)
-    files = image_files(root, classes)
-    names = classes if classes is not None else tuple(sorted({c for _, c in files if c is not None}))
-    paths = [root / relative for relative, _ in files]
+    names, paths, ids, y = index_folder(root, classes)
     gray = all(_parse_file(p, "image", _mode) in GRAY_MODES for p in paths)
     decode = _decoder("L" if gray else "RGB", size)
     x = np.stack([_parse_file(p, "image", decode) for p in paths])
+    pool = Pool(f"images:{root.name}", ids, x, y, np.full(len(paths), "train"), len(names))
+    return pool, np.array([str(p) for p in paths])
+
+
+def index_folder(root: Path, classes: tuple[str, ...] | None) -> tuple[tuple[str, ...], list[Path], np.ndarray,
+                                                                       np.ndarray]:
+    """(class names, file paths, ids, labels) of the image files under root, sorted by path, nothing
+    decoded: a loose file's label is UNLABELED."""
+    files = image_files(root, classes)
+    names = classes if classes is not None else tuple(sorted({c for _, c in files if c is not None}))
     index = {name: i for i, name in enumerate(names)}
     y = np.array([UNLABELED if c is None else index[c] for _, c in files], dtype=np.int64)
     ids = np.array([stable_id(relative) for relative, _ in files], dtype=np.int64)
-    pool = Pool(f"images:{root.name}", ids, x, y, np.full(len(files), "train"), len(names))
-    return pool, np.array([str(p) for p in paths])
+    return names, [root / relative for relative, _ in files], ids, y

@@ -21,11 +21,12 @@ import numpy as np
 import pandas as pd
 
 from autoal.errors import AutoALError
-from autoal.store import atomic_write
+from autoal.safe_io import atomic_write, read_text, shown
 
 SKIP, OOD_ANSWER = "skip", "ood"
 CONTROL, OBJECT = "label", "image"  # Label Studio's <Choices name> and <Image name>
 QUERY_COLUMNS = ["id", "source", "predicted", "confidence"]
+ANSWERS_BYTES = 1 << 30           # a Label Studio export embeds each image: large, but bounded
 
 
 def label_studio_config(classes: tuple[str, ...]) -> str:
@@ -59,20 +60,20 @@ def data_uri(png_bytes: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png_bytes).decode()
 
 
-def write_round(folder: Path, round_: int, batch: pd.DataFrame, images: np.ndarray | None) -> list[Path]:
-    """Write round `round_`'s queries; `images` (pool pixels, row-aligned with batch) adds the
-    contact sheet and Label Studio tasks. Returns the paths written."""
-    folder.mkdir(parents=True, exist_ok=True)
+def write_round(folder: Path, round_: int, batch: pd.DataFrame, images: np.ndarray | None,
+                write=atomic_write) -> list[Path]:
+    """Write round `round_`'s queries with `write` (the project's journaled writer); `images` (pool
+    pixels, row-aligned with batch) adds the contact sheet and Label Studio tasks. Returns the paths."""
     stem = folder / f"round-{round_:03d}"
     written = [stem.with_suffix(".csv")]
-    atomic_write(written[0], batch[QUERY_COLUMNS].assign(label="").to_csv(index=False).encode())
+    write(written[0], batch[QUERY_COLUMNS].assign(label="").to_csv(index=False).encode())
     if images is None:
         return written
     rows = list(batch.itertuples(index=False))
     thumbs = [data_uri(png(image, row.source, 128)) for image, row in zip(images, rows)]
-    atomic_write(stem.with_suffix(".html"), contact_sheet(rows, thumbs, f"round {round_}").encode())
+    write(stem.with_suffix(".html"), contact_sheet(rows, thumbs, f"round {round_}").encode())
     tasks = [_task(row, data_uri(png(image, row.source, 512)), round_) for image, row in zip(images, rows)]
-    atomic_write(stem.with_suffix(".json"), json.dumps(tasks, indent=1).encode())
+    write(stem.with_suffix(".json"), json.dumps(tasks, indent=1).encode())
     return [*written, stem.with_suffix(".html"), stem.with_suffix(".json")]
 
 
@@ -106,20 +107,22 @@ def _task(row, image: str, round_: int) -> dict:
 def read_answers(path: str | Path) -> pd.DataFrame:
     """(id, answer) of every answered query in a filled CSV or a Label Studio JSON export."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AutoALError(f"cannot read answers file {path}: {exc}") from None
+    text = read_text(path, ANSWERS_BYTES, "answers file")
     if not text.strip():
         raise AutoALError(f"answers file {path} is empty")
     frame = _read_label_studio(path, text) if path.suffix.lower() == ".json" else _read_csv(path, text)
     frame = frame[frame["answer"] != ""]
-    try:
-        ids = frame["id"].astype(np.int64)
-    except (ValueError, OverflowError):
-        bad = next(i for i in frame["id"] if not str(i).strip().isdigit())
-        raise AutoALError(f"answers file {path}: id {bad!r} is not a sample id (an integer)") from None
-    return pd.DataFrame({"id": ids.to_numpy(np.int64), "answer": frame["answer"].to_numpy(str)})
+    bad = frame["id"][~frame["id"].map(_sample_id)]
+    if len(bad):
+        raise AutoALError(f"answers file {path}: id {shown(bad.iloc[0])} is not a sample id (ASCII digits, "
+                          "below 2**63)")
+    return pd.DataFrame({"id": frame["id"].astype(np.int64).to_numpy(np.int64),
+                         "answer": frame["answer"].to_numpy(str)})
+
+
+def _sample_id(text: str) -> bool:
+    """An id as autoal writes it: ASCII digits (int() would take any script's) that fit in int64."""
+    return 0 < len(text) <= 19 and text.isascii() and text.isdigit() and int(text) < 2**63
 
 
 def _read_csv(path: Path, text: str) -> pd.DataFrame:
@@ -147,18 +150,33 @@ def _read_label_studio(path: Path, text: str) -> pd.DataFrame:
         if "autoal_id" not in data:
             raise AutoALError(f"answers file {path}: task {number} has no data.autoal_id; export the "
                               "tasks that autoal wrote (queries/round-NNN.json) from Label Studio")
-        rows.append((str(data["autoal_id"]).strip(), _label_studio_answer(task.get("annotations") or [])))
+        try:
+            answer = _label_studio_answer(task.get("annotations") or [])
+        except TypeError as exc:
+            raise AutoALError(f"answers file {path}: task {number} is not in Label Studio's export form ({exc})") \
+                from None
+        rows.append((str(data["autoal_id"]).strip(), answer))
     return pd.DataFrame(rows, columns=["id", "answer"])
 
 
-def _label_studio_answer(annotations: list) -> str:
+def _list_of_dicts(value, what: str) -> list[dict]:
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise TypeError(f"its {what} is a {type(value).__name__}, not a list of objects")
+    return value
+
+
+def _label_studio_answer(annotations) -> str:
     """The latest completed annotation's choice; else `skip` if the task was skipped; else ''."""
+    annotations = _list_of_dicts(annotations, "annotations")
     for annotation in reversed(annotations):
         if annotation.get("was_cancelled"):
             continue
-        for result in annotation.get("result") or []:
-            choices = (result.get("value") or {}).get("choices") or []
+        for result in _list_of_dicts(annotation.get("result") or [], "result"):
+            value = result.get("value") or {}
+            choices = value.get("choices") if isinstance(value, dict) else None
             if result.get("type") == "choices" and choices:
+                if not isinstance(choices, list):
+                    raise TypeError(f"its choices are a {type(choices).__name__}, not a list")
                 return str(choices[0]).strip()
     return SKIP if any(a.get("was_cancelled") for a in annotations) else ""
 
@@ -181,7 +199,7 @@ def new_answers(path: Path, answers: pd.DataFrame, queries: pd.DataFrame, answer
                           f"(e.g. {', '.join(map(str, unknown['id'][:3]))})")
     bad = answers[~answers["answer"].isin(list(codes))]
     if len(bad):
-        raise AutoALError(f"{path}: label {bad['answer'].iloc[0]!r} (id {bad['id'].iloc[0]}) is not one of the "
+        raise AutoALError(f"{path}: label {shown(bad['answer'].iloc[0])} (id {bad['id'].iloc[0]}) is not one of the "
                           f"classes {', '.join(c for c in codes if c not in (SKIP, OOD_ANSWER))} (or {SKIP}, "
                           f"{OOD_ANSWER}); {len(bad)} such rows")
     answers = answers.assign(label=answers["answer"].map(codes).astype("int64"))

@@ -9,6 +9,7 @@ import numpy as np
 
 from autoal import datasets, images, label_files
 from autoal.errors import AutoALError
+from autoal.safe_io import shown
 from autoal.pool import Pool, read_parquet
 
 
@@ -29,7 +30,7 @@ def parse_classes(text: str) -> tuple[str, ...]:
     classes = tuple(c.strip() for c in text.split(","))
     reserved = {label_files.SKIP, label_files.OOD_ANSWER} & set(classes)
     if len(classes) < 2 or "" in classes or len(set(classes)) != len(classes) or reserved:
-        raise AutoALError(f"--classes {text!r}: give at least 2 distinct, non-empty class names, comma-separated"
+        raise AutoALError(f"--classes {shown(text)}: give at least 2 distinct, non-empty class names, comma-separated"
                           f"{'; skip and ood are answers, not classes' if reserved else ''}")
     return classes
 
@@ -41,7 +42,7 @@ def load_pool(spec: str, classes: tuple[str, ...], data_root: str) -> tuple[Pool
         return images.read_folder(arg, classes)
     pool = datasets.load(spec, data_root)
     if pool.classes > len(classes):
-        raise AutoALError(f"pool {spec!r} has {pool.classes} classes but --classes names {len(classes)}")
+        raise AutoALError(f"pool {shown(spec)} has {pool.classes} classes but --classes names {len(classes)}")
     # a person labels a pool small enough to hold: its features are read here
     return Pool(pool.name, pool.ids, np.asarray(pool.x), pool.y, pool.split, len(classes)), np.full(len(pool), "")
 

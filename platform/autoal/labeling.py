@@ -13,13 +13,16 @@ the round of its query (a skip is label -2, out-of-distribution -1).
 
 `next` at round r trains on every known label, writes results row r and the
 round r+1 files, and commits by appending its queries to queries.parquet
-(one atomic write); `import` is one atomic ledger write. Opening a project
-first rolls back what a killed `next` wrote past the last committed round and
-the temporary files of a killed write, so a crash or kill leaves the project
-as it was before the command.
+(one atomic write); `import` is one atomic ledger write. Both record every
+file they create in a journal first (autoal.journal); opening a project rolls
+back what the journal of a killed command names, and nothing else, so a crash
+or kill leaves the project as it was before the command and a user's own files
+in the project are never touched.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import time
 from dataclasses import asdict, replace
@@ -30,15 +33,16 @@ import pandas as pd
 import ray
 import yaml
 
-from autoal import backbones, config, fit_time, hooks, label_files, models, runtime, scoring, training
+from autoal import backbones, config, distributed, fit_time, hooks, label_files, models, runtime, scoring, training
 from autoal.errors import AutoALError
 from autoal.experiment import Experiment, derive_seed, initial_pool
 from autoal.label_pool import ProjectSpec, absolute_spec, embed_project, load_pool, parse_classes, with_embeddings
-from autoal.lock import LOCK_FILE
+from autoal.journal import Journal
 from autoal.pool import OOD, UNLABELED, Pool, write_parquet
-from autoal.store import ExperimentDir, atomic_write, parquet_bytes
+from autoal.safe_io import CONFIG_BYTES, atomic_write, load_yaml, own_dir, read_bytes, read_text, shown
+from autoal.store import CHECKPOINT_BYTES, ExperimentDir, parquet_bytes, read_table
 
-ROUND_FILE = re.compile(r"round-?(\d+)$")  # queries/round-NNN.*, state/.../roundN.pt
+ROUND_FILE = re.compile(r"round(\d+)$")  # state/.../roundN.pt
 MODEL = "task-model"  # store state key of each round's task model: state/task-model/seed<s>/round<r>.pt
 RUN = "label"  # the ledger's and results' `strategy` key: one run, whatever strategy asks each round
 PROTECTED_TABLES = ("ledger", "queries")  # tables whose rows a rollback never touches
@@ -65,7 +69,7 @@ class LabelProject:
             extra, _ = load_pool(self.spec.test, self.spec.classes, self.cfg.data_root)
             extra = with_embeddings(extra, self.embeddings("test"))
             if extra.shape != test.shape:
-                raise AutoALError(f"test pool {self.spec.test!r} has samples of shape {list(extra.shape)}, "
+                raise AutoALError(f"test pool {shown(self.spec.test)} has samples of shape {list(extra.shape)}, "
                                   f"the pool {list(test.shape)}")
             xs.append(extra.x)
             ys.append(extra.y)
@@ -109,8 +113,8 @@ class LabelProject:
                 store.close()
                 raise
         project.store = store
-        (root / "queries").mkdir(exist_ok=True)
-        atomic_write(root / "queries" / "label-studio.xml", label_files.label_studio_config(spec.classes).encode())
+        atomic_write(own_dir(root, "queries") / "label-studio.xml",
+                     label_files.label_studio_config(spec.classes).encode())
         atomic_write(root / "project.yaml", yaml.safe_dump(
             dict(asdict(spec), classes=list(spec.classes)), sort_keys=False).encode())
         project._load_progress()
@@ -120,14 +124,14 @@ class LabelProject:
     def open(cls, root: str | Path) -> "LabelProject":
         root = Path(root)
         path = root / "project.yaml"
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise AutoALError(f"{root} is not a labeling project (no project.yaml); start one with "
                               "`autoal label init`")
         try:
-            data = yaml.safe_load(path.read_text())
+            data = load_yaml(read_text(path, CONFIG_BYTES, "project file", follow=False))
             spec = ProjectSpec(**dict(data, classes=tuple(data["classes"])))
-        except (yaml.YAMLError, TypeError, KeyError) as exc:
-            raise AutoALError(f"{path} is damaged ({exc}); restore it from a backup") from None
+        except (yaml.YAMLError, TypeError, KeyError, ValueError) as exc:
+            raise AutoALError(f"{path} is damaged ({type(exc).__name__}); restore it from a backup") from None
         project = cls(root, spec, ExperimentDir(root).saved_config())
         project.store = ExperimentDir(root).open(project.cfg)
         try:
@@ -151,13 +155,13 @@ class LabelProject:
 
     def _load_progress(self) -> None:
         path = self.root / "queries.parquet"
-        self.queries = pd.read_parquet(path) if path.exists() else pd.DataFrame(
+        self.queries = read_table(path) if os.path.lexists(path) else pd.DataFrame(
             {"round": pd.Series(dtype="int64"), "id": pd.Series(dtype="int64")})
         self.answers = self.store.labeled(RUN, self.seed)
         asked = np.union1d(self.queries["id"].to_numpy(np.int64), self.answers["id"].to_numpy(np.int64))
         gone = np.setdiff1d(asked, self.pool.ids)
         if len(gone):
-            raise AutoALError(f"{len(gone)} queried samples are no longer in pool {self.spec.pool!r} "
+            raise AutoALError(f"{len(gone)} queried samples are no longer in pool {shown(self.spec.pool)} "
                               f"(e.g. id {gone[0]}); put their files back or start a new project")
         self.known = self.pool.y.copy()  # seeds, then every answer
         self.known[self.pool.rows(self.answers["id"].to_numpy(np.int64))] = self.answers["label"].to_numpy(np.int64)
@@ -166,30 +170,39 @@ class LabelProject:
     def committed(self) -> int:
         """Query rounds asked so far."""
         path = self.root / "queries.parquet"
-        return int(pd.read_parquet(path, columns=["round"])["round"].max()) if path.exists() else 0
+        return int(read_table(path, ["round"])["round"].max()) if os.path.lexists(path) else 0
 
     def _roll_back(self) -> None:
-        """Undo what a killed `next` wrote past the last committed round, and a killed write's temp files."""
+        """Undo what the journal of a killed `next` or `import` names: its temporary files, and
+        unless it committed, the files it created and its rows past the last committed round."""
         committed = self.committed
-        for path in list(self.root.rglob("*")):
-            stale = ROUND_FILE.match(path.stem)
-            temporary = path.name.startswith(".") and path.name != LOCK_FILE
-            if path.is_file() and (temporary or (stale and int(stale[1]) > committed)):
-                path.unlink()
-        for path in self.root.glob("*.parquet"):
-            frame = pd.read_parquet(path) if path.stem not in PROTECTED_TABLES else None
-            if frame is not None and (frame["round"] >= committed).any():
+        for path in Journal(self.root).roll_back(committed):
+            if path.suffix != ".parquet" or path.stem in PROTECTED_TABLES or not os.path.lexists(path):
+                continue
+            frame = read_table(path)
+            if "round" in frame.columns and (frame["round"] >= committed).any():
                 kept = frame[frame["round"] < committed]
                 atomic_write(path, parquet_bytes(kept))
                 if path.stem == "results":
                     atomic_write(self.root / "results.csv", kept.to_csv(index=False).encode())
+
+    @contextlib.contextmanager
+    def _journaled(self, commit_round: int):
+        """Record every write of the store in a journal; delete it once the command ends well (after a
+        failure it stays, and the next opening rolls the command back)."""
+        self.store.journal = Journal(self.root).begin(commit_round)
+        try:
+            yield
+            self.store.journal.end()
+        finally:
+            self.store.journal = None
 
     # --- the loop -------------------------------------------------------------------
 
     def round_hook(self, name: str):
         round_hook = hooks.create(name, self.cfg)
         if round_hook.strategy.learns:
-            raise AutoALError(f"strategy {name!r} learns from the oracle's answer right after it asks, "
+            raise AutoALError(f"strategy {shown(name)} learns from the oracle's answer right after it asks, "
                               "which a person gives later; choose another strategy for labeling")
         return round_hook
 
@@ -217,36 +230,39 @@ class LabelProject:
         if not len(unasked):
             raise AutoALError(f"nothing left to ask: all {len(self.pool)} samples are labeled or queried")
         k = min(k, len(unasked))
-        runtime.init_ray()
-        experiment = Experiment(replace(cfg, batch=k), known, known.subset("test"), self.model_spec, self.store, log)
-        labeled = self.trainable()
-        rows = known.rows(labeled)
-        result = dict(dataset=cfg.dataset, strategy=RUN, seed=seed, round=round_, n_labeled=len(rows),
-                      accuracy=float("nan"), accuracy_estimated=not len(self.test[1]), query_strategy=name,
-                      train_loss=float("nan"), train_s=0.0, hook_s=0.0, score_s=0.0, select_s=0.0)
-        if len(np.unique(self.known[rows])) >= 2:
-            picks, predicted, confidence = self._model_round(experiment, round_hook, name, labeled, rows, asked,
-                                                             result)
-        else:  # no model before two classes have labels: the initial pool's rule picks
-            mask = np.isin(known.ids, unasked)
-            candidates = Pool(known.name, known.ids[mask], known.x[mask], known.y[mask], known.split[mask],
-                              known.classes)
-            picks = initial_pool(candidates, replace(cfg, initial=k), derive_seed(seed, round_))
-            predicted, confidence = np.full(len(picks), ""), np.full(len(picks), np.nan)
-            result["query_strategy"] = f"initial:{cfg.initial_method}"
-        at = self.pool.rows(picks)
-        batch_frame = pd.DataFrame({"id": picks, "source": self.sources[at], "predicted": predicted,
-                                    "confidence": confidence})
-        files = label_files.write_round(self.root / "queries", round_ + 1, batch_frame,
-                                        None if self.pixels is None else self.pixels[at])
-        self.store.append_result(result)
-        log(f"round {round_}: trained on {len(rows)} labels, accuracy {result['accuracy']:.4f}"
-            f"{' (estimate)' if result['accuracy_estimated'] else ''}; asked {len(picks)} queries by "
-            f"{result['query_strategy']} in {time.perf_counter() - start:.1f} s")
-        self.store.append_rows("queries", [dict(strategy=RUN, seed=seed, round=round_ + 1, id=int(i),
-                                                query_strategy=result["query_strategy"], predicted=p,
-                                                confidence=float(c))
-                                           for i, p, c in zip(picks, predicted, confidence)])  # the commit
+        with self._journaled(round_ + 1):   # committed once queries.parquet holds round r+1
+            runtime.init_ray()
+            experiment = Experiment(replace(cfg, batch=k), known, known.subset("test"), self.model_spec, self.store,
+                                    log)
+            labeled = self.trainable()
+            rows = known.rows(labeled)
+            result = dict(dataset=cfg.dataset, strategy=RUN, seed=seed, round=round_, n_labeled=len(rows),
+                          accuracy=float("nan"), accuracy_estimated=not len(self.test[1]), query_strategy=name,
+                          train_loss=float("nan"), train_s=0.0, hook_s=0.0, score_s=0.0, select_s=0.0)
+            if len(np.unique(self.known[rows])) >= 2:
+                with distributed.workers(cfg.workers, cfg.gpus, warm=cfg.warm_workers, log=log):
+                    picks, predicted, confidence = self._model_round(experiment, round_hook, name, labeled, rows,
+                                                                     asked, result)
+            else:  # no model before two classes have labels: the initial pool's rule picks
+                mask = np.isin(known.ids, unasked)
+                candidates = Pool(known.name, known.ids[mask], known.x[mask], known.y[mask], known.split[mask],
+                                  known.classes)
+                picks = initial_pool(candidates, replace(cfg, initial=k), derive_seed(seed, round_))
+                predicted, confidence = np.full(len(picks), ""), np.full(len(picks), np.nan)
+                result["query_strategy"] = f"initial:{cfg.initial_method}"
+            at = self.pool.rows(picks)
+            batch_frame = pd.DataFrame({"id": picks, "source": self.sources[at], "predicted": predicted,
+                                        "confidence": confidence})
+            files = label_files.write_round(own_dir(self.root, "queries"), round_ + 1, batch_frame,
+                                            None if self.pixels is None else self.pixels[at], self.store.write)
+            self.store.append_result(result)
+            log(f"round {round_}: trained on {len(rows)} labels, accuracy {result['accuracy']:.4f}"
+                f"{' (estimate)' if result['accuracy_estimated'] else ''}; asked {len(picks)} queries by "
+                f"{result['query_strategy']} in {time.perf_counter() - start:.1f} s")
+            self.store.append_rows("queries", [dict(strategy=RUN, seed=seed, round=round_ + 1, id=int(i),
+                                                    query_strategy=result["query_strategy"], predicted=p,
+                                                    confidence=float(c))
+                                               for i, p, c in zip(picks, predicted, confidence)])  # the commit
         self._load_progress()
         return files
 
@@ -298,10 +314,11 @@ class LabelProject:
         new = label_files.new_answers(path, answers, self.queries, self.answers,
                                       {**codes, label_files.SKIP: UNLABELED, label_files.OOD_ANSWER: OOD})
         round_of = self.queries.drop_duplicates("id", keep="last").set_index("id")["round"]
-        self.store.append_ledger(pd.DataFrame({"strategy": RUN, "seed": self.seed,
-                                               "round": new["id"].map(round_of).to_numpy(np.int64),
-                                               "id": new["id"].to_numpy(np.int64),
-                                               "label": new["label"].to_numpy(np.int64)}))
+        with self._journaled(self.committed):   # one write, committed once it is renamed into place
+            self.store.append_ledger(pd.DataFrame({"strategy": RUN, "seed": self.seed,
+                                                   "round": new["id"].map(round_of).to_numpy(np.int64),
+                                                   "id": new["id"].to_numpy(np.int64),
+                                                   "label": new["label"].to_numpy(np.int64)}))
         self._load_progress()
         return (f"imported {len(new)} answers ({len(answers) - len(new)} already in the ledger); "
                 f"{len(self.open_queries())} queries still open")
@@ -348,10 +365,10 @@ class LabelProject:
                     np.concatenate([self.pool.x[keep], test_x]), np.concatenate([self.known[keep], test_y]),
                     np.array(["train"] * int(keep.sum()) + ["test"] * len(test_y)), self.pool.classes)
         write_parquet(pool, out / "pool")
-        latest = sorted(self.store.state_path(MODEL, self.seed, 0).parent.glob("round*.pt"),
-                        key=lambda p: int(ROUND_FILE.match(p.stem)[1]))
+        latest = sorted((p for p in self.store.state_path(MODEL, self.seed, 0).parent.glob("round*.pt")
+                         if ROUND_FILE.match(p.stem)), key=lambda p: int(ROUND_FILE.match(p.stem)[1]))
         if latest:
-            atomic_write(out / "model.pt", latest[-1].read_bytes())
+            atomic_write(out / "model.pt", read_bytes(latest[-1], CHECKPOINT_BYTES, "checkpoint", follow=False))
         atomic_write(out / "model.yaml", yaml.safe_dump(dict(
             asdict(self.model_spec), shape=list(self.model_spec.shape), class_names=list(self.spec.classes),
             round=int(ROUND_FILE.match(latest[-1].stem)[1]) if latest else None), sort_keys=False).encode())

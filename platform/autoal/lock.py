@@ -9,6 +9,9 @@ file names the holder (host, pid, start time) for the refusal message; a clean
 release empties it, so a non-empty file found unlocked is the trace of a run
 that died, which the next holder reports as it takes over. flock works on
 local filesystems and on NFSv4, where Linux maps it to byte-range locks.
+The lock file is opened with O_NOFOLLOW and must be a regular file: a symlink
+planted in its place is refused, so taking the lock never truncates the file a
+link points to.
 """
 from __future__ import annotations
 
@@ -16,10 +19,12 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 
 from autoal.errors import AutoALError
+from autoal.safe_io import read_bytes
 
 LOCK_FILE = ".autoal.lock"
 
@@ -33,7 +38,16 @@ class DirLock:
         self.stale: dict | None = None   # the holder of a lock that was found abandoned and taken over
 
     def acquire(self) -> "DirLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            if exc.errno != 40:   # ELOOP: a symlink in the lock file's place
+                raise
+            raise AutoALError(f"{self.path} is a symbolic link; autoal never writes through one. Remove "
+                              "the link (someone else may have planted it)") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise AutoALError(f"{self.path} is not a regular file; remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -50,8 +64,8 @@ class DirLock:
 
     def holder(self) -> dict | None:
         try:
-            return _parse(self.path.read_bytes())
-        except OSError:
+            return _parse(read_bytes(self.path, 4096, "lock file", follow=False))
+        except AutoALError:
             return None
 
     def release(self) -> None:

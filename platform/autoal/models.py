@@ -14,6 +14,7 @@ from torch import nn
 from torchvision.models import resnet18
 
 from autoal.errors import AutoALError
+from autoal.safe_io import shown
 
 
 class MLPBackbone(nn.Module):
@@ -175,9 +176,9 @@ def resolve(name: str, shape: tuple[int, ...]) -> str:
     for tiny ones (digits' 8x8), the MLP for feature vectors."""
     if name != "auto":
         if name not in BACKBONES:
-            raise AutoALError(f"unknown model {name!r}; known: auto, {', '.join(sorted(BACKBONES))}")
+            raise AutoALError(f"unknown model {shown(name)}; known: auto, {', '.join(sorted(BACKBONES))}")
         if name != "mlp" and len(shape) != 3:
-            raise AutoALError(f"model {name!r} needs images (C, H, W); this pool has feature vectors of shape {list(shape)}")
+            raise AutoALError(f"model {shown(name)} needs images (C, H, W); this pool has feature vectors of shape {list(shape)}")
         return name
     if len(shape) != 3:
         return "mlp"

@@ -23,6 +23,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from autoal.errors import AutoALError
+from autoal.safe_io import folder_files, shown
 from autoal.strategies.base import positions
 
 SCAN_ROWS = 16_384   # rows per record batch when checking or reading features: bounds the driver's memory
@@ -193,6 +194,10 @@ def open_pool(location: str):
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
             raise AutoALError(f"parquet pool {where} does not exist")
+        if info.type == pafs.FileType.Directory and isinstance(fs, pafs.LocalFileSystem) \
+                and not folder_files(Path(path), f"parquet pool {where}"):
+            raise AutoALError(f"parquet pool {where} is an empty directory; expected Parquet files "
+                              "(see `autoal prepare`)")
         data = pads.dataset(path, filesystem=fs, format="parquet")
         schema, n = data.schema, data.count_rows()
     except (pa.ArrowInvalid, OSError) as exc:
@@ -282,6 +287,14 @@ def int_column(column, name: str, where: str, null: int | None = None) -> np.nda
         bad = values[values != np.round(values)]
         raise AutoALError(f"parquet pool {where}: {len(bad)} values of {name} are not whole numbers "
                           f"(e.g. {bad[0].item()}); expected int64")
+    if pa.types.is_floating(column.type):
+        beyond = (values >= 2.0**63) | (values < -2.0**63)
+    else:
+        beyond = values > np.iinfo(np.int64).max if pa.types.is_unsigned_integer(column.type) \
+            else np.zeros(len(values), bool)
+    if beyond.any():   # a cast would wrap them (uint64) or make them up (floats)
+        raise AutoALError(f"parquet pool {where}: {int(beyond.sum())} values of {name} do not fit in int64 "
+                          f"(e.g. {values[beyond][0].item()}); expected int64")
     return values.astype(np.int64)
 
 
@@ -293,4 +306,4 @@ def schema_metadata(meta: dict, key: bytes, where: str, parse, expected: str, de
         return parse(meta[key].decode())
     except (ValueError, TypeError, UnicodeDecodeError):
         raise AutoALError(f"parquet pool {where}: metadata {key.decode()} is "
-                          f"{meta[key].decode(errors='replace')!r}; expected {expected}") from None
+                          f"{shown(meta[key].decode(errors='replace'))}; expected {expected}") from None

@@ -1,6 +1,8 @@
-"""Result plots: learning curves with std bands; AutoAL's strategy-weight heatmap; AUBC vs candidate pool size."""
+"""Result plots: learning curves with std bands; AutoAL's strategy-weight heatmap; AUBC vs candidate pool size;
+the pairwise win/tie/loss penalty matrix."""
 from __future__ import annotations
 
+from io import BytesIO
 from pathlib import Path
 
 import matplotlib
@@ -9,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from autoal.safe_io import atomic_write  # noqa: E402
 
 
 def curves(results: pd.DataFrame, path: Path, title: str = "", ylabel: str = "test accuracy") -> Path:
@@ -27,10 +31,13 @@ def curves(results: pd.DataFrame, path: Path, title: str = "", ylabel: str = "te
 
 
 def save(fig, path: Path) -> Path:
-    """Write the figure as PNG and free it (pyplot keeps every open figure alive)."""
+    """Write the figure as PNG (atomically, never through a symlink) and free it (pyplot keeps
+    every open figure alive)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    buf = BytesIO()
+    fig.savefig(buf, dpi=120, format="png")
     plt.close(fig)
+    atomic_write(Path(path), buf.getvalue())
     return path
 
 
@@ -68,4 +75,26 @@ def candidates_size(table: pd.DataFrame, path: Path) -> Path:
     ax.set_title("AUBC vs candidate pool size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return save(fig, path)
+
+
+def penalty_matrix(matrix: pd.DataFrame, path: Path, title: str = "") -> Path:
+    """BADGE's win/tie/loss heatmap: cell (i, j) is how often strategy i significantly beat j, in
+    experiments (each experiment's rounds weigh 1 in all); the bottom row, each column's sum, is the
+    penalty strategy j took (lower is better)."""
+    values = np.vstack([matrix.to_numpy(), matrix.to_numpy().sum(axis=0)])
+    label = max(len(str(name)) for name in [*matrix.index, "penalty (column sum)"]) * 0.075  # inches of text
+    fig, ax = plt.subplots(figsize=(3 + label + 0.7 * matrix.shape[1], 2 + label + 0.5 * values.shape[0]))
+    image = ax.imshow(values, aspect="auto", cmap="magma_r")
+    middle = (values.min() + values.max()) / 2
+    for (row, col), value in np.ndenumerate(values):
+        ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                color="white" if value > middle else "black")
+    ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=45, ha="right")
+    ax.set_yticks(range(values.shape[0]), [*matrix.index, "penalty (column sum)"])
+    ax.axhline(matrix.shape[0] - 0.5, color="white", linewidth=2)
+    ax.set_xlabel("loser")
+    ax.set_ylabel("winner")
+    ax.set_title(title or "pairwise wins (paired t-test per round)")
+    fig.colorbar(image, ax=ax)
     return save(fig, path)

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from autoal.errors import AutoALError
+from autoal.safe_io import shown
 from autoal.modes import as_created
 from autoal.strategies.base import positions
 
@@ -51,12 +52,12 @@ def split_column(values, name: str) -> pd.Categorical:
 
 
 def unknown_splits(name: str, values) -> AutoALError:
-    return AutoALError(f"pool {name!r}: unknown split values {sorted(map(str, values))}; expected train/test")
+    return AutoALError(f"pool {shown(name)}: unknown split values {sorted(map(str, values))}; expected train/test")
 
 
 def labels_outside(name: str, count: int, example: int, classes: int) -> AutoALError:
     return AutoALError(
-        f"pool {name!r}: {count} labels outside 0..{classes - 1} (e.g. {example}; {OOD} marks "
+        f"pool {shown(name)}: {count} labels outside 0..{classes - 1} (e.g. {example}; {OOD} marks "
         "out-of-distribution samples and null unknown labels, in the train split only)")
 
 
@@ -80,17 +81,17 @@ class Pool:
         n = len(self.ids)
         for field, arr in (("x", self.x), ("y", self.y), ("split", self.split)):
             if len(arr) != n:
-                raise AutoALError(f"pool {self.name!r}: {field} has {len(arr)} rows but there are {n} ids")
+                raise AutoALError(f"pool {shown(self.name)}: {field} has {len(arr)} rows but there are {n} ids")
         if self.classes < 2:
-            raise AutoALError(f"pool {self.name!r}: needs at least 2 classes, has {self.classes}")
+            raise AutoALError(f"pool {shown(self.name)}: needs at least 2 classes, has {self.classes}")
         object.__setattr__(self, "split", split_column(self.split, self.name))
         if n > 1 and not (self.ids[1:] > self.ids[:-1]).all():   # ascending ids are unique
             ordered = np.sort(self.ids)
             if (ordered[1:] == ordered[:-1]).any():
-                raise AutoALError(f"pool {self.name!r}: ids are not unique")
+                raise AutoALError(f"pool {shown(self.name)}: ids are not unique")
         if isinstance(self.x, np.ndarray) and not np.isfinite(self.x).all():   # lazy features: checked when read
             bad = int((~np.isfinite(self.x.reshape(n, -1))).any(axis=1).sum())
-            raise AutoALError(f"pool {self.name!r}: {bad} samples have NaN or infinite features")
+            raise AutoALError(f"pool {shown(self.name)}: {bad} samples have NaN or infinite features")
         y = np.asarray(self.y)
         out = (y < UNLABELED) | (y >= self.classes) | ((y < 0) & (self.split != "train"))
         if out.any():
@@ -146,7 +147,7 @@ class Pool:
         try:
             return positions(self.ids, ids)
         except KeyError:
-            raise AutoALError(f"pool {self.name!r}: unknown ids requested") from None
+            raise AutoALError(f"pool {shown(self.name)}: unknown ids requested") from None
 
 
 def _as_run(index):
@@ -166,9 +167,9 @@ def with_ood_classes(pool: Pool, classes: tuple[int, ...]) -> Pool:
         return pool
     bad = sorted(set(classes) - set(range(pool.classes)))
     if bad:
-        raise AutoALError(f"ood_classes {bad} are not classes of pool {pool.name!r} (0..{pool.classes - 1})")
+        raise AutoALError(f"ood_classes {bad} are not classes of pool {shown(pool.name)} (0..{pool.classes - 1})")
     if pool.classes - len(classes) < 2:
-        raise AutoALError(f"ood_classes leave pool {pool.name!r} fewer than 2 in-distribution classes")
+        raise AutoALError(f"ood_classes leave pool {shown(pool.name)} fewer than 2 in-distribution classes")
     ood = np.isin(pool.y, classes) | (pool.y == OOD)
     keep = ~(ood & (pool.split != "train"))
     renumber = np.cumsum(~np.isin(np.arange(pool.classes), classes)) - 1

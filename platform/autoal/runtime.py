@@ -4,6 +4,15 @@ Under `ray job submit` (RAY_ADDRESS set) or inside a Tune trial this joins the
 cluster; otherwise it starts a local Ray with at least 4 logical CPUs, which
 avoids the actor-pool and Train+Data deadlocks seen on 2-core machines.
 
+A local Ray's head processes (GCS, raylet) die with the driver (Ray sets
+PR_SET_PDEATHSIG on them), but the agents the raylet starts (dashboard agent,
+runtime-env agent) only notice its death by polling, then wait up to a minute
+on the dead GCS. So a local start also starts a reaper: a tiny process that
+waits for the driver to end, however it ends (kill -9 included: its pipe
+closes), and then kills every process left of that Ray session: those naming
+its session directory on their command line, and those whose environment names
+its raylet (the agents and workers retitle themselves).
+
 Ray queues a request it cannot place and waits for ever (an autoscaler might
 add the node), so an impossible one (8 workers on 4 CPUs, a GPU on a machine
 without one) is refused here, before the run starts; on an autoscaling cluster
@@ -13,6 +22,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import time
 from typing import Callable
 
@@ -42,15 +53,45 @@ def init_ray() -> None:
             # ERROR: Ray's start-up notices (token auth set up, ...) stay in its log files
             ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False,
                      logging_level=logging.ERROR)
+            node = ray._private.worker._global_node
+            _reap_with_driver(node.get_session_dir_path(), node.all_processes["raylet"][0].process.pid)
     quiet()
 
 
+# Runs with Python's -I -S: stdlib only, no site packages, so it starts in milliseconds.
+REAPER = """
+import os, signal, sys
+session, raylet = sys.argv[1].encode(), b"\\0RAY_RAYLET_PID=" + sys.argv[2].encode() + b"\\0"
+sys.stdin.buffer.read()   # returns when the driver's end of the pipe closes: the driver has ended
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    if int(pid) == os.getpid():
+        continue
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f, open(f"/proc/{pid}/environ", "rb") as e:
+            if session in f.read() or raylet in b"\\0" + e.read():
+                os.kill(int(pid), signal.SIGKILL)
+    except OSError:
+        pass
+"""
+_REAPERS: list[subprocess.Popen] = []   # the driver keeps the pipe's write end until it exits
+
+
+def _reap_with_driver(session_dir: str, raylet_pid: int) -> None:
+    """Start the reaper of this driver's local Ray session (Linux: it reads /proc)."""
+    if not sys.platform.startswith("linux"):
+        return
+    _REAPERS.append(subprocess.Popen([sys.executable, "-I", "-S", "-c", REAPER, session_dir, str(raylet_pid)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True))
+
+
 def demand(workers: int, actors: int, gpus: float) -> dict[str, float]:
-    """What a run needs of the cluster at its peak: training (`workers` Ray Train workers of 1 CPU,
-    or `gpus` GPUs) and scoring (`actors` Ray Data actors of 1 CPU and `gpus` GPUs) take turns."""
+    """What a run needs of the cluster at its peak: training (`workers` workers of 1 CPU, or `gpus`
+    GPUs) and scoring (`actors` Ray Data actors of 1 CPU and `gpus` GPUs) at once, since the warm
+    training workers keep theirs while the pool is scored."""
     train = {"GPU": workers * gpus} if gpus > 0 else {"CPU": float(workers)}
     score = {"CPU": float(actors), "GPU": actors * gpus}
-    return {k: max(train.get(k, 0.0), score.get(k, 0.0)) for k in ("CPU", "GPU")}
+    return {k: train.get(k, 0.0) + score.get(k, 0.0) for k in ("CPU", "GPU")}
 
 
 def _short(need: dict[str, float], have: dict[str, float]) -> dict[str, float]:

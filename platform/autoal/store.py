@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -27,32 +26,30 @@ import yaml
 
 from autoal.config import EXECUTION_FIELDS, ExperimentConfig, from_dict
 from autoal.errors import AutoALError
+from autoal.journal import Journal
 from autoal.lock import LOCK_FILE, DirLock
-from autoal.modes import as_created
+from autoal.safe_io import CONFIG_BYTES, atomic_write, load_yaml, own_dir, read_bytes
+
+__all__ = ["ExperimentDir", "atomic_write", "parquet_bytes", "read_table"]
 
 LEDGER_COLUMNS = ["strategy", "seed", "round", "id", "label"]
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        as_created(tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.filename is None:  # fsync and write do not say which file
-            raise OSError(exc.errno, exc.strerror, str(path)) from None
-        raise
+TABLE_BYTES = 1 << 30        # a results table or ledger autoal reads back
+CHECKPOINT_BYTES = 8 << 30   # a round's checkpoint
 
 
 def parquet_bytes(frame: pd.DataFrame) -> bytes:
     buf = io.BytesIO()
     frame.to_parquet(buf, index=False)
     return buf.getvalue()
+
+
+def read_table(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """A Parquet table autoal wrote, read as a regular file (never through a symlink), bounded."""
+    data = read_bytes(path, TABLE_BYTES, "table", follow=False)
+    try:
+        return pd.read_parquet(io.BytesIO(data), columns=columns)
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        raise AutoALError(f"{path} is damaged ({type(exc).__name__}); restore it or start a new --out") from None
 
 
 class ExperimentDir:
@@ -63,6 +60,15 @@ class ExperimentDir:
         self.config_path = self.root / "config.yaml"
         self.ledger_path = self.root / "ledger.parquet"
         self.results_path = self.root / "results.parquet"
+        self.journal: Journal | None = None   # while set, every write is recorded in it first
+
+    def write(self, path: Path, data: bytes) -> None:
+        """Write one of the directory's files atomically, recorded in the journal when one is open."""
+        if self.journal is None:
+            atomic_write(path, data)
+            return
+        self.journal.record(path, "replaced" if os.path.lexists(path) else "new")
+        atomic_write(path, data, lambda tmp: self.journal.record(tmp, "tmp"))
 
     def open(self, config: ExperimentConfig) -> "ExperimentDir":
         """Create the directory, or check that it holds this same experiment and load its progress;
@@ -74,7 +80,7 @@ class ExperimentDir:
         self.lock = DirLock(self.root).acquire()
         try:
             config, fresh = self._merged(config)  # again under the lock: the last holder may have written
-            atomic_write(self.config_path, yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
+            self.write(self.config_path, yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
             self.reload()
             if fresh:
                 self.ledger = self.ledger.iloc[:0]
@@ -115,17 +121,15 @@ class ExperimentDir:
 
     def saved_config(self) -> ExperimentConfig:
         try:
-            return from_dict(yaml.safe_load(self.config_path.read_text()))
-        except (AutoALError, yaml.YAMLError) as exc:
+            text = read_bytes(self.config_path, CONFIG_BYTES, "config", follow=False).decode("utf-8")
+            return from_dict(load_yaml(text))
+        except (AutoALError, yaml.YAMLError, UnicodeDecodeError) as exc:
             raise AutoALError(f"{self.config_path} is not a valid autoal config: {exc}") from None
 
     def _read(self, path: Path, columns) -> pd.DataFrame:
-        if not path.exists():
+        if not os.path.lexists(path):
             return pd.DataFrame(columns=columns or ["strategy", "seed", "round"])
-        try:
-            return pd.read_parquet(path)
-        except Exception as exc:  # pyarrow raises several types for damaged files
-            raise AutoALError(f"{path} is damaged ({exc}); restore it or start a new --out") from None
+        return read_table(path)
 
     def _next_round(self, ledger: pd.DataFrame) -> pd.Series:
         """Per ledger row, the newest round its (strategy, seed) may hold: one past its last result."""
@@ -150,26 +154,27 @@ class ExperimentDir:
 
     def load_state(self, strategy: str, seed: int, round_: int):
         path = self.state_path(strategy, seed, round_)
-        if not path.exists():
+        if not os.path.lexists(path):
             return None
+        data = read_bytes(path, CHECKPOINT_BYTES, "checkpoint", follow=False)
         try:
             with warnings.catch_warnings():  # a foreign file's pickle protocol draws a UserWarning first
                 warnings.simplefilter("ignore")
-                return _from_tensors(torch.load(path, weights_only=True))
+                return _from_tensors(torch.load(io.BytesIO(data), weights_only=True))
         except Exception as exc:  # weights_only refusals and damaged files raise several types
             raise AutoALError(f"{path} is not a checkpoint autoal wrote ({type(exc).__name__}); "
                               "delete it and the rounds after it, or start a new --out") from None
 
     def save_state(self, strategy: str, seed: int, round_: int, state) -> None:
         path = self.state_path(strategy, seed, round_)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        own_dir(self.root, *path.parent.relative_to(self.root).parts)
         buf = io.BytesIO()
         torch.save(_to_tensors(state), buf)
-        atomic_write(path, buf.getvalue())
+        self.write(path, buf.getvalue())
 
     def append_ledger(self, rows: pd.DataFrame) -> None:
         self.ledger = pd.concat([self.ledger, rows[LEDGER_COLUMNS]], ignore_index=True)
-        atomic_write(self.ledger_path, parquet_bytes(self.ledger.astype(
+        self.write(self.ledger_path, parquet_bytes(self.ledger.astype(
             {"seed": "int64", "round": "int64", "id": "int64", "label": "int64"})))
 
     def append_rows(self, table: str, rows: list[dict]) -> None:
@@ -179,18 +184,18 @@ class ExperimentDir:
         replaced, so a resumed round does not count twice."""
         path = self.root / f"{table}.parquet"
         frame = pd.DataFrame(rows)
-        if path.exists():
-            old = pd.read_parquet(path)
+        if os.path.lexists(path):
+            old = read_table(path)
             key = ["strategy", "seed", "round"]
             stale = old[key].apply(tuple, axis=1).isin(set(frame[key].apply(tuple, axis=1)))
             frame = pd.concat([old[~stale], frame], ignore_index=True)
-        atomic_write(path, parquet_bytes(frame))
+        self.write(path, parquet_bytes(frame))
 
     def append_result(self, row: dict) -> None:
         new = pd.DataFrame([row])
         self.results = new if not len(self.results) else pd.concat([self.results, new], ignore_index=True)
-        atomic_write(self.results_path, parquet_bytes(self.results))
-        atomic_write(self.root / "results.csv", self.results.to_csv(index=False).encode())
+        self.write(self.results_path, parquet_bytes(self.results))
+        self.write(self.root / "results.csv", self.results.to_csv(index=False).encode())
 
 
 NUMPY = "__numpy__"   # marks a numpy array stored as a tensor in a checkpoint

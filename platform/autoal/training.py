@@ -6,7 +6,6 @@ reproducible for a seed and every rank takes the same number of steps.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -113,20 +112,6 @@ class TrainPayload:
     folds: tuple = ()                      # cross-validation: (train positions, held-out positions) per fold
 
 
-@contextmanager
-def threads_for(spec: ModelSpec):
-    """One torch thread for the MLP: its steps are microseconds of work, and intra-op threads on a
-    busy CPU cost more than they give (100 steps of a batch of 64 on 512-d embeddings, 2 cores at
-    load 15: 0.7 s on one thread, 27-42 s on two)."""
-    before = torch.get_num_threads()
-    if spec.name == "mlp":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def train(p: TrainPayload, x: torch.Tensor, y: torch.Tensor, world: World, seed: int) -> tuple[models.TaskNet, float]:
     """A TaskNet (classifier + loss-prediction module) trained from scratch on (x, y), and its last
     epoch's loss."""
@@ -142,9 +127,8 @@ def train(p: TrainPayload, x: torch.Tensor, y: torch.Tensor, world: World, seed:
 def train_loop(p: TrainPayload, world: World) -> dict:
     """Train a TaskNet from scratch, then evaluate."""
     (x, y), (x_test, y_test) = tensors(p.train, labels=1), tensors(p.test, labels=1)
-    with threads_for(p.spec):
-        net, epoch_loss = train(p, x, y, world, p.seed)
-        accuracy = evaluate(net, x_test, y_test, world)
+    net, epoch_loss = train(p, x, y, world, p.seed)
+    accuracy = evaluate(net, x_test, y_test, world)
     return asdict(FitResult(portable_state(net), accuracy, epoch_loss))
 
 
@@ -154,9 +138,8 @@ def folds_loop(p: TrainPayload, world: World) -> float:
     correct = 0.0
     for fold, (train_at, held_at) in enumerate(p.folds):
         train_at, held_at = torch.tensor(train_at), torch.tensor(held_at)   # object-store arrays are read-only
-        with threads_for(p.spec):
-            net, _ = train(p, x[train_at], y[train_at], world, p.seed + fold)
-            correct += evaluate(net, x[held_at], y[held_at], world) * len(held_at)
+        net, _ = train(p, x[train_at], y[train_at], world, p.seed + fold)
+        correct += evaluate(net, x[held_at], y[held_at], world) * len(held_at)
     return correct / sum(len(held_at) for _, held_at in p.folds)
 
 

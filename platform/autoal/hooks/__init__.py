@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from autoal.config import ExperimentConfig
 from autoal.errors import AutoALError
+from autoal.safe_io import shown
 from autoal.hooks import bandit, joint_loss, perturbation, state_adversary, strategy_search, synthesis
 from autoal.hooks.round import RoundContext, RoundHook, ScorerExtra
 from autoal.strategies import get, names
@@ -30,7 +31,7 @@ __all__ = ["HOOKS", "RoundContext", "RoundHook", "ScorerExtra", "create"]
 def create(name: str, cfg: ExperimentConfig) -> RoundHook:
     """Strategy `name`, built with its options, in its round hook (the plain one if it has none)."""
     if name not in names():
-        raise AutoALError(f"unknown strategy {name!r}; known: {', '.join(names())}")
+        raise AutoALError(f"unknown strategy {shown(name)}; known: {', '.join(names())}")
     try:
         strategy = get(name, **cfg.strategy_options(name))
     except (KeyError, ValueError) as exc:

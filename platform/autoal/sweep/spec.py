@@ -18,6 +18,7 @@ import yaml
 
 from autoal import config, datasets
 from autoal.errors import AutoALError
+from autoal.safe_io import CONFIG_BYTES, clip, load_yaml, one_line, read_text, shown
 from autoal.strategies.autoal import CANDIDATES as PAPER_CANDIDATES  # nested pools: size n is the first n
 
 SPEC_FILE = "sweep.yaml"
@@ -33,7 +34,7 @@ NAME_CHARS = re.compile(r"[^\w.=+,-]")   # what a trial or file name may not hol
 def nested_pool(size) -> list[str]:
     """`candidates_size: n`: the paper's nested pool of the first n candidates."""
     if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= len(PAPER_CANDIDATES):
-        raise AutoALError(f"candidates_size must be an integer from 1 to {len(PAPER_CANDIDATES)}, got {size!r}")
+        raise AutoALError(f"candidates_size must be an integer from 1 to {len(PAPER_CANDIDATES)}, got {shown(size)}")
     return list(PAPER_CANDIDATES[:size])
 
 
@@ -161,10 +162,9 @@ def _flatten(data: dict, prefix: str = "") -> dict:
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a spec file; every problem is an AutoALError naming the file."""
     path = Path(path)
+    text = read_text(path, CONFIG_BYTES, "sweep spec")
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise AutoALError(f"cannot read sweep spec {path}: {exc.strerror}") from None
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise AutoALError(f"sweep spec {path} is not valid YAML: {config.yaml_problem(exc)}") from None
     if not isinstance(data, dict):
@@ -178,8 +178,10 @@ def load_spec(path: str | Path) -> SweepSpec:
 def read_spec(root: Path) -> SweepSpec:
     """The spec a sweep directory was started with."""
     try:
-        return from_dict(yaml.safe_load((root / SPEC_FILE).read_text()))
-    except (AutoALError, yaml.YAMLError, TypeError) as exc:
+        return from_dict(load_yaml(read_text(root / SPEC_FILE, CONFIG_BYTES, "sweep spec", follow=False)))
+    except (yaml.YAMLError, TypeError) as exc:
+        raise AutoALError(f"{root / SPEC_FILE} is not a valid sweep spec: {one_line(exc)}") from None
+    except AutoALError as exc:
         raise AutoALError(f"{root / SPEC_FILE} is not a valid sweep spec: {exc}") from None
 
 
@@ -187,11 +189,11 @@ def from_dict(data: dict) -> SweepSpec:
     """A SweepSpec from plain data, checked against the config and the registries."""
     unknown = sorted(set(data) - set(SPEC_KEYS))
     if unknown:
-        raise AutoALError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+        raise AutoALError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(clip(str(k), 40) for k in unknown[:3])}; "
                           f"known: {', '.join(SPEC_KEYS)}")
     name = data.get("name")
-    if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name):
-        raise AutoALError(f"name must be letters, digits, '.', '_' or '-', got {name!r}")
+    if not isinstance(name, str) or not re.fullmatch(r"[\w.-]{1,100}", name, re.ASCII):
+        raise AutoALError(f"name must be 1 to 100 letters, digits, '.', '_' or '-', got {shown(name)}")
     base = data.get("base") or {}
     if not isinstance(base, dict):
         raise AutoALError("base must be a mapping of experiment config fields")
@@ -210,7 +212,7 @@ def _positive_int(data: dict, key: str, default):
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise AutoALError(f"{key} must be a positive integer, got {value!r}")
+        raise AutoALError(f"{key} must be a positive integer, got {shown(value)}")
     return value
 
 
@@ -228,7 +230,7 @@ def _check_axes(axes) -> dict:
             _check_space(key, value)
         else:
             raise AutoALError(f"axis {key} must be a list of values or a search space "
-                              f"{{tune: {'|'.join(SPACES)}, ...}}, got {value!r}")
+                              f"{{tune: {'|'.join(SPACES)}, ...}}, got {shown(value)}")
     for special, target in SPECIAL_AXES.items():
         for field_ in target.fields:
             if special in axes and field_ in axes:
@@ -246,7 +248,7 @@ def _check_axis_key(key) -> None:
         if part not in fields:
             where = ".".join(parts[:i]) or "the experiment config"
             special = "" if i else f"; special axes: {', '.join(SPECIAL_AXES)}"
-            raise AutoALError(f"unknown axis {key}: {where} has no field {part!r} "
+            raise AutoALError(f"unknown axis {key}: {where} has no field {shown(part)} "
                               f"(fields: {', '.join(sorted(fields))}){special}")
         cls = get_type_hints(cls)[part]
         if get_origin(cls) is dict:
@@ -260,7 +262,7 @@ def _check_axis_key(key) -> None:
 def _check_space(key: str, value: dict) -> None:
     kind = value.get("tune")
     if kind not in SPACES:
-        raise AutoALError(f"axis {key}: unknown search space {kind!r}; known: {', '.join(SPACES)}")
+        raise AutoALError(f"axis {key}: unknown search space {shown(kind)}; known: {', '.join(SPACES)}")
     args = set(value) - {"tune"}
     if args != set(SPACES[kind].args):
         raise AutoALError(f"axis {key}: search space {kind} takes {', '.join(SPACES[kind].args)}, "
@@ -271,11 +273,11 @@ def _check_space(key: str, value: dict) -> None:
 
 def _check_resources(resources) -> dict:
     if not isinstance(resources, dict) or set(resources) - {"cpu", "gpu"}:
-        raise AutoALError(f"resources takes cpu and gpu (per trial), got {resources!r}")
+        raise AutoALError(f"resources takes cpu and gpu (per trial), got {shown(resources)}")
     out = {"cpu": resources.get("cpu", 1.0), "gpu": resources.get("gpu", 0.0)}
     for key, value in out.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise AutoALError(f"resources.{key} must be a number >= 0, got {value!r}")
+            raise AutoALError(f"resources.{key} must be a number >= 0, got {shown(value)}")
     if out["cpu"] <= 0:
         raise AutoALError("resources.cpu must be > 0: the experiment task needs a CPU share")
     return {k: float(v) for k, v in out.items()}
@@ -287,7 +289,7 @@ def _check_scheduler(scheduler) -> dict | None:
         return None
     if not isinstance(scheduler, dict) or scheduler.get("type") not in SCHEDULERS:
         raise AutoALError(f"scheduler must be a mapping with type one of {', '.join(SCHEDULERS)}, "
-                          f"got {scheduler!r}")
+                          f"got {shown(scheduler)}")
     defaults = SCHEDULERS[scheduler["type"]].options
     unknown = sorted(set(scheduler) - {"type", "metric", *defaults})
     if unknown:
@@ -312,12 +314,12 @@ def _check_configs(spec: SweepSpec) -> None:
             try:
                 configs.append(spec.trial_config({key: v}))
             except AutoALError as exc:
-                raise AutoALError(f"axis {key} value {v!r}: {exc}") from None
+                raise AutoALError(f"axis {key} value {shown(v)}: {exc}") from None
     for cfg in configs:
         for name in cfg.strategies:
             hooks.create(name, cfg)
         if cfg.dataset.partition(":")[0].strip().lower() not in sources:
-            raise AutoALError(f"unknown dataset {cfg.dataset!r}; sources: {', '.join(sorted(sources))}")
+            raise AutoALError(f"unknown dataset {shown(cfg.dataset)}; sources: {', '.join(sorted(sources))}")
         if cfg.gpus > 0 and cfg.workers == 0 and spec.resources["gpu"] == 0:
             raise AutoALError("the experiment uses gpus in the trial process (workers: 0) but resources.gpu is 0")
     if spec.scheduler:
