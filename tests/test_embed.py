@@ -170,3 +170,18 @@ def test_label_rounds_train_a_head_on_the_embeddings(ray_local, weights, tmp_pat
         results = opened.store.results
     assert len(results) == 1 and results["accuracy_estimated"].all() and results["accuracy"].notna().all()
     assert (project / "queries" / "round-001.html").exists() and (project / "embeddings" / "pool").is_dir()
+
+
+def test_a_parquet_pool_of_gray_images_embeds_row_group_by_row_group(ray_local, weights, tmp_path):
+    from autoal.pool import from_arrays, write_parquet
+
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 1, 12, 12), np.float32)
+    write_parquet(from_arrays("gray", x[:6], np.arange(6) % 2, x[6:], [0, 1], classes=2), tmp_path / "pool")
+    embed(f"parquet:{tmp_path / 'pool'}", str(tmp_path / "emb"), "resnet18", weights=str(weights),
+          log=lambda line: None)
+    pool = read_parquet(tmp_path / "emb")
+    assert list(pool.split) == ["train"] * 6 + ["test"] * 2 and list(pool.labels(np.arange(8))) == [0, 1] * 4
+    embedder = backbones.Embedder("resnet18", backbones.state_dict("resnet18", str(weights)))
+    np.testing.assert_allclose(pool.features(np.arange(8)), embedder.arrays(np.repeat(x, 3, axis=1)),
+                               rtol=1e-4, atol=1e-4)

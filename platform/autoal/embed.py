@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from autoal import backbones
 from autoal.errors import AutoALError
-from autoal.parquet_pool import features, filesystem, open_pool
+from autoal.parquet_pool import features, filesystem, schema_metadata
 from autoal.pool import UNLABELED, pool_schema, row_group_rows, shard_table
 
 DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
@@ -87,7 +87,12 @@ class RowGroupShard:
         with fs.open_input_file(self.file) as f:
             table = pq.ParquetFile(f).read_row_group(self.group, columns=["id", "x", "y", "split"])
         y = table.column("y").fill_null(UNLABELED).to_numpy().astype(np.int64)
-        x = features(table.column("x"), self.shape)
+        try:
+            x = features(table.column("x"), self.shape)
+        except ValueError:   # a row of another length than the shape metadata says
+            raise AutoALError(f"{self.file}: rows of x do not match the shape metadata {list(self.shape)}") from None
+        if not np.isfinite(x).all():
+            raise AutoALError(f"{self.file}: row group {self.group} has NaN or infinite pixels")
         return table.column("id").to_numpy(), _arrays(embedder, x, batch_size), y, table.column("split").to_numpy(
             zero_copy_only=False)
 
@@ -122,13 +127,20 @@ def plan(source: str, data_root: str, download: bool = False, shard_rows: int = 
                   for s in range(0, len(paths), shard_rows)]
         return Plan(f"images:{root.name}", len(names), len(paths), shards)
     if kind == "parquet" and arg:
-        pool = open_pool(arg)   # checks every row, streaming
-        _need_images(source, pool.shape)
         fs, path = filesystem(arg)
-        shards = [RowGroupShard(arg, fragment.path, group, pool.shape)
-                  for fragment in pads.dataset(path, filesystem=fs, format="parquet").get_fragments()
-                  for group in range(fragment.metadata.num_row_groups)]
-        return Plan(pool.name, pool.classes, len(pool), shards)
+        try:   # the metadata only: a pass checking every row would hold a batch of wide images in the driver
+            data = pads.dataset(path, filesystem=fs, format="parquet")
+            meta, fragments = data.schema.metadata or {}, list(data.get_fragments())
+            groups = [(fragment.path, group, fragment.metadata.row_group(group).num_rows) for fragment in fragments
+                      for group in range(fragment.metadata.num_row_groups)]
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise AutoALError(f"parquet pool {arg} is not readable Parquet: {exc}") from None
+        shape = schema_metadata(meta, b"shape", arg, lambda v: tuple(json.loads(v)), "a JSON list of ints", ())
+        classes = schema_metadata(meta, b"classes", arg, int, "an integer", 0)
+        _need_images(source, shape)
+        return Plan(meta.get(b"name", path.rsplit("/", 1)[-1].encode()).decode(errors="replace"), classes,
+                    sum(rows for _, _, rows in groups), [RowGroupShard(arg, file, group, shape)
+                                                         for file, group, _ in groups])
     pool = datasets.load(source, data_root, download)
     _need_images(source, pool.shape)
     shards = [ArrayShard(ray.put((pool.ids[s:s + shard_rows], pool.x[s:s + shard_rows], pool.labels(
