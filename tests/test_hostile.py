@@ -79,7 +79,7 @@ def test_a_killed_command_is_rolled_back_by_its_journal_only(ray_local, tmp_path
 
 
 def test_an_image_symlink_outside_the_folder_is_refused_and_one_inside_is_read(tmp_path, capsys):
-    from autoal.images import read_folder
+    from autoal.images import image_files
 
     argv = battery.hostile.images(tmp_path, ("x.png", lambda p: p.symlink_to(battery.hostile.outside_png(tmp_path))))
     assert cli.main(argv) == 2
@@ -87,8 +87,8 @@ def test_an_image_symlink_outside_the_folder_is_refused_and_one_inside_is_read(t
     assert "outside the folder" in err and "x.png" in err and not (tmp_path / "lab").exists()
     (tmp_path / "photos" / "x.png").unlink()
     (tmp_path / "photos" / "x.png").symlink_to(tmp_path / "photos" / "img0.png")   # inside: followed
-    pool, sources = read_folder(str(tmp_path / "photos"))
-    assert len(pool) == 5 and str(tmp_path / "photos" / "x.png") in sources
+    files = image_files(tmp_path / "photos", ("cat", "dog"))
+    assert len(files) == 5 and ("x.png", None) in files
 
 
 def test_an_alias_bomb_is_refused_in_under_a_second(tmp_path):
