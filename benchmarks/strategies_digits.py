@@ -5,8 +5,9 @@
 
 Runs through the same loop as `autoal run` (resumable: re-run to finish an interrupted
 benchmark) and prints mean AUBC and F-acc with std per strategy, then each strategy's AUBC
-difference to random, paired by seed, bgadl's to bald (BALD picks bgadl's batches), and how
-much each strategy's batches crowd into one class.
+difference to random, paired by seed, with its 95% interval and paired t-test, every pair's
+difference (`autoal.compare`), bgadl's to bald (BALD picks bgadl's batches), and how much each
+strategy's batches crowd into one class.
 `--also DIR...`: more --out directories of this benchmark (same protocol: seeds or strategies run
 as parallel processes, or autoal_digits.py's); a strategy whose every seed finished in them joins
 the table from there and is not run again. `--before DIR...`: --out directories of the same benchmark run at an
@@ -21,11 +22,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from autoal import config, metrics
+from autoal import compare, config, metrics
 from autoal.experiment import Experiment
 
 DEFAULT = ("random", "entropy", "margin", "least_confidence", "bald", "var_ratio", "mean_std", "kmeans",
-           "coreset", "badge", "lpl", "autoal", "vote", "albl", "poal", "noise_stability", "dpp", "vaal", "sraal",
+           "coreset", "badge", "typiclust", "probcover", "lpl", "autoal", "vote", "albl", "poal", "noise_stability", "dpp", "vaal", "sraal",
            "bgadl")
 
 
@@ -62,6 +63,7 @@ def main() -> None:
         print("\nAUBC minus random, paired by seed (mean, wins/seeds):")
         for name in runs.columns.drop("random"):
             print(f"  {name:<18} {paired(runs[name], runs['random'])}")
+    print("\n" + compare.format_differences(compare.paired_differences(results)))
     if {"bgadl", "bald"} <= set(runs):
         print(f"\nbgadl minus bald, paired by seed: {paired(runs['bgadl'], runs['bald'])}")
     ledger = pd.concat([pd.read_parquet(Path(d) / "ledger.parquet") for d in [args.out, *args.also]
@@ -94,9 +96,12 @@ def aubc_by_seed(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def paired(a: pd.Series, b: pd.Series) -> str:
-    """Mean difference a - b over the seeds both have, and on how many of them a won."""
+    """Mean difference a - b over the seeds both have, its 95% t interval, the paired t-test's p, and
+    on how many of the seeds a won."""
     diff = (a - b).dropna()
-    return f"{diff.mean():+.4f} ({int((diff > 0).sum())}/{len(diff)})"
+    t = compare.paired_test(diff)
+    return (f"{t['mean']:+.4f} [{t['ci_low']:+.4f}, {t['ci_high']:+.4f}] p={t['p_t']:.3f} "
+            f"({int((diff > 0).sum())}/{len(diff)})")
 
 
 if __name__ == "__main__":

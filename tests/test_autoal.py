@@ -140,6 +140,20 @@ def test_prior_holds_the_mixture_near_vote_without_hiding_the_useful_candidate()
     assert kl[2.0] < 0.5 * kl[0.0]
 
 
+def test_pull_to_flat_weakens_as_rows_accumulate():
+    """The prior is worth n0 rows: its weight halves at n0 rows and fades after; trained
+    with the weight it has after many rows, the mixture moves further from flat than
+    with the weight it has after a few."""
+    weights = [objective.prior_weight(2.0, 50, rows) for rows in (0, 10, 50, 200, 1000)]
+    assert weights[0] == 2.0 and weights[2] == 1.0 and all(a > b for a, b in zip(weights, weights[1:]))
+    rows = fitted_rows({"useful": lambda p, ce, align: top(align), "useless": lambda p, ce, align: top(-ce)})
+    kl = {}
+    for n in (10, 1000):
+        pi = train_search(rows, "lookahead", prior=objective.prior_weight(2.0, 50, n))
+        kl[n] = float((pi * torch.log(pi * 2)).sum(1).mean())
+    assert kl[1000] > 2 * kl[10]
+
+
 def test_lookahead_rewards_samples_that_lower_held_out_loss():
     """On real FitNet gradients, band samples (informative) align with the held-out
     gradient and cluster samples (fitted) do not: the reward orders them so."""
@@ -418,6 +432,28 @@ def test_search_trusts_the_candidate_that_picks_informative_samples(ray_local, t
     assert (pd.read_parquet(tmp_path / "out" / "search.parquet")["vote_overlap"] < 1).all()
 
 
+def test_replayed_rows_grow_and_a_useless_candidate_falls_below_one_over_k(ray_local, tmp_path):
+    """In the real loop with the default prior: every round's search trains on all earlier
+    cycles' rows too (the replay grows by the round's rows, the prior's weight falls), and
+    kmeans, which picks the centres of the redundant clusters, drops below 1/K within three
+    rounds while margin, which picks the informative band, rises above it."""
+    candidates = ["margin", "kmeans", "random"]
+    cfg = toy_cfg(initial=40, batch=20, rounds=3, epochs=10, **{
+        "options.autoal.candidates": candidates, "options.vote.candidates": candidates,
+        "search.cycles_first": 2, "search.fit_steps": 50, "search.search_epochs": 20, "search.batch_size": 64})
+    exp = toy_experiment(cfg, tmp_path / "out", n_easy=300, n_hard=60)
+    exp.run()
+    telemetry = pd.read_parquet(tmp_path / "out" / "search.parquet").set_index("round")
+    assert (telemetry["replay_rows"] == telemetry["val_rows"].mul(telemetry["cycles"]).cumsum()).all()
+    assert telemetry["replay_rows"].is_monotonic_increasing and telemetry["prior_weight"].is_monotonic_decreasing
+    saved = exp.store.load_state("autoal", 0, cfg.rounds)
+    assert len(saved["replay"]["a"]) == telemetry["replay_rows"].iloc[-1]
+    assert len(np.unique(saved["replay"]["space"])) == telemetry["cycles"].sum()   # one space per FitNet
+    weights = pd.read_parquet(tmp_path / "out" / "strategy_weights.parquet")
+    last = weights[weights["round"] == weights["round"].max()].set_index("candidate")["weight_pool"]
+    assert last["kmeans"] < 1 / 3 < last["margin"]
+
+
 class Killed(Exception):
     pass
 
@@ -456,6 +492,8 @@ def test_resume_restores_searchnet(resumed_run):
     saved = ExperimentDir(root / "full").load_state("autoal", 0, 1)
     for key, value in saved["search"].items():
         torch.testing.assert_close(loaded[0]["search"][key], value)
+    for key, value in saved["replay"].items():                   # the evidence so far comes back whole
+        np.testing.assert_array_equal(loaded[0]["replay"][key], value)
     telemetry = pd.read_parquet(root / "cut" / "search.parquet")
     assert telemetry.set_index("round")["cycles"].to_dict() == {0: 2, 1: 1}
 

@@ -12,7 +12,7 @@ from autoal.strategies import PoolStats, Strategy, get, names, register
 from autoal.strategies import base, diversity
 
 ALL = {"random", "entropy", "margin", "least_confidence", "var_ratio", "mean_std",
-       "bald", "lpl", "kmeans", "coreset", "badge", "cluster_margin"}
+       "bald", "lpl", "kmeans", "coreset", "badge", "cluster_margin", "typiclust", "probcover"}
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -85,7 +85,7 @@ def test_select_rejects_bad_k(name, k):
 
 
 def test_diversity_strategies_have_no_per_sample_score():
-    for name in ("random", "kmeans", "coreset", "badge", "cluster_margin"):
+    for name in ("random", "kmeans", "coreset", "badge", "cluster_margin", "typiclust", "probcover"):
         assert not get(name).per_sample
         with pytest.raises(NotImplementedError):
             get(name).score(pool())

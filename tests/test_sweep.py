@@ -173,8 +173,10 @@ def test_report_of_a_sweep_directory_needs_no_ray_tune(tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.rstrip().endswith("ray.tune stayed blocked")
-    rows = [line.split()[:3] for line in done.stdout.splitlines() if line.startswith("digits")]
+    summary_text, pairs_text = done.stdout.split("paired AUBC differences")
+    rows = [line.split()[:3] for line in summary_text.splitlines() if line.startswith("digits")]
     assert rows == [["digits", "random,", "lr=0.01"], ["digits", "random,", "lr=0.001"]]
+    assert "random, lr=0.01" in pairs_text and (out / "penalty_matrix.png").is_file()
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary["lr"]) == [0.01, 0.001] and list(summary["seeds"]) == [2, 2]
     assert summary["aubc_vs_best"].iloc[0] == 0 and summary["aubc_vs_best"].iloc[1] < 0

@@ -45,7 +45,9 @@ class SearchConfig:
     fit_steps: int = key(50, "FitNet epochs are raised until it takes at least this many optimiser steps")
     search_epochs: int = key(10, "SearchNet epochs over L_val per cycle")
     lam: float = key(1.0, "count regulariser weight (lambda)")
-    prior: float = key(1.0, "weight of KL(pi || flat mixture): shrinks AutoAL toward vote")
+    prior: float = key(1.0, "weight of KL(pi || flat mixture) before any evidence: shrinks AutoAL toward vote")
+    prior_rows: int = key(50, "the prior's strength in search rows, n0: its weight is prior n0 / (n0 + rows replayed)")
+    replay: bool = key(True, "SearchNet trains on the rows of every past cycle, not only this round's")
     gamma: float = key(0.1, "ranking loss weight")
     threshold: str = key("gmm", "gmm (paper) or quantile (exact)")
     lr: float = key(1e-3, "SearchNet's and FitNet's Adam learning rate")
@@ -74,7 +76,9 @@ class ExperimentConfig:
     batch_size: int = key(64, "the task model's mini-batch")
     dropout: float = key(0.3, "dropout of the classifier head (MC dropout)")
     mc_samples: int = key(10, "T, MC-dropout samples of the head")
-    workers: int = key(0, "Ray Train workers; 0 = local mode in the driver", execution=True)
+    workers: int = key(0, "training workers; 0 = train in the driver", execution=True)
+    warm_workers: bool = key(True, "start the training workers once per run and keep them for every fit; "
+                                   "false: a new Ray Train worker group per fit (~20 s each)", execution=True)
     actors: int | str = key(AUTO, "Ray Data scoring workers; 0 = in the driver; auto: in the driver for small "
                                   "pools", execution=True)
     gpus: float = key(0.0, "GPUs per training worker and per scoring worker", execution=True)
@@ -109,6 +113,7 @@ class ExperimentConfig:
             (0.0 < self.search.rho < 1.0, "search.rho must be in (0, 1)"),
             (self.search.eta > 0, "search.eta must be positive"),
             (self.search.prior >= 0, "search.prior must be >= 0"),
+            (self.search.prior_rows >= 0, "search.prior_rows must be >= 0"),
             (self.search.fit_steps >= 0, "search.fit_steps must be >= 0"),
             (len(set(self.ood_classes)) == len(self.ood_classes), "ood_classes lists a class twice"),
         ]

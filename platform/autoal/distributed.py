@@ -1,20 +1,31 @@
-"""The one Ray Train runner: every network the platform trains (the task model, FitNet and
-SearchNet, VAAL's and BGADL's networks) runs through `run`.
+"""Where every network the platform trains runs: the task model, FitNet and SearchNet, VAAL's and
+BGADL's networks all go through `run`.
 
 A loop is `loop(payload, world)`: a typed, frozen payload (a dataclass with a `seed` field)
 and the `World` it runs in. `run` owns the rest: the payload's transfer through the object
-store (fields that are object refs arrive resolved), the seed, the device, and the return
-of rank 0's value. `workers=0` is Ray Train's local mode (the loop runs in the driver, no
-worker group: right for small pools); `workers>=1` starts a worker group, and
-`World.prepare` wraps modules in DDP. A loop takes its world as an argument, so it also
-runs in a unit test as `loop(payload, World.local())`, without Ray.
+store (fields that are object refs arrive resolved), the seed, deterministic kernels, one
+torch thread per rank, the device, and the return of rank 0's value. Every rank of every mode
+starts a loop the same way (`execute`), so a seed gives the same weights in the driver and on
+one worker.
+
+Three places to run: `workers=0` runs the loop in the driver (right for small pools). Inside
+`with workers(n, gpus):` (an experiment, a sweep trial, a labeling round) fits run on one warm
+group of `n` Ray actors joined in one torch process group, started at the first fit and killed
+when the block ends; a worker that dies mid-fit is replaced and the fit retried once. Outside
+such a block (or with `warm_workers: false`) each fit starts its own Ray Train worker group,
+which costs ~20 s a fit. A loop takes its world as an argument, so it also runs in a unit test
+as `loop(payload, World.local())`, without Ray.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import socket
 import tempfile
 import threading
+import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -24,11 +35,15 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
+from ray.exceptions import RayActorError
 from ray.train import ControllerError, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from torch import nn
 
 from autoal.errors import AutoALError
+
+THREADS = 1   # torch CPU threads of every rank, in the driver too: the thread count changes a fit's weights
+START_TIMEOUT_S = float(os.environ.get("AUTOAL_WORKER_START_TIMEOUT_S", 120))
 
 
 @dataclass(frozen=True)
@@ -78,23 +93,164 @@ def torch_state(state: dict) -> dict[str, torch.Tensor]:
 
 
 def run(loop: Callable[[Any, World], Any], payload, *, workers: int, gpus: float, name: str):
-    """`loop(payload, world)` on `workers` Ray Train workers (0: local mode in the driver),
-    each with `gpus` GPUs; returns rank 0's return value.
+    """`loop(payload, world)` on `workers` ranks (0: in the driver), each with `gpus` GPUs; returns
+    rank 0's return value. The warm group of the enclosing `workers` block runs it if it has this
+    shape; otherwise a Ray Train worker group is started for this one fit."""
+    if workers == 0:
+        return execute(loop, payload, World(1, 0, _device(gpus)))
+    group = _GROUP.get()
+    if group is not None and (group.size, group.gpus) == (workers, gpus):
+        return group.run(loop, payload, name)
+    return _cold_run(loop, payload, workers, gpus, name)
+
+
+def execute(loop: Callable[[Any, World], Any], payload, world: World):
+    """How every rank runs a loop: resolve the payload's object refs, seed, switch on deterministic
+    kernels, take THREADS torch threads (the caller's count is restored after)."""
+    payload = dataclasses.replace(payload, **{
+        f.name: ray.get(getattr(payload, f.name)) for f in dataclasses.fields(payload)
+        if isinstance(getattr(payload, f.name), ray.ObjectRef)})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        torch.manual_seed(payload.seed)
+        deterministic()
+        return loop(payload, world)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _device(gpus: float) -> torch.device:
+    """This process's device: its first visible GPU (Ray makes a worker's GPUs the visible ones)."""
+    return torch.device("cuda", 0) if gpus > 0 and torch.cuda.is_available() else torch.device("cpu")
+
+
+# --- the warm group -------------------------------------------------------------------------------
+
+_GROUP: ContextVar["WorkerGroup | None"] = ContextVar("autoal_worker_group", default=None)
+
+
+@contextlib.contextmanager
+def workers(size: int, gpus: float, *, warm: bool = True, log: Callable[[str], None] = print):
+    """Within this block, `run` with `size` workers and `gpus` uses one warm group, started at the
+    first such fit (so a resumed run with nothing left starts none) and torn down when the block
+    ends, however it ends. `size` 0 or `warm` False: no group, every fit runs as outside."""
+    if size == 0 or not warm:
+        yield None
+        return
+    group = WorkerGroup(size, gpus, log)
+    token = _GROUP.set(group)
+    try:
+        yield group
+    finally:
+        _GROUP.reset(token)
+        group.stop()
+
+
+@ray.remote(max_restarts=0, max_task_retries=0)
+class TrainWorker:
+    """One rank of a warm group: a process that keeps torch, CUDA and the process group across fits."""
+
+    def __init__(self, size: int, rank: int, gpus: float):
+        self.world = World(size, rank, _device(gpus))
+
+    def address(self) -> tuple[str, int]:
+        """Where rank 0 serves the process group's rendezvous: this node and a free port."""
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+    def join(self, host: str, port: int) -> None:
+        """Join the group's torch process group (gloo on the CPU, NCCL on GPUs), once."""
+        if self.world.size > 1:
+            dist.init_process_group("nccl" if self.world.device.type == "cuda" else "gloo",
+                                    init_method=f"tcp://{host}:{port}", rank=self.world.rank,
+                                    world_size=self.world.size)
+
+    def run(self, loop: Callable[[Any, World], Any], payload) -> Any:
+        value = execute(loop, payload, self.world)
+        return value if self.world.rank == 0 else None
+
+
+class WorkerGroup:
+    """`size` TrainWorkers owned by this process: Ray kills them if it dies, even by kill -9."""
+
+    def __init__(self, size: int, gpus: float, log: Callable[[str], None] = print):
+        self.size, self.gpus, self.log = size, gpus, log
+        self.actors: list = []
+        self.starts = 0
+
+    def start(self) -> None:
+        t0 = time.perf_counter()
+        # 1 CPU a worker, or its GPUs alone, as Ray Train reserves them (runtime.demand counts them)
+        options = dict(num_cpus=0, num_gpus=self.gpus) if self.gpus > 0 else dict(num_cpus=1)
+        self.actors = [TrainWorker.options(**options).remote(self.size, rank, self.gpus) for rank in range(self.size)]
+        host, port = _gather([self.actors[0].address.remote()], START_TIMEOUT_S, self)[0]
+        _gather([a.join.remote(host, port) for a in self.actors], START_TIMEOUT_S, self)
+        self.starts += 1
+        self.log(f"autoal: started {self.size} training worker(s) in {time.perf_counter() - t0:.1f}s; "
+                 "they serve every fit until the run ends")
+
+    def stop(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
+
+    def run(self, loop: Callable[[Any, World], Any], payload, name: str):
+        """Rank 0's value of `loop` on the group; a worker lost mid-fit costs one new group and one
+        retry (the same seed gives the same result), a second loss is an error."""
+        ref = ray.put(payload)
+        for attempt in (1, 2):
+            if not self.actors:
+                self.start()
+            try:
+                return _gather([a.run.remote(loop, ref) for a in self.actors], None, self)[0]
+            except RayActorError as exc:
+                self.stop()
+                cause = str(exc).strip().splitlines()[0]
+                if attempt == 2:
+                    raise AutoALError(f"a training worker died during {name} twice ({cause})") from None
+                self.log(f"autoal: a training worker died during {name} ({cause}); "
+                         "retrying the fit on new workers")
+            except BaseException:
+                if self.size > 1:   # the other ranks may wait for ever in a collective
+                    self.stop()
+                raise
+
+
+def _gather(refs: list, timeout_s: float | None, group: WorkerGroup) -> list:
+    """The values of `refs`, the first failure raised at once (not after the other ranks finish)."""
+    pending, deadline = list(refs), None if timeout_s is None else time.monotonic() + timeout_s
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+        ray.get(ready)
+        if not ready and deadline is not None and time.monotonic() > deadline:
+            group.stop()
+            raise AutoALError(f"Ray could not start {group.size} training worker(s) with {group.gpus:g} GPU(s) "
+                              f"each within {timeout_s:g} s (AUTOAL_WORKER_START_TIMEOUT_S)")
+    return ray.get(refs)
+
+
+# --- a cold Ray Train worker group per fit ---------------------------------------------------------
+
+def _cold_run(loop: Callable[[Any, World], Any], payload, workers: int, gpus: float, name: str):
+    """`loop` on a Ray Train worker group started for this fit alone.
 
     Each run gets its own storage directory, removed afterwards (nothing in it is kept):
     runs with the same name in concurrent trials or experiments must not share Ray Train's
     run state."""
-    scaling = ScalingConfig(num_workers=workers, use_gpu=gpus > 0 and workers > 0,
-                            resources_per_worker={"GPU": gpus} if gpus > 0 and workers > 0 else None)
+    scaling = ScalingConfig(num_workers=workers, use_gpu=gpus > 0,
+                            resources_per_worker={"GPU": gpus} if gpus > 0 else None)
     config = dict(loop=loop, payload=ray.put(payload))
     # A worker group that cannot start (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s by default) is
     # retried once, not for ever as Ray Train's default would.
     with tempfile.TemporaryDirectory(prefix=f"autoal_ray_train-{name}-", ignore_cleanup_errors=True) as storage:
         run_config = RunConfig(name=name, storage_path=storage,
                                failure_config=FailureConfig(controller_failure_limit=1))
-        trainer = TorchTrainer(_worker, train_loop_config=config, scaling_config=scaling, run_config=run_config)
+        trainer = TorchTrainer(_cold_worker, train_loop_config=config, scaling_config=scaling,
+                               run_config=run_config)
         try:
-            result = trainer.fit() if workers == 0 else _off_the_main_thread(trainer.fit)
+            result = _off_the_main_thread(trainer.fit)
         except ControllerError as exc:
             raise AutoALError(f"Ray Train could not start {workers} worker(s) for {name} "
                               f"({str(exc).strip().splitlines()[-1]})") from None
@@ -103,17 +259,11 @@ def run(loop: Callable[[Any, World], Any], payload, *, workers: int, gpus: float
     return result.return_value
 
 
-def _worker(config: dict):
-    """Every rank: resolve the payload, seed, run the loop; only rank 0's value is returned."""
-    payload = ray.get(config["payload"])
-    payload = dataclasses.replace(payload, **{
-        f.name: ray.get(getattr(payload, f.name)) for f in dataclasses.fields(payload)
-        if isinstance(getattr(payload, f.name), ray.ObjectRef)})
+def _cold_worker(config: dict):
+    """Every rank of a Ray Train group: `execute` the loop; only rank 0's value is returned."""
     context = ray.train.get_context()
     world = World(context.get_world_size(), context.get_world_rank(), ray.train.torch.get_device())
-    torch.manual_seed(payload.seed)
-    deterministic()
-    value = config["loop"](payload, world)
+    value = execute(config["loop"], ray.get(config["payload"]), world)
     return value if world.rank == 0 else None
 
 

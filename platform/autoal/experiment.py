@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import ray
 
-from autoal import datasets, hooks, models, plots, runtime, scoring, training
+from autoal import datasets, distributed, hooks, models, plots, runtime, scoring, training
 from autoal.config import ExperimentConfig
 from autoal.errors import AutoALError
 from autoal.safe_io import shown
@@ -97,19 +97,22 @@ class Experiment:
         return cls(cfg, train, test, spec, store, log, on_round)
 
     def run(self) -> pd.DataFrame:
-        """Run every strategy and seed not yet finished; the directory's lock is released however it ends."""
+        """Run every strategy and seed not yet finished, every fit on one group of training workers;
+        the directory's lock is released and the workers stopped however it ends."""
+        cfg = self.cfg
         try:
             everything = np.arange(len(self.test))
             self.test_ref = ray.put((self.test.features(everything), self.test.labels(everything)))
-            for seed in self.cfg.seeds:
-                initial = initial_pool(self.train, self.cfg, seed)
-                for name in self.cfg.strategies:
-                    self.run_strategy(name, hooks.create(name, self.cfg), seed, initial)
+            with distributed.workers(cfg.workers, cfg.gpus, warm=cfg.warm_workers, log=self.log):
+                for seed in cfg.seeds:
+                    initial = initial_pool(self.train, cfg, seed)
+                    for name in cfg.strategies:
+                        self.run_strategy(name, hooks.create(name, cfg), seed, initial)
             root = self.store.root
-            plots.curves(self.store.results, root / "curves.png", title=self.cfg.dataset)
+            plots.curves(self.store.results, root / "curves.png", title=cfg.dataset)
             if (root / "strategy_weights.parquet").exists():
                 plots.strategy_weights(pd.read_parquet(root / "strategy_weights.parquet"),
-                                       root / "strategy_weights.png", title=f"{self.cfg.dataset}: AutoAL weights")
+                                       root / "strategy_weights.png", title=f"{cfg.dataset}: AutoAL weights")
         finally:
             self.store.close()
         return self.store.results

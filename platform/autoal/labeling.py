@@ -33,7 +33,7 @@ import pandas as pd
 import ray
 import yaml
 
-from autoal import config, hooks, label_files, models, runtime, scoring, training
+from autoal import config, distributed, hooks, label_files, models, runtime, scoring, training
 from autoal.errors import AutoALError
 from autoal.experiment import Experiment, derive_seed, initial_pool
 from autoal.label_pool import ProjectSpec, absolute_spec, load_pool, parse_classes
@@ -221,8 +221,9 @@ class LabelProject:
                           accuracy=float("nan"), accuracy_estimated=not len(self.test[1]), query_strategy=name,
                           train_loss=float("nan"), train_s=0.0, hook_s=0.0, score_s=0.0, select_s=0.0)
             if len(np.unique(self.known[rows])) >= 2:
-                picks, predicted, confidence = self._model_round(experiment, round_hook, name, labeled, rows,
-                                                                 asked, result)
+                with distributed.workers(cfg.workers, cfg.gpus, warm=cfg.warm_workers, log=log):
+                    picks, predicted, confidence = self._model_round(experiment, round_hook, name, labeled, rows,
+                                                                     asked, result)
             else:  # no model before two classes have labels: the initial pool's rule picks
                 mask = np.isin(known.ids, unasked)
                 candidates = Pool(known.name, known.ids[mask], known.x[mask], known.y[mask], known.split[mask],

@@ -73,6 +73,25 @@ class Rows:
     def cat(parts: list["Rows"]) -> "Rows":
         return Rows(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Rows)})
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The rows as numpy arrays by field: a hook's checkpointable state."""
+        return {f.name: getattr(self, f.name).detach().cpu().numpy() for f in fields(self)}
+
+    @staticmethod
+    def from_arrays(arrays: dict[str, np.ndarray]) -> "Rows":
+        return Rows(**{f.name: torch.from_numpy(np.array(arrays[f.name])) for f in fields(Rows)})
+
+
+def prior_weight(prior: float, prior_rows: int, rows: int) -> float:
+    """The weight of KL(pi || flat) once `rows` search rows back the mixture: prior n0 / (n0 + rows).
+
+    The prior is worth n0 rows of evidence, as a symmetric Dirichlet prior of
+    strength n0 is worth n0 counts: the posterior mean of a candidate's share,
+    (count_j + n0/K) / (rows + n0), trusts the data with weight rows / (rows + n0)
+    and the flat mixture with n0 / (rows + n0). With no rows it weighs `prior`;
+    as evidence accumulates the pull toward `vote` fades."""
+    return prior * prior_rows / (prior_rows + rows) if prior_rows + rows > 0 else prior
+
 
 def mixture(logits: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """pi [B, K] = softmax_j(alpha_j * o_ij)."""

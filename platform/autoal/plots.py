@@ -1,4 +1,5 @@
-"""Result plots: learning curves with std bands; AutoAL's strategy-weight heatmap; AUBC vs candidate pool size."""
+"""Result plots: learning curves with std bands; AutoAL's strategy-weight heatmap; AUBC vs candidate pool size;
+the pairwise win/tie/loss penalty matrix."""
 from __future__ import annotations
 
 from io import BytesIO
@@ -74,4 +75,26 @@ def candidates_size(table: pd.DataFrame, path: Path) -> Path:
     ax.set_title("AUBC vs candidate pool size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return save(fig, path)
+
+
+def penalty_matrix(matrix: pd.DataFrame, path: Path, title: str = "") -> Path:
+    """BADGE's win/tie/loss heatmap: cell (i, j) is how often strategy i significantly beat j, in
+    experiments (each experiment's rounds weigh 1 in all); the bottom row, each column's sum, is the
+    penalty strategy j took (lower is better)."""
+    values = np.vstack([matrix.to_numpy(), matrix.to_numpy().sum(axis=0)])
+    label = max(len(str(name)) for name in [*matrix.index, "penalty (column sum)"]) * 0.075  # inches of text
+    fig, ax = plt.subplots(figsize=(3 + label + 0.7 * matrix.shape[1], 2 + label + 0.5 * values.shape[0]))
+    image = ax.imshow(values, aspect="auto", cmap="magma_r")
+    middle = (values.min() + values.max()) / 2
+    for (row, col), value in np.ndenumerate(values):
+        ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                color="white" if value > middle else "black")
+    ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=45, ha="right")
+    ax.set_yticks(range(values.shape[0]), [*matrix.index, "penalty (column sum)"])
+    ax.axhline(matrix.shape[0] - 0.5, color="white", linewidth=2)
+    ax.set_xlabel("loser")
+    ax.set_ylabel("winner")
+    ax.set_title(title or "pairwise wins (paired t-test per round)")
+    fig.colorbar(image, ax=ax)
     return save(fig, path)

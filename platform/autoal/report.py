@@ -15,7 +15,7 @@ from typing import Callable
 
 import pandas as pd
 
-from autoal import metrics, plots
+from autoal import compare, metrics, plots
 from autoal.errors import AutoALError
 from autoal.store import atomic_write, parquet_bytes
 from autoal.sweep import results as sweep_results
@@ -23,7 +23,8 @@ from autoal.sweep.spec import NAME_CHARS, read_spec
 
 
 def run_report(root: Path, out: Path | None) -> str:
-    """Strategy x AUBC / F-acc over seeds; curves.png, and strategy_weights.png when telemetry exists."""
+    """Strategy x AUBC / F-acc over seeds, and the strategies compared pair by pair; curves.png, the
+    comparison files (`comparisons`), and strategy_weights.png when telemetry exists."""
     if not (root / "results.parquet").is_file():
         return f"{root}: no finished rounds yet"
     results = _read(root / "results.parquet")
@@ -31,9 +32,12 @@ def run_report(root: Path, out: Path | None) -> str:
         return f"{root}: no finished rounds yet"
     dataset = str(results["dataset"].iloc[0])
     table = f"{root}: {dataset}, {len(results)} rounds\n\n{metrics.format_table(metrics.summary(results))}\n\n"
+    pairs, penalty = comparisons(results)
+    if pairs is not None:
+        table += compare.format_differences(pairs) + "\n\n"
     if out is None:
         return table + f"plots not written: {root} is read-only; pass --plots DIR to write them elsewhere"
-    written = [plots.curves(results, out / "curves.png", title=dataset)]
+    written = [plots.curves(results, out / "curves.png", title=dataset), *write_comparisons(pairs, penalty, out)]
     if (root / "strategy_weights.parquet").exists():
         written.append(plots.strategy_weights(_read(root / "strategy_weights.parquet"),
                                               out / "strategy_weights.png", title=f"{dataset}: AutoAL weights"))
@@ -72,10 +76,32 @@ def sweep_report(root: Path, out: Path | None) -> str:
             plots.strategy_weights(rows, heatmaps / f"{_file_name(f'{dataset}-{label}')}.png",
                                    title=f"{dataset}: {label}")
         written.append(heatmaps)
+    pairs, penalty = comparisons(labelled)
+    written.extend(write_comparisons(pairs, penalty, out))
     summary = metrics.format_table(table.assign(configuration=sweep_results.labels(table, by)),
                                    keys=("dataset", "configuration"))
+    if pairs is not None:
+        summary += "\n\n" + compare.format_differences(pairs)
     return (f"sweep {spec.name}: {results['trial'].nunique()} trials, {len(results)} rounds\n\n"
             f"{summary}\n\nwritten: {', '.join(p.name for p in written)} in {out}")
+
+
+def comparisons(results: pd.DataFrame) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """The paired AUBC differences and the penalty matrix of the strategies (configurations) in
+    `results`; (None, None) where there is only one to compare."""
+    if results["strategy"].nunique() < 2:
+        return None, None
+    return compare.paired_differences(results), compare.penalty_matrix(results)
+
+
+def write_comparisons(pairs: pd.DataFrame | None, penalty: pd.DataFrame | None, out: Path) -> list[Path]:
+    """paired_differences.parquet, penalty_matrix.parquet (one row per winner) and penalty_matrix.png in `out`."""
+    if pairs is None:
+        return []
+    atomic_write(out / "paired_differences.parquet", parquet_bytes(pairs))
+    atomic_write(out / "penalty_matrix.parquet", parquet_bytes(penalty.reset_index()))
+    return [out / "paired_differences.parquet", out / "penalty_matrix.parquet",
+            plots.penalty_matrix(penalty, out / "penalty_matrix.png")]
 
 
 def _file_name(text) -> str:

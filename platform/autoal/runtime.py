@@ -86,11 +86,12 @@ def _reap_with_driver(session_dir: str, raylet_pid: int) -> None:
 
 
 def demand(workers: int, actors: int, gpus: float) -> dict[str, float]:
-    """What a run needs of the cluster at its peak: training (`workers` Ray Train workers of 1 CPU,
-    or `gpus` GPUs) and scoring (`actors` Ray Data actors of 1 CPU and `gpus` GPUs) take turns."""
+    """What a run needs of the cluster at its peak: training (`workers` workers of 1 CPU, or `gpus`
+    GPUs) and scoring (`actors` Ray Data actors of 1 CPU and `gpus` GPUs) at once, since the warm
+    training workers keep theirs while the pool is scored."""
     train = {"GPU": workers * gpus} if gpus > 0 else {"CPU": float(workers)}
     score = {"CPU": float(actors), "GPU": actors * gpus}
-    return {k: max(train.get(k, 0.0), score.get(k, 0.0)) for k in ("CPU", "GPU")}
+    return {k: train.get(k, 0.0) + score.get(k, 0.0) for k in ("CPU", "GPU")}
 
 
 def _short(need: dict[str, float], have: dict[str, float]) -> dict[str, float]:

@@ -17,15 +17,20 @@ Each round, on labeled data only, for C cycles:
    rho the simulated query ratio: the real b/|U| gives q = 1 on small L),
    FitNet's loss, and the factors of its last-layer gradients, aligned with the
    mean gradient of the other half of L_val (`objective.Rows`).
-3. SearchNet trains on those rows for `search_epochs` (objective.py); FitNet
-   stays fixed, because the lookahead reward already is the inner step.
+3. SearchNet trains for `search_epochs` on those rows and on every earlier
+   cycle's (`replay`): round r sees all the evidence so far, not one halving of
+   a few dozen labels. Each FitNet's rows keep their own gradient space
+   (`Rows.space`), since gradients of two FitNets cannot be summed. The pull
+   toward the flat mixture weighs prior n0 / (n0 + rows) (objective.prior_weight):
+   a prior worth n0 rows, which fades as rows accumulate. FitNet stays fixed,
+   because the lookahead reward already is the inner step.
 SearchNet stays warm across rounds and weights the candidates' picks on the
-real pool (strategies/autoal.py).
+real pool (strategies/autoal.py); the hook keeps the replayed rows.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -121,10 +126,24 @@ def gather(t: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def search_terms(model, alpha, rows: objective.Rows, sc: SearchConfig, seed: int, gather_fn=gather):
+def search_terms(model, alpha, rows: objective.Rows, sc: SearchConfig, prior: float, seed: int, gather_fn=gather):
     logits, l_hat = model(rows.x, rows.e)
     return objective.terms(logits, alpha, l_hat, rows, rho=sc.rho, kind=sc.reward, eta=sc.eta, lam=sc.lam,
-                           gamma=sc.gamma, prior=sc.prior, method=sc.threshold, seed=seed, gather=gather_fn)
+                           gamma=sc.gamma, prior=prior, method=sc.threshold, seed=seed, gather=gather_fn)
+
+
+def replay_epochs(epochs: int, new: int, rows: int) -> int:
+    """Passes over all `rows` worth `epochs` passes over the `new` ones: the search's steps per
+    cycle stay the same however many rows accumulate, so its time does not grow with the rounds."""
+    return max(1, round(epochs * new / rows))
+
+
+def with_replay(replay: objective.Rows | None, rows: objective.Rows) -> objective.Rows:
+    """`rows` after the replayed ones, in gradient spaces numbered after theirs."""
+    if replay is None or not len(replay):
+        return rows
+    rows = replace(rows, space=rows.space + int(replay.space.max()) + 1)
+    return objective.Rows.cat([replay, rows])
 
 
 @dataclass(frozen=True)
@@ -139,13 +158,14 @@ class SearchPayload:
     mc_samples: int
     gpus: float
     search_state: dict | None
+    replay: dict[str, np.ndarray] | None    # earlier cycles' rows (objective.Rows.arrays), or None
     data: tuple[np.ndarray, np.ndarray, np.ndarray]   # (x, y, the task model's embeddings or [n, 0])
 
 
 def search_loop(p: SearchPayload, world: World) -> dict:
-    """One round's search; returns SearchNet's state and telemetry: the mean of each term over the
-    last epoch's steps, and the selection and rank gradient norms on the whole of the last cycle's rows
-    (computed on rank 0, the one whose value `distributed.run` returns)."""
+    """One round's search; returns SearchNet's state, the rows to replay next round, and telemetry:
+    the mean of each term over the last epoch's steps, and the selection and rank gradient norms on
+    the whole of the rows trained on (computed on rank 0, the one whose value `distributed.run` returns)."""
     sc, seed = p.search, p.seed
     x, y, e = tensors(p.data, labels=1)
     net = SearchNet(p.spec, len(p.candidates), sc.backbone, sc.loss_module, e.shape[1])
@@ -153,15 +173,17 @@ def search_loop(p: SearchPayload, world: World) -> dict:
         net.load_state_dict(p.search_state)
     model = world.prepare(net)
     strategy, steps = AutoAL(p.candidates), []
+    replay = objective.Rows.from_arrays(p.replay).to(world.device) if p.replay is not None else None
     for cycle_seed in np.random.default_rng(seed).integers(2**31, size=p.cycles).tolist():
-        rows, accuracy = cycle_rows(strategy, p.spec, sc, x, y, e, cycle_seed, p.mc_samples, p.gpus, world)
-        rows = broadcast(rows, world.device)
+        new, accuracy = cycle_rows(strategy, p.spec, sc, x, y, e, cycle_seed, p.mc_samples, p.gpus, world)
+        rows = with_replay(replay if sc.replay else None, broadcast(new, world.device))
+        replay, prior = rows, objective.prior_weight(sc.prior, sc.prior_rows, len(rows))
         optimizer = torch.optim.Adam(model.parameters(), lr=sc.lr)
-        for epoch in range(sc.search_epochs):
+        for epoch in range(replay_epochs(sc.search_epochs, len(new), len(rows))):
             model.train()
             steps = []
             for i, index in enumerate(training.shard_batches(len(rows), sc.batch_size, cycle_seed, epoch, world)):
-                parts = search_terms(model, net.alpha, rows.take(index.to(world.device)), sc,
+                parts = search_terms(model, net.alpha, rows.take(index.to(world.device)), sc, prior,
                                      cycle_seed + 1000 * epoch + i)
                 optimizer.zero_grad()
                 (parts["selection"] + parts["rank"]).backward()
@@ -170,7 +192,8 @@ def search_loop(p: SearchPayload, world: World) -> dict:
     if world.rank != 0:
         return {}
     net.eval()
-    norms = objective.gradient_norms(net, search_terms(net, net.alpha, rows, sc, seed, gather_fn=lambda t: t))
+    norms = objective.gradient_norms(net, search_terms(net, net.alpha, rows, sc, prior, seed, gather_fn=lambda t: t))
     telemetry = {k: float(np.mean([s[k] for s in steps])) if steps else float("nan") for k in objective.TELEMETRY}
-    return dict(search_state=portable_state(net),
-                telemetry=dict(telemetry, **norms, fitnet_accuracy=accuracy, val_rows=len(rows)))
+    return dict(search_state=portable_state(net), replay=rows.arrays() if sc.replay else None,
+                telemetry=dict(telemetry, **norms, fitnet_accuracy=accuracy, val_rows=len(new),
+                               replay_rows=len(rows), prior_weight=prior))

@@ -1,5 +1,6 @@
 """AutoAL's round hook: runs the strategy search (autoal.search) on Ray Train before each
-query, keeps SearchNet warm across rounds, and hands the scorer SearchNet, whose mixture
+query, keeps SearchNet warm and every past cycle's search rows (the replay) across rounds,
+checkpointed with the round, and hands the scorer SearchNet, whose mixture
 weights reach the `autoal` strategy as `search_weights`."""
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from autoal.strategies import PoolStats, Strategy
 
 
 class AutoALHook(RoundHook):
-    """Runs the search before each query; keeps SearchNet warm across rounds."""
+    """Runs the search before each query; keeps SearchNet and the replayed rows across rounds."""
 
     provides = "search_weights"
 
@@ -29,6 +30,7 @@ class AutoALHook(RoundHook):
             raise AutoALError(f"bad config: autoal splits the labeled set in halves over {max(cfg.workers, 1)} "
                               f"worker(s); initial must be >= {need}")
         self.search_state: dict | None = None
+        self.replay: dict[str, np.ndarray] | None = None    # objective.Rows.arrays of every past cycle
         self.rounds = 0                       # rounds searched so far: the first gets cycles_first
         self.telemetry: dict[str, float] = {}
 
@@ -38,11 +40,11 @@ class AutoALHook(RoundHook):
         cycles = sc.cycles_first if self.rounds == 0 else sc.cycles
         candidates = self.strategy.candidate_names
         payload = SearchPayload(ctx.spec, sc, candidates, ctx.rng_seed, cycles, self.cfg.mc_samples, self.cfg.gpus,
-                                self.search_state, (np.asarray(ctx.labeled_x, np.float32),
+                                self.search_state, self.replay, (np.asarray(ctx.labeled_x, np.float32),
                                                     np.asarray(ctx.labeled_y, np.int64), embedding))
         out = distributed.run(search_loop, payload, workers=self.cfg.workers, gpus=self.cfg.gpus,
                               name=f"autoal-search-s{ctx.seed}-r{ctx.round}")
-        self.search_state = distributed.torch_state(out["search_state"])
+        self.search_state, self.replay = distributed.torch_state(out["search_state"]), out["replay"]
         self.rounds += 1
         self.telemetry = dict(out["telemetry"], cycles=cycles, search_s=time.perf_counter() - t0)
         build = functools.partial(SearchScorer, ctx.spec, len(candidates), sc.backbone, sc.loss_module,
@@ -61,10 +63,10 @@ class AutoALHook(RoundHook):
         return {"strategy_weights": weights, "search": [dict(self.telemetry, vote_overlap=overlap)]}
 
     def state_dict(self) -> dict:
-        return {"search": self.search_state, "rounds": self.rounds}
+        return {"search": self.search_state, "rounds": self.rounds, "replay": self.replay}
 
     def load_state_dict(self, state: dict) -> None:
-        self.search_state, self.rounds = state["search"], state["rounds"]
+        self.search_state, self.rounds, self.replay = state["search"], state["rounds"], state.get("replay")
 
 
 def task_embedding(ctx: RoundContext) -> np.ndarray:

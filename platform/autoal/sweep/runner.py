@@ -5,11 +5,11 @@ runs one experiment through the same loop as `autoal run`; this is the only
 module of the sweep that imports Tune, and it builds the Tune objects (search
 spaces, scheduler, placement) from the plain spec.
 
-The experiment does not run in the trial function itself: Ray Train's local
-mode (workers=0) calls `ray.train.get_context()`, which Ray 2.60 refuses
-inside a Tune function trial. The trial function starts the experiment as a
-streaming-generator task in the trial's placement group and turns each round
-it yields into a `tune.report`.
+The experiment does not run in the trial function itself (written when fits in
+the driver ran in Ray Train's local mode, which Ray 2.60 refuses inside a Tune
+function trial): the trial function starts it as a streaming-generator task in
+the trial's placement group and turns each round it yields into a
+`tune.report`.
 
 Where trial results live: with a local storage path, each trial's experiment
 directory is `<out>/trials/<trial>` and resumes in place. With a storage URI
