@@ -21,7 +21,6 @@ in the project are never touched.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import time
@@ -37,7 +36,7 @@ from autoal import backbones, config, distributed, fit_time, hooks, label_files,
 from autoal.errors import AutoALError
 from autoal.experiment import Experiment, derive_seed, initial_pool
 from autoal.label_pool import ProjectSpec, absolute_spec, embed_project, load_pool, parse_classes, with_embeddings
-from autoal.journal import Journal
+from autoal.journal import Journal, journaled
 from autoal.pool import OOD, UNLABELED, Pool, write_parquet
 from autoal.safe_io import CONFIG_BYTES, atomic_write, load_yaml, own_dir, read_bytes, read_text, shown
 from autoal.store import CHECKPOINT_BYTES, ExperimentDir, parquet_bytes, read_table
@@ -186,17 +185,6 @@ class LabelProject:
                 if path.stem == "results":
                     atomic_write(self.root / "results.csv", kept.to_csv(index=False).encode())
 
-    @contextlib.contextmanager
-    def _journaled(self, commit_round: int):
-        """Record every write of the store in a journal; delete it once the command ends well (after a
-        failure it stays, and the next opening rolls the command back)."""
-        self.store.journal = Journal(self.root).begin(commit_round)
-        try:
-            yield
-            self.store.journal.end()
-        finally:
-            self.store.journal = None
-
     # --- the loop -------------------------------------------------------------------
 
     def round_hook(self, name: str):
@@ -230,7 +218,7 @@ class LabelProject:
         if not len(unasked):
             raise AutoALError(f"nothing left to ask: all {len(self.pool)} samples are labeled or queried")
         k = min(k, len(unasked))
-        with self._journaled(round_ + 1):   # committed once queries.parquet holds round r+1
+        with journaled(self.store, round_ + 1):   # committed once queries.parquet holds round r+1
             runtime.init_ray()
             experiment = Experiment(replace(cfg, batch=k), known, known.subset("test"), self.model_spec, self.store,
                                     log)
@@ -314,7 +302,7 @@ class LabelProject:
         new = label_files.new_answers(path, answers, self.queries, self.answers,
                                       {**codes, label_files.SKIP: UNLABELED, label_files.OOD_ANSWER: OOD})
         round_of = self.queries.drop_duplicates("id", keep="last").set_index("id")["round"]
-        with self._journaled(self.committed):   # one write, committed once it is renamed into place
+        with journaled(self.store, self.committed):   # one write, committed once it is renamed into place
             self.store.append_ledger(pd.DataFrame({"strategy": RUN, "seed": self.seed,
                                                    "round": new["id"].map(round_of).to_numpy(np.int64),
                                                    "id": new["id"].to_numpy(np.int64),
