@@ -44,6 +44,7 @@ from autoal.errors import AutoALError
 
 THREADS = 1   # torch CPU threads of every rank, in the driver too: the thread count changes a fit's weights
 START_TIMEOUT_S = float(os.environ.get("AUTOAL_WORKER_START_TIMEOUT_S", 120))
+STOP_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -190,8 +191,12 @@ class WorkerGroup:
                  "they serve every fit until the run ends")
 
     def stop(self) -> None:
+        """Kill the workers and wait (up to STOP_WAIT_S) until Ray reports them dead, so that none
+        outlives the block, however busy the machine."""
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
+        probes = [actor.address.remote() for actor in self.actors]   # they fail once their actor is dead
+        ray.wait(probes, num_returns=len(probes), timeout=STOP_WAIT_S)
         self.actors = []
 
     def run(self, loop: Callable[[Any, World], Any], payload, name: str):
