@@ -1,5 +1,5 @@
 """Task-model training: the epoch loop every network of the platform shares, and `fit`,
-which runs it on Ray Train through `distributed.run`.
+which runs it in the driver or on training workers through `distributed.run`.
 
 Each rank takes a seeded, equal-sized shard of every epoch's permutation, so runs are
 reproducible for a seed and every rank takes the same number of steps.
