@@ -44,6 +44,7 @@ from autoal.errors import AutoALError
 
 THREADS = 1   # torch CPU threads of every rank, in the driver too: the thread count changes a fit's weights
 START_TIMEOUT_S = float(os.environ.get("AUTOAL_WORKER_START_TIMEOUT_S", 120))
+STOP_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,6 @@ class WorkerGroup:
     def __init__(self, size: int, gpus: float, log: Callable[[str], None] = print):
         self.size, self.gpus, self.log = size, gpus, log
         self.actors: list = []
-        self.starts = 0
 
     def start(self) -> None:
         t0 = time.perf_counter()
@@ -187,13 +187,16 @@ class WorkerGroup:
         self.actors = [TrainWorker.options(**options).remote(self.size, rank, self.gpus) for rank in range(self.size)]
         host, port = _gather([self.actors[0].address.remote()], START_TIMEOUT_S, self)[0]
         _gather([a.join.remote(host, port) for a in self.actors], START_TIMEOUT_S, self)
-        self.starts += 1
         self.log(f"autoal: started {self.size} training worker(s) in {time.perf_counter() - t0:.1f}s; "
                  "they serve every fit until the run ends")
 
     def stop(self) -> None:
+        """Kill the workers and wait (up to STOP_WAIT_S) until Ray reports them dead, so that none
+        outlives the block, however busy the machine."""
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
+        probes = [actor.address.remote() for actor in self.actors]   # they fail once their actor is dead
+        ray.wait(probes, num_returns=len(probes), timeout=STOP_WAIT_S)
         self.actors = []
 
     def run(self, loop: Callable[[Any, World], Any], payload, name: str):
@@ -219,7 +222,8 @@ class WorkerGroup:
 
 
 def _gather(refs: list, timeout_s: float | None, group: WorkerGroup) -> list:
-    """The values of `refs`, the first failure raised at once (not after the other ranks finish)."""
+    """The values of `refs`, the first failure raised at once (not after the other ranks finish);
+    polled each second, so Ctrl-C reaches the driver at once."""
     pending, deadline = list(refs), None if timeout_s is None else time.monotonic() + timeout_s
     while pending:
         ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)

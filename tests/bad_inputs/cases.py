@@ -213,7 +213,7 @@ CASES = [
     Case("workers beyond the CPUs", lambda d: run(d, "--workers", "64"), "need 64 CPU"),
     Case("actors beyond the CPUs", lambda d: run(d, "--actors", "64"), "need 64 CPU"),
     Case("a GPU actor without a GPU", lambda d: run(d, "--gpus", "1", "--actors", "1", "--workers", "1"),
-         "need 1 CPU, 1 GPU", gpu_free=True),
+         "need 1 CPU, 2 GPU", gpu_free=True),
     Case("gpus in the driver without CUDA", lambda d: run(d, "--gpus", "1"), "sees no CUDA GPU", gpu_free=True),
     # report, prepare, sweep
     Case("report: missing path", lambda d: ["report", str(d / "nothing")], "does not exist"),

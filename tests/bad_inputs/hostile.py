@@ -165,6 +165,11 @@ HOSTILE = [
     Case("label: journal symlink", lambda d: _label_link(d, ".autoal-journal"), "is a symbolic link", **L),
     # opening never deletes
     Case("label status keeps a user's files", user_files, "rounds", exit=0, **L),
+    Case("label import refused keeps a user's files", lambda d: [
+        "label", "import", user_files(d)[2], str(_file(d, "a.csv", "id,label\n12345,cat\n"))], "never queried", **L),
+    Case("label export refused keeps a user's files", lambda d: [
+        "label", "export", user_files(d)[2], str(_file(d, "taken/x.txt", "mine").parent)], "exists and is not empty",
+         **L),
     Case("label: journal naming a path outside", lambda d: _journal(
         d, '{"commit_round": 9}\n{"path": "../victim.txt", "kind": "new"}\n'), "outside", **L),
     # reading outside the folder: images:<dir> and parquet:<dir> follow links only to files inside
@@ -301,3 +306,9 @@ def _answers_at(d: Path, make) -> list[str]:
     project = copy_label(d)
     make(d / "answers.csv")
     return ["label", "import", str(project), str(d / "answers.csv")]
+
+
+def _file(d: Path, name: str, text: str) -> Path:
+    (d / name).parent.mkdir(parents=True, exist_ok=True)
+    (d / name).write_text(text)
+    return d / name

@@ -50,7 +50,7 @@ from autoal import config, metrics, runtime
 from autoal.errors import AutoALError
 from autoal.lock import DirLock
 from autoal.report import sweep_report
-from autoal.safe_io import atomic_write, private_dir
+from autoal.safe_io import atomic_write, own_dir, private_dir
 from autoal.sweep.spec import (EXECUTION_KEYS, NAME_CHARS, SCHEDULERS, SPACES, SPEC_FILE, SweepSpec, load_spec,
                                read_spec, show, trial_count)
 
@@ -154,7 +154,8 @@ def experiment_rounds(cfg: dict, params: dict, exp_dir: str, name: str, checkpoi
     root = Path(exp_dir)
     if snapshots:   # the scratch space lies in /tmp, where others may plant files
         private_dir(root.parent.parent)
-    _drop_snapshots(root)
+        _drop_snapshots(root)
+    own_dir(root.parent.parent, root.parent.name, root.name)   # a link planted here would take the writes away
     if checkpoint is not None:
         shutil.rmtree(root, ignore_errors=True)
         checkpoint.to_directory(str(root))

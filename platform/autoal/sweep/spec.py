@@ -187,9 +187,10 @@ def read_spec(root: Path) -> SweepSpec:
 
 def from_dict(data: dict) -> SweepSpec:
     """A SweepSpec from plain data, checked against the config and the registries."""
-    unknown = sorted(set(data) - set(SPEC_KEYS))
+    unknown = sorted(map(str, set(data) - set(SPEC_KEYS)))
     if unknown:
-        raise AutoALError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(clip(str(k), 40) for k in unknown[:3])}; "
+        shown_keys = ", ".join(clip(str(k), 40) for k in unknown[:3])
+        raise AutoALError(f"unknown key{'s' if len(unknown) > 1 else ''} {shown_keys}; "
                           f"known: {', '.join(SPEC_KEYS)}")
     name = data.get("name")
     if not isinstance(name, str) or not re.fullmatch(r"[\w.-]{1,100}", name, re.ASCII):
