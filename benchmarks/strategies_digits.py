@@ -60,7 +60,7 @@ def main() -> None:
     print(metrics.format_table(metrics.summary(results)))
     runs = aubc_by_seed(results)
     if "random" in runs:
-        print("\nAUBC minus random, paired by seed (mean, wins/seeds):")
+        print("\nAUBC minus random, paired by seed (mean [95% interval] paired t p (wins/seeds)):")
         for name in runs.columns.drop("random"):
             print(f"  {name:<18} {paired(runs[name], runs['random'])}")
     print("\n" + compare.format_differences(compare.paired_differences(results)))
