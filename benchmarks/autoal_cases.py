@@ -12,7 +12,7 @@ main job, jobs/main.yaml; `--rounds` lengthens the budget) and paired seeds: at 
 strategy starts from the same initial pool. Single strategies run once each into `singles/<name>`,
 each case's autoal and vote into `<case>/`; re-running resumes. Prints, per case: AUBC
 with 95% intervals; the paired AUBC difference of autoal against vote and against each
-candidate (mean, 95% interval, paired t and Wilcoxon p, seeds won); the best candidate per
+candidate (autoal.compare: mean, 95% interval, paired t and Wilcoxon p; seeds won); the best candidate per
 round; the candidates' mean pool weight per round; search time per round next to the task
 model's training time.
 
@@ -23,15 +23,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from scipy import stats
 
-from autoal import config, experiment, metrics
+from autoal import compare, config, experiment, metrics
 from autoal.strategies.autoal import CANDIDATES
 
 CASES = {
-    "switching": ("kmeans", "margin"),
+    "switching": ("typiclust", "margin"),
     "weak": ("margin", "coreset", "random"),
     "default": CANDIDATES,
 }
@@ -47,39 +45,55 @@ def run(base: str, rounds: int | None, seeds: list[int], out: Path, strategies: 
     return results[results["strategy"].isin(strategies) & results["seed"].isin(seeds)]
 
 
+def finished(directories: list[Path], seeds: list[int]) -> pd.DataFrame:
+    """The results of the runs in `directories` that reached their last round, at `seeds`."""
+    frames = [pd.read_parquet(d / "results.parquet") for d in directories if (d / "results.parquet").exists()]
+    results = pd.concat(frames, ignore_index=True)
+    last = results.groupby(["strategy", "seed"])["round"].transform("max") == results["round"].max()
+    done = results[last].groupby(["strategy", "seed"]).size().index
+    results = results.set_index(["strategy", "seed"]).loc[done].reset_index()
+    return results[results["seed"].isin(seeds)]
+
+
 def interval(values: pd.Series) -> str:
-    """mean ± the half-width of its 95% t interval."""
-    half = stats.t.ppf(0.975, len(values) - 1) * values.std() / np.sqrt(len(values)) if len(values) > 1 else np.nan
-    return f"{values.mean():+.4f} ± {half:.4f}"
+    """mean [95% t interval]."""
+    t = compare.paired_test(values)
+    return f"{t['mean']:.4f} [{t['ci_low']:.4f}, {t['ci_high']:.4f}]"
 
 
 def paired(runs: pd.DataFrame, name: str, other: str) -> str:
+    """name's AUBC minus other's, seed by seed: mean [95% interval], paired t and Wilcoxon p, seeds won."""
     diff = runs[name] - runs[other]
-    t = stats.ttest_rel(runs[name], runs[other]).pvalue
-    w = stats.wilcoxon(diff).pvalue if (diff != 0).any() else 1.0
-    return f"{interval(diff)}  t p={t:.3f}  Wilcoxon p={w:.3f}  ({int((diff > 0).sum())}/{len(diff)})"
+    t = compare.paired_test(diff)
+    return (f"{t['mean']:+.4f} [{t['ci_low']:+.4f}, {t['ci_high']:+.4f}]  t p={t['p_t']:.3f}  "
+            f"Wilcoxon p={t['p_wilcoxon']:.3f}  ({int((diff > 0).sum())}/{len(diff)})")
 
 
 def report(case: str, candidates: tuple[str, ...], results: pd.DataFrame, out: Path) -> None:
-    runs = metrics.per_run(results).pivot(index="seed", columns="strategy", values="aubc")
-    print(f"\n== {case}: candidates {', '.join(candidates)}; {len(runs)} paired seeds")
+    runs = metrics.per_run(results).pivot(index="seed", columns="strategy", values="aubc").dropna()
+    ran = [c for c in candidates if c in runs]     # the single runs present at every seed
+    print(f"\n== {case}: candidates {', '.join(candidates)}; {len(runs)} paired seeds"
+          + (f"; not run alone: {', '.join(c for c in candidates if c not in ran)}" if len(ran) < len(candidates)
+             else ""))
     for name in runs.mean().sort_values(ascending=False).index:
-        print(f"  {name:<18} AUBC {interval(runs[name])[1:]}")
-    best = runs[list(candidates)].mean().idxmax()
-    print(f"  paired AUBC difference (mean ± 95% interval), best single candidate: {best}")
-    for other in ("vote", best, *(c for c in candidates if c != best)):
+        print(f"  {name:<18} AUBC {interval(runs[name])}")
+    best = runs[ran].mean().idxmax()
+    print(f"  paired AUBC difference (mean [95% interval]), best single candidate: {best}")
+    for other in ("vote", best, *(c for c in ran if c != best)):
         print(f"    autoal - {other:<16} {paired(runs, 'autoal', other)}")
     print(f"    vote   - {best:<16} {paired(runs, 'vote', best)}")
-    curve = results[results["strategy"].isin(candidates)].groupby(["round", "strategy"])["accuracy"].mean()
+    curve = results[results["strategy"].isin(ran)].groupby(["round", "strategy"])["accuracy"].mean()
     leaders = curve.unstack().idxmax(axis=1)
     print("  best candidate per round (mean accuracy): " + " ".join(f"{r}:{s}" for r, s in leaders.items()))
-    weights = pd.read_parquet(out / case / "strategy_weights.parquet")
+    weights = pd.read_parquet(out / case / "strategy_weights.parquet").query("strategy == 'autoal'")
+    weights = weights[weights["seed"].isin(runs.index)]
     trajectory = weights.pivot_table(index="round", columns="candidate", values="weight_pool")[list(candidates)]
     print(f"  mean pool weight per round (flat = {1 / len(candidates):.3f}):")
     print("    round " + " ".join(f"{c:>16}" for c in candidates))
     for round_, row in trajectory.iterrows():
         print(f"    {round_:>5} " + " ".join(f"{w:>16.3f}" for w in row))
     search = pd.read_parquet(out / case / "search.parquet")
+    search = search[search["seed"].isin(runs.index)]
     auto = results[(results["strategy"] == "autoal") & (results["hook_s"] > 0)]
     print(f"  per round: search {auto['hook_s'].mean():.2f}s (max {auto['hook_s'].max():.2f}s), task-model "
           f"training {auto['train_s'].mean():.2f}s; batch overlap with vote {search['vote_overlap'].mean():.2f}; "
@@ -92,8 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--config", default="jobs/main.yaml", help="base experiment (dataset, budget, epochs)")
     parser.add_argument("--rounds", type=int, default=None, help="query rounds (default: the config's)")
-    parser.add_argument("--part", choices=("all", "singles", "search"), default="all",
-                        help="run only the single strategies, or only autoal and vote (then no report)")
+    parser.add_argument("--part", choices=("all", "singles", "search", "report"), default="all",
+                        help="run only the single strategies, or only autoal and vote (then no report); or report "
+                             "on the runs finished so far, running nothing")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_cases"), help="benchmark directory")
     args = parser.parse_args(argv)
 
@@ -101,11 +116,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.part in ("all", "singles"):   # one directory each: any case's singles run, or resume, alone
         single = pd.concat([run(args.config, args.rounds, args.seeds, args.out / "singles" / name, (name,), {})
                             for name in singles])
-    for case in args.cases if args.part in ("all", "search") else ():
+    if args.part == "report":
+        single = finished([args.out / "singles" / name for name in singles], args.seeds)
+    for case in args.cases if args.part != "singles" else ():
         candidates = list(CASES[case])
-        searched = run(args.config, args.rounds, args.seeds, args.out / case, ("autoal", "vote"),
-                       {"options.autoal.candidates": candidates, "options.vote.candidates": candidates})
-        if args.part == "all":
+        searched = finished([args.out / case], args.seeds) if args.part == "report" else \
+            run(args.config, args.rounds, args.seeds, args.out / case, ("autoal", "vote"),
+                {"options.autoal.candidates": candidates, "options.vote.candidates": candidates})
+        if args.part != "search":
             report(case, CASES[case], pd.concat([searched, single[single["strategy"].isin(candidates)]]), args.out)
 
 

@@ -25,7 +25,7 @@ def test_bgadl_picks_by_bald():
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_generated_samples_have_the_pools_shape_a_valid_label_and_follow_their_source(ray_local, workers):
-    """Trained on Ray Train (local mode, or a DDP group of two), the generator gives
+    """Trained in the driver or on a Ray Train DDP group of two, the generator gives
     `samples` synthetic samples per source, shaped like the pool, labeled with the
     source's label, and closer to their own source than to the other sources."""
     train = datasets.load("digits", "data").subset("train")

@@ -89,7 +89,8 @@ def test_two_runs_on_one_out_lose_nothing(ray_local, tmp_path):
     """The issue's case: one strategy per shell, same --out. Either the second is refused naming the first,
     or (if the first had finished) it adds its strategy; no run's ledger or results are lost."""
     out = tmp_path / "run"
-    procs = {s: start(out, "--strategy", s, "--rounds", "4") for s in ("random", "entropy")}
+    one = FLAGS[:2] + FLAGS[5:]   # FLAGS without its strategies: a repeated --strategy adds to the list
+    procs = {s: start(out, "--strategy", s, "--rounds", "4", args=one) for s in ("random", "entropy")}
     codes = {s: (p.wait(timeout=300), p.stderr.read()) for s, p in procs.items()}
     finished = [s for s, (code, _) in codes.items() if code == 0]
     assert finished, codes

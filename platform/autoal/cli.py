@@ -19,7 +19,7 @@ import yaml
 
 from autoal import config
 from autoal.errors import AutoALError
-from autoal.safe_io import load_yaml, one_line, shown
+from autoal.safe_io import MESSAGE_CHARS, load_yaml, one_line, shown
 
 
 def _config_flags(run: argparse.ArgumentParser) -> list[str]:
@@ -36,9 +36,9 @@ def _config_flags(run: argparse.ArgumentParser) -> list[str]:
             name = f.metadata["flag"] or f.name
             kind = dict(type=_actors) if isinstance(item, types.UnionType) else dict(type=_bool) if item is bool \
                 else dict(type=item)
-            many = get_origin(hint) is tuple   # a list flag given twice adds to it; any other flag, once
+            many = get_origin(hint) is tuple   # a list flag given twice adds to it; a scalar's last value wins
             run.add_argument("--" + prefix + name.replace("_", "-"), dest=prefix + f.name,
-                             metavar="true|false" if item is bool else name.upper(), action=Extend if many else Once,
+                             metavar="true|false" if item is bool else name.upper(), action=Extend if many else "store",
                              nargs="+" if many else None, help=f.metadata["help"], **kind)
             keys.append(prefix + f.name)
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -106,6 +106,17 @@ def _prepare(args) -> None:
     print(f"wrote {args.source} as Parquet pool to {out}")
 
 
+def _embed(args) -> None:
+    from autoal.embed import embed
+
+    result = embed(args.source, args.out, args.backbone, weights=args.weights, download=args.download,
+                   dtype=args.dtype, actors=args.actors, gpus=args.gpus, batch_size=args.batch_size,
+                   shard_rows=args.shard_rows, data_root=args.data_root, log=lambda line: print(line, flush=True))
+    print(f"embedded {result.rows:,} rows in {result.seconds:.1f} s ({result.rows_per_s:,.1f} rows/s)"
+          + (f"; {result.skipped} shards were already written" if result.skipped else "")
+          + f": parquet:{result.out}")
+
+
 def _report(args) -> None:
     from autoal.report import report
 
@@ -123,7 +134,8 @@ def _label_init(args) -> None:
     from autoal.labeling import LabelProject
 
     with LabelProject.create(args.dir, args.pool, args.classes, test=args.test, config_path=args.config,
-                             strategy=args.strategy, cv_folds=args.cv_folds) as project:
+                             strategy=args.strategy, cv_folds=args.cv_folds, embed=args.embed,
+                             weights=args.weights) as project:
         print(project.status())
     print(f"next: autoal label next {args.dir}")
 
@@ -171,6 +183,9 @@ def _label_parser(sub) -> None:
     init.add_argument("--strategy", default="entropy", help="query strategy (see `autoal strategies`)")
     init.add_argument("--cv-folds", type=int, default=3,
                       help="without --test, estimate accuracy by k-fold cross-validation (0: no estimate)")
+    init.add_argument("--embed", metavar="BACKBONE", help="embed the images once with a pretrained backbone "
+                      "(resnet18, resnet50, convnext_tiny, vit_b_16): every round trains a head in seconds")
+    init.add_argument("--weights", help="with --embed: a local state dict of the backbone")
     init.set_defaults(func=_label_init)
     nxt = commands.add_parser("next", help="train on the labels so far and write the next batch of queries")
     nxt.add_argument("dir")
@@ -188,15 +203,6 @@ def _label_parser(sub) -> None:
     export.add_argument("dir")
     export.add_argument("out")
     export.set_defaults(func=_label_export)
-
-
-class Once(argparse.Action):
-    """A flag that takes one value and may be given once: a second value would silently win."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if getattr(namespace, self.dest, None) is not None:
-            raise argparse.ArgumentError(self, "given twice; give it once")
-        setattr(namespace, self.dest, values)
 
 
 class Extend(argparse.Action):
@@ -234,6 +240,23 @@ def parser() -> argparse.ArgumentParser:
     prep.add_argument("--data-root", default="data")
     prep.add_argument("--download", action="store_true")
     prep.set_defaults(func=_prepare)
+
+    emb = sub.add_parser("embed", help="embed images through a pretrained backbone into a Parquet pool "
+                                       "(resumes an interrupted OUT)")
+    emb.add_argument("source", help="dataset spec: images:<dir>, parquet:<dir>, cifar10, medmnist:<flag>, ...")
+    emb.add_argument("out", help="directory or URI (s3://, gs://) of the embedding pool")
+    emb.add_argument("--backbone", default="resnet18", help="resnet18, resnet50, convnext_tiny or vit_b_16")
+    emb.add_argument("--weights", help="a local state dict of the backbone (default: torchvision's published "
+                                       "weights from torch's cache)")
+    emb.add_argument("--download", action="store_true", help="download missing weights and dataset files")
+    emb.add_argument("--dtype", default="float32", help="float32 or float16 embeddings")
+    emb.add_argument("--actors", type=int, default=1, help="embedding actors (one model each)")
+    emb.add_argument("--gpus", type=float, default=0.0, help="GPUs per actor")
+    emb.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    emb.add_argument("--shard-rows", type=int, default=4096, help="rows per output file (a Parquet source keeps "
+                                                                   "its row groups)")
+    emb.add_argument("--data-root", default="data")
+    emb.set_defaults(func=_embed)
 
     rep = sub.add_parser("report", help="summary table and plots of a run or sweep directory")
     rep.add_argument("path")
@@ -284,10 +307,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parser().parse_args(argv)
         args.func(args)
     except AutoALError as exc:
-        print(f"autoal: error: {one_line(exc)}", file=sys.stderr)
+        print(f"autoal: error: {one_line(exc, MESSAGE_CHARS - 15)}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"autoal: error: {one_line(_os_error(exc))}", file=sys.stderr)
+        print(f"autoal: error: {one_line(_os_error(exc), MESSAGE_CHARS - 15)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("autoal: interrupted; re-run the same command to resume", file=sys.stderr)

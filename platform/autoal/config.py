@@ -14,7 +14,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from autoal.errors import AutoALError
-from autoal.safe_io import CONFIG_BYTES, load_yaml, read_text, shown
+from autoal.safe_io import CONFIG_BYTES, clip, load_yaml, read_text, shown
 
 AUTO = "auto"  # a value some fields take instead of a number: decided by the run (e.g. `actors`)
 
@@ -159,7 +159,7 @@ def _coerce(cls, data: dict[str, Any], where: str):
     unknown = sorted(map(str, set(data) - known))
     if unknown:
         raise AutoALError(f"bad config: unknown key{'s' if len(unknown) > 1 else ''} "
-                          f"{', '.join(shown(where + k, 40) for k in unknown[:3])}{', ...' if len(unknown) > 3 else ''}"
+                          f"{', '.join(clip(where + k, 40) for k in unknown[:3])}{', ...' if len(unknown) > 3 else ''}"
                           f"; known: {', '.join(sorted(known))}")
     kwargs = {}
     for key, value in data.items():
@@ -195,7 +195,8 @@ def _value(hint, value, name: str):
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
             raise AutoALError(f"bad config: {name} must be finite, got {shown(value)}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and value != int(value)):
-            raise AutoALError(f"bad config: {name} must be {'an integer' if hint is int else 'a number'}, got {shown(value)}")
+            raise AutoALError(f"bad config: {name} must be {'an integer' if hint is int else 'a number'}, "
+                              f"got {shown(value)}")
         if hint is int and not -2**63 <= value < 2**63:
             raise AutoALError(f"bad config: {name} must fit in 64 bits (|value| < 2**63), got {shown(value)}")
         return hint(value)
@@ -223,7 +224,7 @@ def _options(data, where: str) -> dict[str, dict[str, Any]]:
             raise AutoALError(f"bad config: {where}.{strategy} must be a mapping of options")
         unknown = sorted(map(str, set(options) - set(params)))
         if unknown:
-            raise AutoALError(f"bad config: unknown option {where}.{strategy}.{shown(unknown[0], 40)}; {strategy} takes "
+            raise AutoALError(f"bad config: unknown option {where}.{strategy}.{clip(unknown[0], 40)}; {strategy} takes "
                               f"{', '.join(params) or 'no options'}")
         out[strategy] = {k: _value(params[k], v, f"{where}.{strategy}.{k}") for k, v in options.items()}
         try:

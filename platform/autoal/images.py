@@ -87,14 +87,21 @@ def read_folder(arg: str | None, classes: tuple[str, ...] | None = None) -> tupl
     without it the class folders, sorted, are the classes. Every sample is in
     the train split; an undecodable file is an error naming it."""
     root, size = parse_spec(arg)
-    files = image_files(root, classes)
-    names = classes if classes is not None else tuple(sorted({c for _, c in files if c is not None}))
-    paths = [root / relative for relative, _ in files]
+    names, paths, ids, y = index_folder(root, classes)
     gray = all(_parse_file(p, "image", _mode) in GRAY_MODES for p in paths)
     decode = _decoder("L" if gray else "RGB", size)
     x = np.stack([_parse_file(p, "image", decode) for p in paths])
+    pool = Pool(f"images:{root.name}", ids, x, y, np.full(len(paths), "train"), len(names))
+    return pool, np.array([str(p) for p in paths])
+
+
+def index_folder(root: Path, classes: tuple[str, ...] | None) -> tuple[tuple[str, ...], list[Path], np.ndarray,
+                                                                       np.ndarray]:
+    """(class names, file paths, ids, labels) of the image files under root, sorted by path, nothing
+    decoded: a loose file's label is UNLABELED."""
+    files = image_files(root, classes)
+    names = classes if classes is not None else tuple(sorted({c for _, c in files if c is not None}))
     index = {name: i for i, name in enumerate(names)}
     y = np.array([UNLABELED if c is None else index[c] for _, c in files], dtype=np.int64)
     ids = np.array([stable_id(relative) for relative, _ in files], dtype=np.int64)
-    pool = Pool(f"images:{root.name}", ids, x, y, np.full(len(files), "train"), len(names))
-    return pool, np.array([str(p) for p in paths])
+    return names, [root / relative for relative, _ in files], ids, y

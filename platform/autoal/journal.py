@@ -9,6 +9,7 @@ not committed, the files it created. Nothing is ever deleted by a name pattern, 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -83,3 +84,15 @@ class Journal:
                 os.unlink(path)
         self.end()
         return list(dict.fromkeys(replaced))
+
+
+@contextlib.contextmanager
+def journaled(store, commit_round: int):
+    """Record every write of `store` (an ExperimentDir) in a journal of its directory; delete the
+    journal once the block ends well (after a failure it stays: the next opening rolls back)."""
+    store.journal = Journal(store.root).begin(commit_round)
+    try:
+        yield
+        store.journal.end()
+    finally:
+        store.journal = None

@@ -27,7 +27,6 @@ SKIP, OOD_ANSWER = "skip", "ood"
 CONTROL, OBJECT = "label", "image"  # Label Studio's <Choices name> and <Image name>
 QUERY_COLUMNS = ["id", "source", "predicted", "confidence"]
 ANSWERS_BYTES = 1 << 30           # a Label Studio export embeds each image: large, but bounded
-SAMPLE_ID = r"[0-9]{1,18}"       # an id as autoal writes it: ASCII digits that fit in int64
 
 
 def label_studio_config(classes: tuple[str, ...]) -> str:
@@ -113,12 +112,17 @@ def read_answers(path: str | Path) -> pd.DataFrame:
         raise AutoALError(f"answers file {path} is empty")
     frame = _read_label_studio(path, text) if path.suffix.lower() == ".json" else _read_csv(path, text)
     frame = frame[frame["answer"] != ""]
-    bad = frame["id"][~frame["id"].str.fullmatch(SAMPLE_ID)]
+    bad = frame["id"][~frame["id"].map(_sample_id)]
     if len(bad):
-        raise AutoALError(f"answers file {path}: id {shown(bad.iloc[0])} is not a sample id (at most 18 "
-                          "ASCII digits)")
+        raise AutoALError(f"answers file {path}: id {shown(bad.iloc[0])} is not a sample id (ASCII digits, "
+                          "below 2**63)")
     return pd.DataFrame({"id": frame["id"].astype(np.int64).to_numpy(np.int64),
                          "answer": frame["answer"].to_numpy(str)})
+
+
+def _sample_id(text: str) -> bool:
+    """An id as autoal writes it: ASCII digits (int() would take any script's) that fit in int64."""
+    return 0 < len(text) <= 19 and text.isascii() and text.isdigit() and int(text) < 2**63
 
 
 def _read_csv(path: Path, text: str) -> pd.DataFrame:

@@ -10,7 +10,7 @@ import numpy as np
 from autoal import datasets, images, label_files
 from autoal.errors import AutoALError
 from autoal.safe_io import shown
-from autoal.pool import Pool
+from autoal.pool import Pool, read_parquet
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,8 @@ class ProjectSpec:
     test: str | None = None      # a fully labeled pool to measure accuracy on
     strategy: str = "entropy"    # the default query strategy of `next`
     cv_folds: int = 3            # without a test split: accuracy estimated by k-fold CV on the labels (0: none)
+    embed: str | None = None     # a backbone that embedded the images once (in <project>/embeddings): runs train a head
+    weights: str | None = None   # its local state dict (None: torchvision's published weights)
 
 
 def parse_classes(text: str) -> tuple[str, ...]:
@@ -43,6 +45,29 @@ def load_pool(spec: str, classes: tuple[str, ...], data_root: str) -> tuple[Pool
         raise AutoALError(f"pool {shown(spec)} has {pool.classes} classes but --classes names {len(classes)}")
     # a person labels a pool small enough to hold: its features are read here
     return Pool(pool.name, pool.ids, np.asarray(pool.x), pool.y, pool.split, len(classes)), np.full(len(pool), "")
+
+
+def embed_project(spec: ProjectSpec, folder: Path, cfg) -> None:
+    """Embed the project's pool (and test pool) with its backbone, into folder/pool and folder/test."""
+    from autoal.embed import embed
+
+    for which, source in (("pool", spec.pool), ("test", spec.test)):
+        if source:
+            embed(source, str(folder / which), spec.embed, weights=spec.weights, gpus=cfg.gpus,
+                  data_root=cfg.data_root, classes=spec.classes if source.startswith("images:") else None,
+                  log=lambda line: None)
+
+
+def with_embeddings(pool: Pool, location: Path | None) -> Pool:
+    """The pool with each sample's features replaced by its embedding at `location` (None: as it is)."""
+    if location is None:
+        return pool
+    embedded = read_parquet(location)
+    missing = np.setdiff1d(pool.ids, embedded.ids)
+    if len(missing):
+        raise AutoALError(f"{len(missing)} samples of pool {pool.name!r} have no embedding in {location}: files "
+                          "added after `label init --embed` are not embedded; start a new project to include them")
+    return Pool(pool.name, pool.ids, embedded.features(embedded.rows(pool.ids)), pool.y, pool.split, pool.classes)
 
 
 def absolute_spec(spec: str) -> str:

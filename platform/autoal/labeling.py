@@ -21,7 +21,6 @@ in the project are never touched.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import time
@@ -33,11 +32,11 @@ import pandas as pd
 import ray
 import yaml
 
-from autoal import config, distributed, hooks, label_files, models, runtime, scoring, training
+from autoal import backbones, config, distributed, fit_time, hooks, label_files, models, runtime, scoring, training
 from autoal.errors import AutoALError
 from autoal.experiment import Experiment, derive_seed, initial_pool
-from autoal.label_pool import ProjectSpec, absolute_spec, load_pool, parse_classes
-from autoal.journal import Journal
+from autoal.label_pool import ProjectSpec, absolute_spec, embed_project, load_pool, parse_classes, with_embeddings
+from autoal.journal import Journal, journaled
 from autoal.pool import OOD, UNLABELED, Pool, write_parquet
 from autoal.safe_io import CONFIG_BYTES, atomic_write, load_yaml, own_dir, read_bytes, read_text, shown
 from autoal.store import CHECKPOINT_BYTES, ExperimentDir, parquet_bytes, read_table
@@ -55,6 +54,8 @@ class LabelProject:
         self.root, self.spec, self.cfg, self.seed = root, spec, cfg, cfg.seeds[0]
         pool, sources = load_pool(spec.pool, spec.classes, cfg.data_root)
         train = pool.split == "train"
+        self.pixels = pool.x[train] if pool.is_image else None   # for the person's contact sheets
+        pool = with_embeddings(pool, self.embeddings("pool"))
         self.pool, self.sources = pool.subset("train"), sources[train]
         self.test = self._test_split(pool.subset("test"))
         self.model_spec = training.ModelSpec(models.resolve(cfg.model, pool.shape), pool.shape, len(spec.classes),
@@ -65,6 +66,7 @@ class LabelProject:
         xs, ys = [test.x], [test.y]
         if self.spec.test:
             extra, _ = load_pool(self.spec.test, self.spec.classes, self.cfg.data_root)
+            extra = with_embeddings(extra, self.embeddings("test"))
             if extra.shape != test.shape:
                 raise AutoALError(f"test pool {shown(self.spec.test)} has samples of shape {list(extra.shape)}, "
                                   f"the pool {list(test.shape)}")
@@ -76,12 +78,18 @@ class LabelProject:
                               "every test sample needs one (class folders or labeled rows)")
         return x, y
 
+    def embeddings(self, which: str) -> Path | None:
+        """Where `label init --embed` put the embeddings of the pool or the test pool."""
+        return self.root / "embeddings" / which if self.spec.embed else None
+
     # --- creating and opening -------------------------------------------------------
 
     @classmethod
     def create(cls, root: str | Path, pool: str, classes: str, test: str | None = None,
-               config_path: str | None = None, strategy: str = "entropy", cv_folds: int = 3) -> "LabelProject":
-        """Check everything (config, strategy, every image) before the directory is made."""
+               config_path: str | None = None, strategy: str = "entropy", cv_folds: int = 3,
+               embed: str | None = None, weights: str | None = None) -> "LabelProject":
+        """Check everything (config, strategy, every image, the backbone's weights) before the directory
+        is made; with `embed`, embed the pool (and test pool) once, into the project."""
         root = Path(root)
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise AutoALError(f"{root} already exists and is not empty; `autoal label next {root}` "
@@ -89,11 +97,21 @@ class LabelProject:
         if cv_folds < 0 or cv_folds == 1:
             raise AutoALError("--cv-folds must be 0 (no estimate) or at least 2")
         spec = ProjectSpec(absolute_spec(pool), parse_classes(classes), test and absolute_spec(test), strategy,
-                           cv_folds)
+                           cv_folds, embed, weights and str(Path(weights).expanduser().resolve()))
         cfg = config.load(config_path, {"dataset": spec.pool, "strategies": [strategy]})
-        project = cls(root, spec, cfg)
+        project = cls(root, replace(spec, embed=None), cfg)
         project.round_hook(strategy)
-        project.store = ExperimentDir(root).open(cfg)
+        if embed:
+            backbones.build(embed, backbones.state_dict(embed, spec.weights))
+        store = ExperimentDir(root).open(cfg)
+        if embed:
+            try:
+                embed_project(spec, root / "embeddings", cfg)
+                project = cls(root, spec, cfg)
+            except BaseException:
+                store.close()
+                raise
+        project.store = store
         atomic_write(own_dir(root, "queries") / "label-studio.xml",
                      label_files.label_studio_config(spec.classes).encode())
         atomic_write(root / "project.yaml", yaml.safe_dump(
@@ -167,17 +185,6 @@ class LabelProject:
                 if path.stem == "results":
                     atomic_write(self.root / "results.csv", kept.to_csv(index=False).encode())
 
-    @contextlib.contextmanager
-    def _journaled(self, commit_round: int):
-        """Record every write of the store in a journal; delete it once the command ends well (after a
-        failure it stays, and the next opening rolls the command back)."""
-        self.store.journal = Journal(self.root).begin(commit_round)
-        try:
-            yield
-            self.store.journal.end()
-        finally:
-            self.store.journal = None
-
     # --- the loop -------------------------------------------------------------------
 
     def round_hook(self, name: str):
@@ -198,7 +205,7 @@ class LabelProject:
 
     def next(self, batch: int | None = None, strategy: str | None = None, log=print) -> list[Path]:
         """Train on the labels so far, then ask the next batch; returns the files written for the person."""
-        cfg, seed, round_ = self.cfg, self.seed, self.committed
+        cfg, seed, round_, start = self.cfg, self.seed, self.committed, time.perf_counter()
         name = strategy or self.spec.strategy
         round_hook = self.round_hook(name)
         k = cfg.batch if batch is None else batch
@@ -211,7 +218,7 @@ class LabelProject:
         if not len(unasked):
             raise AutoALError(f"nothing left to ask: all {len(self.pool)} samples are labeled or queried")
         k = min(k, len(unasked))
-        with self._journaled(round_ + 1):   # committed once queries.parquet holds round r+1
+        with journaled(self.store, round_ + 1):   # committed once queries.parquet holds round r+1
             runtime.init_ray()
             experiment = Experiment(replace(cfg, batch=k), known, known.subset("test"), self.model_spec, self.store,
                                     log)
@@ -235,11 +242,11 @@ class LabelProject:
             batch_frame = pd.DataFrame({"id": picks, "source": self.sources[at], "predicted": predicted,
                                         "confidence": confidence})
             files = label_files.write_round(own_dir(self.root, "queries"), round_ + 1, batch_frame,
-                                            self.pool.x[at] if self.pool.is_image else None, self.store.write)
+                                            None if self.pixels is None else self.pixels[at], self.store.write)
             self.store.append_result(result)
             log(f"round {round_}: trained on {len(rows)} labels, accuracy {result['accuracy']:.4f}"
                 f"{' (estimate)' if result['accuracy_estimated'] else ''}; asked {len(picks)} queries by "
-                f"{result['query_strategy']}")
+                f"{result['query_strategy']} in {time.perf_counter() - start:.1f} s")
             self.store.append_rows("queries", [dict(strategy=RUN, seed=seed, round=round_ + 1, id=int(i),
                                                     query_strategy=result["query_strategy"], predicted=p,
                                                     confidence=float(c))
@@ -251,6 +258,8 @@ class LabelProject:
                      asked: np.ndarray, result: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Fit, measure, score and select: (picks, predicted class names, confidences)."""
         seed, round_, x, y = self.seed, self.committed, experiment.train.x, experiment.train.y
+        folds = 0 if len(self.test[1]) else self.spec.cv_folds
+        fit_time.announce(self.model_spec, self.cfg, len(rows), folds, bool(self.spec.embed), experiment.log)
         t0 = time.perf_counter()
         test = self.test if len(self.test[1]) else (x[rows], y[rows])
         fit = experiment.fit(round_hook.train_set(x[rows], y[rows]), ray.put(test), seed, round_,
@@ -276,15 +285,13 @@ class LabelProject:
         folds = min(self.spec.cv_folds, len(rows))
         if folds < 2:
             return float("nan")
-        x, y, correct = experiment.train.x, experiment.train.y, 0.0
+        cfg, x, y = self.cfg, experiment.train.x, experiment.train.y
         split = KFold(folds, shuffle=True, random_state=derive_seed(self.seed, self.committed, 4)).split(rows)
-        for fold, (fit_at, held_at) in enumerate(split):
-            held = rows[held_at]
-            train = rows[fit_at]
-            fit = experiment.fit((x[train], y[train]), ray.put((x[held], y[held])), self.seed, self.committed,
-                                 name=f"label-r{self.committed}-cv{fold}")
-            correct += fit.accuracy * len(held)
-        return correct / len(rows)
+        return training.cross_validate(self.model_spec, (x[rows], y[rows]), list(split),
+                                       seed=derive_seed(self.seed, self.committed, 1), epochs=cfg.epochs, lr=cfg.lr,
+                                       weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+                                       min_steps=cfg.min_steps, workers=cfg.workers, gpus=cfg.gpus,
+                                       name=f"label-r{self.committed}-cv")
 
     # --- answers, status, export --------------------------------------------------
 
@@ -295,7 +302,7 @@ class LabelProject:
         new = label_files.new_answers(path, answers, self.queries, self.answers,
                                       {**codes, label_files.SKIP: UNLABELED, label_files.OOD_ANSWER: OOD})
         round_of = self.queries.drop_duplicates("id", keep="last").set_index("id")["round"]
-        with self._journaled(self.committed):   # one write, committed once it is renamed into place
+        with journaled(self.store, self.committed):   # one write, committed once it is renamed into place
             self.store.append_ledger(pd.DataFrame({"strategy": RUN, "seed": self.seed,
                                                    "round": new["id"].map(round_of).to_numpy(np.int64),
                                                    "id": new["id"].to_numpy(np.int64),

@@ -178,7 +178,8 @@ def resolve(name: str, shape: tuple[int, ...]) -> str:
         if name not in BACKBONES:
             raise AutoALError(f"unknown model {shown(name)}; known: auto, {', '.join(sorted(BACKBONES))}")
         if name != "mlp" and len(shape) != 3:
-            raise AutoALError(f"model {shown(name)} needs images (C, H, W); this pool has feature vectors of shape {list(shape)}")
+            raise AutoALError(f"model {shown(name)} needs images (C, H, W); this pool has feature vectors of shape "
+                              f"{list(shape)}")
         return name
     if len(shape) != 3:
         return "mlp"

@@ -215,22 +215,15 @@ def write_shards(chunks, out_dir: str | os.PathLike, name: str, shape: tuple[int
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AutoALError(f"{out} exists and is not an empty directory; choose a new directory")
-    metadata = {b"shape": json.dumps(list(shape)).encode(), b"classes": str(classes).encode(), b"name": name.encode()}
-    schema = pa.schema([("id", pa.int64()), ("x", pa.list_(pa.float32())), ("y", pa.int64()),
-                        ("split", pa.string())], metadata=metadata)
+    schema = pool_schema(name, shape, classes)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     as_created(tmp, directory=True)
     written = 0
     try:
         for shard, (ids, x, y, split) in enumerate(chunks):
-            x = np.ascontiguousarray(x, dtype=np.float32).reshape(len(ids), -1)
-            xs = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1])
-            table = pa.table([pa.array(ids, pa.int64()), xs.cast(pa.list_(pa.float32())),
-                              pa.array(y, pa.int64(), mask=np.asarray(y) == UNLABELED),
-                              pa.array(np.asarray(split).astype(str))], schema=schema)
-            pq.write_table(table, tmp / f"part-{shard:05d}.parquet",
-                           row_group_size=max(1, -(-len(ids) // ROW_GROUPS_PER_SHARD)))
+            table = shard_table(schema, ids, x, y, split)
+            pq.write_table(table, tmp / f"part-{shard:05d}.parquet", row_group_size=row_group_rows(len(ids)))
             written += len(ids)
             if log:
                 log(f"wrote part-{shard:05d}.parquet: {written:,}" + (f" of {total:,} rows ({written / total:.0%})"
@@ -242,6 +235,29 @@ def write_shards(chunks, out_dir: str | os.PathLike, name: str, shape: tuple[int
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def pool_schema(name: str, shape: tuple[int, ...], classes: int, x_type: pa.DataType = pa.float32()) -> pa.Schema:
+    """The Arrow schema of a pool's shards; `x_type` float16 halves an embedding pool (readers
+    widen it to float32)."""
+    metadata = {b"shape": json.dumps(list(shape)).encode(), b"classes": str(classes).encode(), b"name": name.encode()}
+    return pa.schema([("id", pa.int64()), ("x", pa.list_(x_type)), ("y", pa.int64()), ("split", pa.string())],
+                     metadata=metadata)
+
+
+def shard_table(schema: pa.Schema, ids, x, y, split) -> pa.Table:
+    """One shard's rows in the pool format: x flattened per row, an UNLABELED y as null."""
+    x_type = schema.field("x").type.value_type
+    x = np.ascontiguousarray(x, dtype=x_type.to_pandas_dtype()).reshape(len(ids), -1)
+    xs = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel(), x_type), x.shape[1])
+    return pa.table([pa.array(ids, pa.int64()), xs.cast(pa.list_(x_type)),
+                     pa.array(y, pa.int64(), mask=np.asarray(y) == UNLABELED),
+                     pa.array(np.asarray(split).astype(str))], schema=schema)
+
+
+def row_group_rows(rows: int) -> int:
+    """Rows per row group of a shard of `rows` rows."""
+    return max(1, -(-rows // ROW_GROUPS_PER_SHARD))
 
 
 def read_parquet(location: str | os.PathLike, lazy: bool = False) -> Pool:

@@ -34,16 +34,26 @@ _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxtuple = 60, 60, 6, 6
 _REPR.maxdict, _REPR.maxset, _REPR.maxlevel, _REPR.maxlong = 4, 6, 3, 40
 
 
+def clip(text: str, limit: int = 80) -> str:
+    """`text` in at most `limit` characters: its start and its end, '...' where the middle was cut
+    (a message states the problem first and the remedy last; long paths sit in between)."""
+    if len(text) <= limit:
+        return text
+    tail = (limit - 3) // 3
+    return text[:limit - 3 - tail] + "..." + text[len(text) - tail:]
+
+
 def shown(value, limit: int = 80) -> str:
     """`repr(value)` bounded in size and cost (reprlib walks at most a few levels and items)."""
-    text = _REPR.repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return clip(_REPR.repr(value), limit)
 
 
-def one_line(message: str) -> str:
-    """A message as one line of at most MESSAGE_CHARS characters."""
-    text = " ".join(str(message).split())
-    return text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS - 3] + "..."
+def one_line(message, limit: int = MESSAGE_CHARS) -> str:
+    """A message as one line of at most `limit` characters."""
+    text = str(message)
+    if len(text) > 100 * limit:
+        text = text[:50 * limit] + " " + text[-50 * limit:]
+    return clip(" ".join(text.split()), limit)
 
 
 # --- reading -------------------------------------------------------------------
@@ -123,7 +133,10 @@ def _expanded_size(node, sizes: dict, depth: int) -> int:
 
 def load_yaml(text: str):
     """The value of a YAML document, read by BoundedLoader (raises yaml.YAMLError)."""
-    return yaml.load(text, Loader=BoundedLoader)
+    try:
+        return yaml.load(text, Loader=BoundedLoader)
+    except RecursionError:   # PyYAML composes nested nodes recursively
+        raise yaml.YAMLError(f"nesting deeper than {MAX_DEPTH} levels") from None
 
 
 # --- writing -------------------------------------------------------------------
@@ -164,6 +177,18 @@ def own_dir(root: Path, *parts: str) -> Path:
     return path
 
 
+def private_dir(path: Path) -> Path:
+    """A directory only this user may enter, in a place others can write (/tmp): made 0700 if
+    absent, refused if it is a link, someone else's, or open to others (it could be planted)."""
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise AutoALError(f"{path} is not a private directory of this user (a link, another user's, or open "
+                          "to others); remove it or set TMPDIR elsewhere")
+    return path
+
+
 # --- the symlink rule of pool folders ----------------------------------------------
 
 def folder_files(root: Path, what: str) -> list[Path]:
@@ -177,14 +202,15 @@ def folder_files(root: Path, what: str) -> list[Path]:
         for name in sorted(dirs + [n for n in names if not n.startswith(".")]):
             path = Path(folder) / name
             if path.is_symlink():
+                inside = path.relative_to(root)
                 try:
                     target = path.resolve(strict=True)
                 except (OSError, RuntimeError):
-                    raise AutoALError(f"{what}: {path} is a broken or looping symbolic link; remove it") from None
+                    raise AutoALError(f"{what}: {inside} is a broken or looping symbolic link; remove it") from None
                 if not target.is_relative_to(root) or target.is_dir():
-                    raise AutoALError(f"{what}: {path} is a symbolic link to {shown(str(target), 120)}, "
-                                      f"{'a directory' if target.is_dir() else 'outside the folder'}; autoal "
-                                      "reads only files inside the folder (copy the file in instead)")
+                    raise AutoALError(f"{what}: {inside} is a symbolic link to "
+                                      f"{'a directory' if target.is_dir() else 'a file outside the folder'}; "
+                                      "autoal follows links only to files inside it (copy the file in instead)")
                 files.append(path)
             elif name in names:
                 files.append(path)

@@ -109,19 +109,38 @@ class TrainPayload:
     min_steps: int
     loss_weight: float
     joint_fraction: float
+    folds: tuple = ()                      # cross-validation: (train positions, held-out positions) per fold
 
 
-def train_loop(p: TrainPayload, world: World) -> dict:
-    """Train a TaskNet (classifier + loss-prediction module) from scratch, then evaluate."""
-    (x, y), (x_test, y_test) = tensors(p.train, labels=1), tensors(p.test, labels=1)
+def train(p: TrainPayload, x: torch.Tensor, y: torch.Tensor, world: World, seed: int) -> tuple[models.TaskNet, float]:
+    """A TaskNet (classifier + loss-prediction module) trained from scratch on (x, y), and its last
+    epoch's loss."""
     net = p.spec.build()
     model = world.prepare(net)
     optimizer = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     epochs = epochs_for(len(x), p.batch_size, p.epochs, p.min_steps, world)
-    epoch_loss = train_epochs(model, optimizer, x, y, world, epochs=epochs, batch_size=p.batch_size, seed=p.seed,
+    epoch_loss = train_epochs(model, optimizer, x, y, world, epochs=epochs, batch_size=p.batch_size, seed=seed,
                               joint_epochs=round(p.joint_fraction * epochs), loss_weight=p.loss_weight)
+    return net, epoch_loss
+
+
+def train_loop(p: TrainPayload, world: World) -> dict:
+    """Train a TaskNet from scratch, then evaluate."""
+    (x, y), (x_test, y_test) = tensors(p.train, labels=1), tensors(p.test, labels=1)
+    net, epoch_loss = train(p, x, y, world, p.seed)
     accuracy = evaluate(net, x_test, y_test, world)
     return asdict(FitResult(portable_state(net), accuracy, epoch_loss))
+
+
+def folds_loop(p: TrainPayload, world: World) -> float:
+    """k-fold cross-validated accuracy: one model per fold, trained on the others."""
+    x, y = tensors(p.train, labels=1)
+    correct = 0.0
+    for fold, (train_at, held_at) in enumerate(p.folds):
+        train_at, held_at = torch.tensor(train_at), torch.tensor(held_at)   # object-store arrays are read-only
+        net, _ = train(p, x[train_at], y[train_at], world, p.seed + fold)
+        correct += evaluate(net, x[held_at], y[held_at], world) * len(held_at)
+    return correct / sum(len(held_at) for _, held_at in p.folds)
 
 
 def fit(spec: ModelSpec, train: tuple[np.ndarray, np.ndarray], test_ref, *, seed: int, epochs: int,
@@ -134,3 +153,14 @@ def fit(spec: ModelSpec, train: tuple[np.ndarray, np.ndarray], test_ref, *, seed
                            loss_weight, joint_fraction)
     result = distributed.run(train_loop, payload, workers=workers, gpus=gpus, name=name)
     return FitResult(torch_state(result["state"]), result["accuracy"], result["train_loss"])
+
+
+def cross_validate(spec: ModelSpec, train: tuple[np.ndarray, np.ndarray], folds: list, *, seed: int, epochs: int,
+                   lr: float, weight_decay: float, batch_size: int, min_steps: int = 0, workers: int = 0,
+                   gpus: float = 0.0, name: str = "cv") -> float:
+    """Accuracy by cross-validation on `train` over `folds` (train positions, held-out positions):
+    every fold's model trains in one run, so the estimate costs one fit's start-up, not k."""
+    payload = TrainPayload(spec, train, train, seed, epochs, lr, weight_decay, batch_size, min_steps, 1.0, 0.0,
+                           tuple(folds))
+    return float(distributed.run(folds_loop, payload, workers=workers, gpus=gpus, name=name))
+

@@ -5,11 +5,11 @@ runs one experiment through the same loop as `autoal run`; this is the only
 module of the sweep that imports Tune, and it builds the Tune objects (search
 spaces, scheduler, placement) from the plain spec.
 
-The experiment does not run in the trial function itself: Ray Train's local
-mode (workers=0) calls `ray.train.get_context()`, which Ray 2.60 refuses
-inside a Tune function trial. The trial function starts the experiment as a
-streaming-generator task in the trial's placement group and turns each round
-it yields into a `tune.report`.
+The experiment does not run in the trial function itself (written when fits in
+the driver ran in Ray Train's local mode, which Ray 2.60 refuses inside a Tune
+function trial): the trial function starts it as a streaming-generator task in
+the trial's placement group and turns each round it yields into a
+`tune.report`.
 
 Where trial results live: with a local storage path, each trial's experiment
 directory is `<out>/trials/<trial>` and resumes in place. With a storage URI
@@ -17,6 +17,14 @@ directory is `<out>/trials/<trial>` and resumes in place. With a storage URI
 trial's node, every round is reported with a Tune checkpoint of that
 directory (so it lives in the storage), a restarted trial resumes from it,
 and the driver copies the final checkpoints to `<out>/trials` at the end.
+
+Resuming never unpickles: Tune keeps its state as pickles (tuner.pkl, the
+experiment state, searcher state) in a directory others may write, and
+`Tuner.restore` would run whatever a planted one holds. A re-run instead builds
+a new Tuner from the spec autoal saved (YAML) over the same grid, drawn with a
+fixed random state so sampled points and trial names repeat; each trial resumes
+from its own experiment directory (autoal's files), so a finished trial ends at
+once and an interrupted one continues at its last round.
 """
 from __future__ import annotations
 
@@ -35,13 +43,14 @@ import ray
 import yaml
 from ray import tune
 from ray.tune.schedulers import create_scheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from autoal import config, metrics, runtime
 from autoal.errors import AutoALError
 from autoal.lock import DirLock
 from autoal.report import sweep_report
-from autoal.store import atomic_write
+from autoal.safe_io import atomic_write, own_dir, private_dir
 from autoal.sweep.spec import (EXECUTION_KEYS, NAME_CHARS, SCHEDULERS, SPACES, SPEC_FILE, SweepSpec, load_spec,
                                read_spec, show, trial_count)
 
@@ -63,6 +72,7 @@ def tune_config(spec: SweepSpec) -> tune.TuneConfig:
         scheduler = create_scheduler(SCHEDULERS[kind].tune_name, time_attr="training_iteration",
                                      max_t=spec.max_reports(), **options)
     return tune.TuneConfig(metric=metric, mode="max" if metric else None, scheduler=scheduler,
+                           search_alg=BasicVariantGenerator(random_state=0),   # a re-run draws the same points
                            num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent_trials,
                            trial_name_creator=trial_label, trial_dirname_creator=trial_label, reuse_actors=True)
 
@@ -89,7 +99,7 @@ def scratch_dir(experiment_path: str) -> Path:
     """Where trials of a sweep with remote storage keep their experiment on the node (one per storage,
     so that sweeps of the same name do not share it)."""
     digest = hashlib.sha1(experiment_path.encode()).hexdigest()[:10]
-    return Path(tempfile.gettempdir()) / "autoal-sweeps" / f"{Path(experiment_path).name}-{digest}"
+    return Path(tempfile.gettempdir()) / f"autoal-sweeps-{os.getuid()}" / f"{Path(experiment_path).name}-{digest}"
 
 
 def _trainable(spec: SweepSpec, trials_dir: Path, remote: bool):
@@ -142,7 +152,10 @@ def experiment_rounds(cfg: dict, params: dict, exp_dir: str, name: str, checkpoi
     from autoal.experiment import Experiment
 
     root = Path(exp_dir)
-    _drop_snapshots(root)
+    if snapshots:   # the scratch space lies in /tmp, where others may plant files
+        private_dir(root.parent.parent)
+        _drop_snapshots(root)
+    own_dir(root.parent.parent, root.parent.name, root.name)   # a link planted here would take the writes away
     if checkpoint is not None:
         shutil.rmtree(root, ignore_errors=True)
         checkpoint.to_directory(str(root))
@@ -214,14 +227,11 @@ def _run_claimed(spec: SweepSpec, root: Path, storage: str | None, log) -> Path:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     experiment_path = f"{storage_path}/{spec.name}"
     trainable = _trainable(spec, scratch_dir(experiment_path) if remote else root / "trials", remote)
-    if tune.Tuner.can_restore(experiment_path):
-        log(f"sweep {spec.name}: resuming from {experiment_path}")
-        tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        log(f"sweep {spec.name}: {trial_count(spec)} trials -> {root}")
-        tuner = tune.Tuner(trainable, param_space=param_space(spec), tune_config=tune_config(spec),
-                           run_config=tune.RunConfig(name=spec.name, storage_path=storage_path, verbose=0,
-                                                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    resuming = (root / "trials").is_dir() and any((root / "trials").iterdir())
+    log(f"sweep {spec.name}: {'resuming ' if resuming else ''}{trial_count(spec)} trials -> {root}")
+    tuner = tune.Tuner(trainable, param_space=param_space(spec), tune_config=tune_config(spec),
+                       run_config=tune.RunConfig(name=spec.name, storage_path=storage_path, verbose=0,
+                                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     grid = tuner.fit()
     if remote:
         _fetch(grid, root / "trials")
@@ -232,10 +242,9 @@ def _run_claimed(spec: SweepSpec, root: Path, storage: str | None, log) -> Path:
         raise AutoALError(f"{len(failed)} of {len(grid)} trials failed; first {Path(first.path).name}: "
                           f"{_root_cause(first.error)}. Results of the others are in {root}; "
                           f"re-run the same command to retry the failed trials once their cause is fixed")
-    # After Ctrl-C Tune returns normally; its saved state (what a resume reads) then lists trials
-    # that are neither terminated nor errored, or fewer trials than the grid (later ones not created).
-    saved = tune.ExperimentAnalysis(experiment_path).trials
-    if len(saved) < trial_count(spec) or any(t.status not in ("TERMINATED", "ERROR") for t in saved):
+    # After Ctrl-C Tune returns normally, with trials neither terminated nor errored, or fewer
+    # trials than the grid (later ones not created).
+    if grid.num_terminated + grid.num_errors < trial_count(spec):
         raise KeyboardInterrupt(f"sweep {spec.name} interrupted; re-run the same command to resume")
     return root
 

@@ -18,7 +18,7 @@ import yaml
 
 from autoal import config, datasets
 from autoal.errors import AutoALError
-from autoal.safe_io import CONFIG_BYTES, load_yaml, one_line, read_text, shown
+from autoal.safe_io import CONFIG_BYTES, clip, load_yaml, one_line, read_text, shown
 from autoal.strategies.autoal import CANDIDATES as PAPER_CANDIDATES  # nested pools: size n is the first n
 
 SPEC_FILE = "sweep.yaml"
@@ -187,13 +187,14 @@ def read_spec(root: Path) -> SweepSpec:
 
 def from_dict(data: dict) -> SweepSpec:
     """A SweepSpec from plain data, checked against the config and the registries."""
-    unknown = sorted(set(data) - set(SPEC_KEYS))
+    unknown = sorted(map(str, set(data) - set(SPEC_KEYS)))
     if unknown:
-        raise AutoALError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+        shown_keys = ", ".join(clip(str(k), 40) for k in unknown[:3])
+        raise AutoALError(f"unknown key{'s' if len(unknown) > 1 else ''} {shown_keys}; "
                           f"known: {', '.join(SPEC_KEYS)}")
     name = data.get("name")
-    if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name):
-        raise AutoALError(f"name must be letters, digits, '.', '_' or '-', got {shown(name)}")
+    if not isinstance(name, str) or not re.fullmatch(r"[\w.-]{1,100}", name, re.ASCII):
+        raise AutoALError(f"name must be 1 to 100 letters, digits, '.', '_' or '-', got {shown(name)}")
     base = data.get("base") or {}
     if not isinstance(base, dict):
         raise AutoALError("base must be a mapping of experiment config fields")

@@ -1,94 +1,16 @@
-"""Bad-input battery: each case must end in one `autoal: error:` line, exit 2, no
-traceback, and leave every file it was given (an experiment, a pool, a config)
-byte for byte as it was. Prints a table (case | exit | traceback? | dir intact).
-
-    .venv/bin/python benchmarks/bad_inputs.py [--only SUBSTRING]
-
-Cases run in this process through `autoal.cli.main`, so the ~60 of them take a
-minute or two: one Ray start for the few that get that far. tests/test_bad_inputs.py
-runs the same cases. As root, read-only cases bind-mount a directory read-only
-(a real EROFS); otherwise they remove write permission (EACCES).
-"""
+"""The first 80 cases (issue 12): flags, config files, pools, dataset files, output
+directories, resources, report, prepare and sweep."""
 from __future__ import annotations
 
-import argparse
-import contextlib
-import hashlib
-import io
 import json
-import os
 import pickle
-import shutil
-import subprocess
-import sys
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-# A run small enough to build in seconds; every case that starts a run adds these flags.
-SMALL = ["--dataset", "digits", "--initial", "10", "--batch", "5", "--rounds", "1", "--epochs", "1",
-         "--min-steps", "0", "--actors", "0", "--seeds", "0", "--strategy", "entropy"]
-
-
-@dataclass(frozen=True)
-class Case:
-    """`make(dir)` builds the case's files under `dir` and returns the argv; `message` is part of the error."""
-
-    name: str
-    make: Callable[[Path], list[str]]
-    message: str
-    exit: int = 2
-    needs_template: bool = False   # make() copies a finished run (made once, by `template`)
-    gpu_free: bool = False         # only meaningful where torch sees no CUDA GPU
-
-
-@dataclass(frozen=True)
-class Outcome:
-    case: Case
-    exit: int | str     # "raised": an exception escaped the CLI
-    stderr: str
-    stdout: str
-    intact: bool        # every file the case was given is unchanged, and nothing was added
-
-    @property
-    def traceback(self) -> bool:
-        return "Traceback" in self.stderr or self.exit == "raised"
-
-    @property
-    def clean(self) -> bool:
-        """The expected exit; for errors exactly one `autoal: error:` line naming the problem; no traceback."""
-        lines = self.stderr.strip().splitlines()
-        one_line = (len(lines) == 1 and lines[0].startswith("autoal: error:")) if self.case.exit == 2 else not lines
-        return (self.exit == self.case.exit and not self.traceback and self.intact and one_line
-                and self.case.message in self.stderr + self.stdout)
-
-
-# --- building blocks ---------------------------------------------------------
-
-TEMPLATE: dict[str, Path] = {}
-
-
-def template(base: Path) -> Path:
-    """A finished tiny run, made once and copied by the cases that damage or reuse one."""
-    if "run" not in TEMPLATE:
-        from autoal import cli
-
-        out = base / "template-run"
-        with contextlib.redirect_stdout(io.StringIO()):
-            assert cli.main(["run", *SMALL, "--out", str(out)]) == 0, "the template run failed"
-        TEMPLATE["run"] = out
-    return TEMPLATE["run"]
-
-
-def copy_run(d: Path) -> Path:
-    out = d / "run"
-    shutil.copytree(TEMPLATE["run"], out)
-    return out
+from .harness import HELD, SMALL, Case, copy_run, planted_pickle, read_only
 
 
 def config(d: Path, text: str | bytes) -> list[str]:
@@ -130,40 +52,6 @@ def cifar(d: Path, payload: bytes) -> list[str]:
     return run(d, "--dataset", "cifar10", "--data-root", str(d / "data"))
 
 
-class Planted:
-    """A pickle that runs a shell command when a plain unpickler loads it."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
-def planted_pickle(d: Path) -> bytes:
-    return pickle.dumps({"data": Planted(d / "PWNED"), "labels": [0]})
-
-
-def read_only(path: Path) -> Path:
-    """Make `path` read-only for this process: a read-only bind mount as root, else no write permission."""
-    if os.geteuid() == 0:
-        subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
-        subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True)
-        MOUNTS.append(path)
-    else:
-        for p in [path, *path.rglob("*")]:
-            p.chmod(p.stat().st_mode & ~0o222)
-    return path
-
-
-MOUNTS: list[Path] = []
-
-
-def release_mounts() -> None:
-    while MOUNTS:
-        subprocess.run(["umount", str(MOUNTS.pop())], check=False)
-
-
 def interrupted(d: Path) -> Path:
     """A copy of the template with its last round's results row removed, as after a kill."""
     import pandas as pd
@@ -189,8 +77,6 @@ def locked(d: Path) -> list[str]:
     HELD.append(DirLock(out).acquire())   # held by this process on another descriptor: flock refuses
     return ["run", *SMALL, "--out", str(out)]
 
-
-HELD: list = []
 
 
 def sweep_spec(d: Path, spec: dict) -> list[str]:
@@ -327,7 +213,7 @@ CASES = [
     Case("workers beyond the CPUs", lambda d: run(d, "--workers", "64"), "need 64 CPU"),
     Case("actors beyond the CPUs", lambda d: run(d, "--actors", "64"), "need 64 CPU"),
     Case("a GPU actor without a GPU", lambda d: run(d, "--gpus", "1", "--actors", "1", "--workers", "1"),
-         "need 1 CPU, 1 GPU", gpu_free=True),
+         "need 1 CPU, 2 GPU", gpu_free=True),
     Case("gpus in the driver without CUDA", lambda d: run(d, "--gpus", "1"), "sees no CUDA GPU", gpu_free=True),
     # report, prepare, sweep
     Case("report: missing path", lambda d: ["report", str(d / "nothing")], "does not exist"),
@@ -343,65 +229,3 @@ CASES = [
     Case("sweep: unknown axis", lambda d: sweep_spec(d, {**BASE_SPEC, "axes": {"epoch": [1]}}), "unknown axis"),
     Case("sweep: unknown key", lambda d: sweep_spec(d, {**BASE_SPEC, "shedule": 1}), "unknown key shedule"),
 ]
-
-
-def fingerprint(root: Path) -> dict:
-    """Every file and directory under `root`: content hashes, and the set of names."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(root.rglob("*")) if not p.is_symlink()}
-
-
-def check(case: Case, d: Path) -> Outcome:
-    """Run one case in the empty directory `d`."""
-    from autoal import cli
-
-    argv = case.make(d)
-    before = fingerprint(d)
-    err, out = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-            code = cli.main(argv)
-    except BaseException as exc:  # a case that escapes the CLI boundary is a failure, shown as such
-        import traceback
-
-        err.write("".join(traceback.format_exception(exc)))
-        code = "raised"
-    intact = fingerprint(d) == before and not (d / "PWNED").exists()
-    for lock in HELD:
-        lock.release()
-    HELD.clear()
-    release_mounts()
-    return Outcome(case, code, err.getvalue(), out.getvalue(), intact)
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", help="run the cases whose name contains this")
-    args = ap.parse_args()
-    import torch
-
-    cases = [c for c in CASES if (not args.only or args.only in c.name)
-             and not (c.gpu_free and torch.cuda.is_available())]
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="autoal-bad-inputs-") as tmp:
-        base = Path(tmp)
-        if any(c.needs_template for c in cases):
-            template(base)
-        for i, case in enumerate(cases):
-            d = base / f"case{i:02d}"
-            d.mkdir()
-            outcome = check(case, d)
-            rows.append(outcome)
-            if not outcome.clean:
-                print(f"--- {case.name}: exit {outcome.exit}\n{outcome.stderr}", file=sys.stderr)
-    width = max(len(r.case.name) for r in rows)
-    print(f"{'case':<{width}} | exit | traceback? | dir intact | clean")
-    for r in rows:
-        print(f"{r.case.name:<{width}} | {str(r.exit):>4} | {'yes' if r.traceback else 'no':>10} | "
-              f"{'yes' if r.intact else 'NO':>10} | {'yes' if r.clean else 'NO'}")
-    print(f"\n{sum(r.clean for r in rows)} of {len(rows)} cases clean")
-    return 0 if all(r.clean for r in rows) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
