@@ -6,8 +6,9 @@
 Runs through the same loop as `autoal run` (resumable: re-run to finish an interrupted
 benchmark) and prints mean AUBC and F-acc with std per strategy, then each strategy's AUBC
 difference to random, paired by seed, with its 95% interval and paired t-test, every pair's
-difference (`autoal.compare`), bgadl's to bald (BALD picks bgadl's batches), and how much each
-strategy's batches crowd into one class.
+difference (`autoal.compare`), the mean accuracy per round, BADGE's penalty matrix, bgadl's
+difference to bald (BALD picks bgadl's batches), and how much each strategy's batches crowd
+into one class.
 `--also DIR...`: more --out directories of this benchmark (same protocol: seeds or strategies run
 as parallel processes, or autoal_digits.py's); a strategy whose every seed finished in them joins
 the table from there and is not run again. `--before DIR...`: --out directories of the same benchmark run at an
@@ -60,10 +61,14 @@ def main() -> None:
     print(metrics.format_table(metrics.summary(results)))
     runs = aubc_by_seed(results)
     if "random" in runs:
-        print("\nAUBC minus random, paired by seed (mean, wins/seeds):")
+        print("\nAUBC minus random, paired by seed (mean [95% interval] paired t p (wins/seeds)):")
         for name in runs.columns.drop("random"):
             print(f"  {name:<18} {paired(runs[name], runs['random'])}")
     print("\n" + compare.format_differences(compare.paired_differences(results)))
+    print("\nmean accuracy per round:\n" + results.pivot_table(index="round", columns="strategy", values="accuracy",
+                                                              aggfunc="mean").round(4).to_string())
+    print("\nwin/tie/loss penalty matrix (row beat column, in the share of rounds; paired t-test per round):\n"
+          + compare.penalty_matrix(results).round(3).to_string())
     if {"bgadl", "bald"} <= set(runs):
         print(f"\nbgadl minus bald, paired by seed: {paired(runs['bgadl'], runs['bald'])}")
     ledger = pd.concat([pd.read_parquet(Path(d) / "ledger.parquet") for d in [args.out, *args.also]
