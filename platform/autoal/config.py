@@ -217,7 +217,7 @@ def _options(data, where: str) -> dict[str, dict[str, Any]]:
     out = {}
     for strategy, options in data.items():
         if strategy not in names():
-            raise AutoALError(f"bad config: {where}.{shown(strategy, 40)}: unknown strategy; known: "
+            raise AutoALError(f"bad config: {where}.{clip(str(strategy), 40)}: unknown strategy {shown(strategy, 40)}; known: "
                               f"{', '.join(names())}")
         params = parameters(strategy)
         if not isinstance(options, dict):
