@@ -44,15 +44,20 @@ def ledger(out: Path) -> pd.DataFrame:
 
 
 def wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 120) -> None:
-    """Read stdout until a line contains `text` (stdout keeps flowing in a thread so the pipe never fills)."""
-    seen = threading.Event()
+    """Read stdout until a line contains `text`; fail at once, with its stderr, if the run exits first (both
+    pipes keep flowing in threads, so neither fills)."""
+    seen, errors = threading.Event(), []
 
     def pump():
         for line in proc.stdout:
             if text in line:
                 seen.set()
     threading.Thread(target=pump, daemon=True).start()
-    assert seen.wait(timeout), f"no line with {text!r} within {timeout} s"
+    threading.Thread(target=lambda: errors.extend(proc.stderr), daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while not seen.wait(0.5):
+        assert proc.poll() is None and time.monotonic() < deadline, (
+            f"no line with {text!r} within {timeout} s (exit {proc.returncode}); stderr: {''.join(errors)[-2000:]}")
 
 
 @pytest.fixture(scope="module")
