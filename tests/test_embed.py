@@ -105,7 +105,8 @@ def test_a_killed_embed_resumes_to_the_files_of_an_uninterrupted_one(ray_local, 
     command = [sys.executable, "-m", "autoal.cli", "embed", f"images:{source}", None, "--weights", str(weights),
                "--shard-rows", "2", "--batch-size", "2"]
     killed = tmp_path / "killed"
-    run = subprocess.Popen([*command[:5], str(killed), *command[6:]], env=ENV, start_new_session=True,
+    env = dict(ENV, RAY_ADDRESS=ray_local.get_runtime_context().gcs_address)   # no Ray start per command
+    run = subprocess.Popen([*command[:5], str(killed), *command[6:]], env=env, start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while not list(killed.glob("part-*")) and run.poll() is None:
@@ -115,7 +116,7 @@ def test_a_killed_embed_resumes_to_the_files_of_an_uninterrupted_one(ray_local, 
         run.wait()
     written = len(list(killed.glob("part-*")))
     assert 1 <= written < 15, written   # killed mid-embed
-    resumed = subprocess.run([*command[:5], str(killed), *command[6:]], env=ENV, capture_output=True, text=True)
+    resumed = subprocess.run([*command[:5], str(killed), *command[6:]], env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming: {written} of 15 shards" in resumed.stdout
     clean = tmp_path / "clean"
