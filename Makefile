@@ -7,7 +7,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS ?= 0
 export RAY_DATA_PARQUET_FOOTER_NUM_ACTORS ?= 1
 
-.PHONY: run test bench clean
+.PHONY: run test clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
