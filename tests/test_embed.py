@@ -17,6 +17,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 import test_cli
+from test_faults import our_worker_pids
 from autoal import backbones, cli, images, training
 from autoal.embed import embed
 from autoal.labeling import LabelProject
@@ -114,6 +115,10 @@ def test_a_killed_embed_resumes_to_the_files_of_an_uninterrupted_one(ray_local, 
     finally:
         os.killpg(run.pid, signal.SIGKILL)
         run.wait()
+    deadline = time.monotonic() + 60   # the killed driver's actors, in the session's Ray, end with it
+    while our_worker_pids("ShardEmbedder") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not our_worker_pids("ShardEmbedder"), "the killed embed's actors outlived it"
     written = len(list(killed.glob("part-*")))
     assert 1 <= written < 15, written   # killed mid-embed
     resumed = subprocess.run([*command[:5], str(killed), *command[6:]], env=env, capture_output=True, text=True)

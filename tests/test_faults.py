@@ -44,20 +44,25 @@ def ledger(out: Path) -> pd.DataFrame:
 
 
 def wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 120) -> None:
-    """Read stdout until a line contains `text`; fail at once, with its stderr, if the run exits first (both
-    pipes keep flowing in threads, so neither fills)."""
-    seen, errors = threading.Event(), []
+    """Read stdout until a line contains `text` (stdout keeps flowing in a thread so the pipe never
+    fills); if the run exits first, fail at once with its stderr (left unread otherwise: callers
+    read it after the run ends)."""
+    seen = threading.Event()
 
     def pump():
         for line in proc.stdout:
             if text in line:
                 seen.set()
-    threading.Thread(target=pump, daemon=True).start()
-    threading.Thread(target=lambda: errors.extend(proc.stderr), daemon=True).start()
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
     deadline = time.monotonic() + timeout
     while not seen.wait(0.5):
-        assert proc.poll() is None and time.monotonic() < deadline, (
-            f"no line with {text!r} within {timeout} s (exit {proc.returncode}); stderr: {''.join(errors)[-2000:]}")
+        if proc.poll() is not None:
+            reader.join(10)   # the lines it printed before exiting
+            assert seen.is_set(), f"the run exited ({proc.returncode}) before a line with {text!r}: " \
+                                  f"{proc.stderr.read()[-2000:]}"
+            return
+        assert time.monotonic() < deadline, f"no line with {text!r} within {timeout} s"
 
 
 @pytest.fixture(scope="module")
