@@ -15,9 +15,10 @@ import time
 import numpy as np
 import torch
 
-from autoal import models, runtime, scoring
+from autoal.compute import runtime, scoring
+from autoal.nets import models
 from autoal.strategies import get
-from autoal.training import ModelSpec
+from autoal.nets.models import ModelSpec
 
 CANDIDATES = ("entropy", "margin", "least_confidence", "kmeans", "bald", "var_ratio", "mean_std")
 

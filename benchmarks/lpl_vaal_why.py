@@ -34,8 +34,9 @@ from scipy.spatial.distance import cdist
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from autoal import config, distributed, runtime, scoring, training
-from autoal.experiment import derive_seed, initial_pool, load_data
+from autoal import config
+from autoal.compute import distributed, runtime, scoring, training
+from autoal.engine.experiment import derive_seed, initial_pool, load_data
 from autoal.hooks import state_adversary
 from autoal.strategies import PoolStats, get
 

@@ -22,8 +22,9 @@ import numpy as np
 import ray
 from scipy.stats import spearmanr
 
-from autoal import config, runtime, scoring, training
-from autoal.experiment import derive_seed, initial_pool, load_data
+from autoal import config
+from autoal.compute import runtime, scoring, training
+from autoal.engine.experiment import derive_seed, initial_pool, load_data
 from autoal.strategies import PoolStats, get
 
 

@@ -24,7 +24,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from autoal import config, datasets, distributed, experiment, training
+from autoal import config
+from autoal.compute import distributed, training
+from autoal.data import datasets
+from autoal.engine import experiment
 
 MODES = {"driver": dict(workers=0), "warm": dict(workers=1), "cold": dict(workers=1, warm_workers=False)}
 STARTED = re.compile(r"started \d+ training worker\(s\) in ([\d.]+)s")

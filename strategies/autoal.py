@@ -1,6 +1,6 @@
 """AutoAL's selection (Wang, Zhan & Huang, ICML 2025) and its flat-mixture baseline `vote`.
 
-SearchNet (trained on labeled data by `autoal.search`) gives each pool sample
+SearchNet (trained on labeled data by `autoal.search.loop`) gives each pool sample
 a mixture pi[i] over the K candidate strategies (softmax: trusting one
 candidate more means trusting the others less); it reaches this pure strategy
 as the `search_weights` statistic. With A[i, j] = 1 iff candidate j's top-k

@@ -14,6 +14,8 @@ from typing import Any, Callable, ClassVar, get_type_hints
 
 import numpy as np
 
+from autoal.data.ids import positions
+
 SCORER, HOOK, ORACLE = "scorer", "hook", "oracle"   # who provides a statistic
 
 
@@ -58,19 +60,6 @@ class PoolStats:
             f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
             for f in fields(self)
         })
-
-
-def positions(ids: np.ndarray, wanted: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
-    """The index in `ids` of each of `wanted`; KeyError when one is not in `ids`. `order`, ids'
-    argsort, saves sorting again when many lookups go into the same ids; ascending ids (a pool's,
-    as a rule) need none."""
-    if order is None and len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
-        order = np.argsort(ids)
-    at = np.minimum(np.searchsorted(ids, wanted, sorter=order), max(len(ids) - 1, 0))
-    pos = at if order is None else order[at]
-    if len(wanted) and (not len(ids) or not np.array_equal(ids[pos], wanted)):
-        raise KeyError("ids not found")
-    return pos
 
 
 def provided_by(provider: str) -> frozenset[str]:

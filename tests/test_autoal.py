@@ -18,13 +18,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autoal import config, hooks, objective, pool, scoring, search, training
-from autoal.distributed import World
+from autoal import config, hooks
+from autoal.compute import scoring, training
+from autoal.data import pool
+from autoal.search import objective, loop as search
+from autoal.compute.distributed import World
 from autoal.hooks.strategy_search import AutoALHook
 from autoal.errors import AutoALError
-from autoal.experiment import Experiment
-from autoal.searchnet import SearchNet, SearchScorer
-from autoal.store import ExperimentDir
+from autoal.engine.experiment import Experiment
+from autoal.search.searchnet import SearchNet, SearchScorer
+from autoal.runs.directory import ExperimentDir
 from autoal.strategies import PoolStats, get
 from autoal.strategies.autoal import AutoAL
 

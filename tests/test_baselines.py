@@ -16,21 +16,23 @@ import torch
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
-from autoal import config, datasets, distributed, scoring, training
+from autoal import config
+from autoal.compute import distributed, scoring, training
+from autoal.data import datasets
 from autoal.errors import AutoALError
-from autoal.experiment import Experiment
+from autoal.engine.experiment import Experiment
 from autoal.hooks import ScorerExtra
 from autoal.hooks.perturbation import PerturbedModels
 from autoal.hooks.state_adversary import AdversarialNets, AdversarialPayload, adversarial_loop, unlabeled_targets
-from autoal.pool import OOD, UNLABELED, Pool, with_ood_classes
-from autoal.store import ExperimentDir
+from autoal.data.pool import OOD, UNLABELED, Pool, with_ood_classes
+from autoal.runs.directory import ExperimentDir
 from autoal.strategies import PoolStats, get
 from autoal.strategies.adversarial import online_uncertainty
 from autoal.strategies.albl import Exp4P, importance_weighted_accuracy
 from autoal.strategies.dpp import greedy_map, kernel_columns, unit_rows
 from autoal.strategies.noise import output_deviation
 from autoal.strategies.poal import mahalanobis_confidence, pareto_front, pareto_layers, pareto_subset_search
-from autoal.training import ModelSpec
+from autoal.nets.models import ModelSpec
 
 BASELINES = ("albl", "poal", "noise_stability", "dpp", "vaal", "sraal", "lpl", "bgadl")
 

@@ -7,10 +7,12 @@ import pandas as pd
 import pytest
 import ray
 
-from autoal import config, datasets, distributed, training
+from autoal import config
+from autoal.compute import distributed, training
+from autoal.data import datasets
 from autoal.hooks import synthesis
-from autoal.experiment import Experiment
-from autoal.store import ExperimentDir
+from autoal.engine.experiment import Experiment
+from autoal.runs.directory import ExperimentDir
 from autoal.strategies import PoolStats, get
 
 SPEC = training.ModelSpec("cnn", (1, 8, 8), 10, 0.3)

@@ -8,13 +8,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from autoal import config, datasets, parquet_pool, scoring
+from autoal import config
+from autoal.compute import scoring
+from autoal.data import datasets, parquet as parquet_pool
 from autoal.errors import AutoALError
-from autoal.experiment import Experiment
-from autoal.models import keyed_uniform
-from autoal.pool import read_parquet, write_parquet, write_shards
+from autoal.engine.experiment import Experiment
+from autoal.nets.models import keyed_uniform
+from autoal.data.parquet import read_parquet, write_parquet, write_shards
 from autoal.strategies import get, names
-from autoal.training import ModelSpec
+from autoal.nets.models import ModelSpec
 
 SPEC = ModelSpec("mlp", (6,), 3, 0.3)
 PER_SAMPLE = [n for n in names() if get(n).per_sample and get(n).needs <= scoring.POOL_FIELDS]
@@ -187,7 +189,7 @@ def test_a_pool_in_one_file_streams_as_one_block_per_row_group(ray_local, tmp_pa
     files = list(location.glob("*.parquet"))
     assert len(files) == 1 and pq.ParquetFile(files[0]).num_row_groups == 4
     view = read_parquet(location, lazy=True).x[rng.permutation(n)[:1500]]
-    data = view.dataset().materialize()
+    data = scoring.parquet_dataset(view).materialize()
     assert data.num_blocks() >= 4
     rows = data.to_pandas()
     order = np.argsort(view.ids)

@@ -21,7 +21,10 @@ import pandas as pd
 import pytest
 import ray
 
-from autoal import cli, datasets, scoring, store, training
+from autoal import cli
+from autoal.compute import scoring, training
+from autoal.data import datasets
+from autoal.runs import directory as store
 from autoal.strategies import get
 
 AUTOAL = str(Path(sys.executable).with_name("autoal"))
@@ -76,7 +79,7 @@ def reference(ray_local, tmp_path_factory):
 def test_a_second_writer_is_refused_naming_the_holder(ray_local, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from autoal.lock import DirLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from autoal.runs.lock import DirLock; "
                                f"lock = DirLock({str(out)!r}).acquire(); print('locked', flush=True); time.sleep(600)"],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -119,7 +122,8 @@ def test_two_runs_on_one_out_lose_nothing(ray_local, tmp_path):
 # per request: the kill points cost a fork, joining Ray and the work, not a start-up each.
 ZYGOTE = """
 import os, sys
-from autoal import cli, experiment  # noqa: F401
+from autoal import cli
+from autoal.engine import experiment  # noqa: F401
 for line in sys.stdin:
     pid = os.fork()
     if pid == 0:

@@ -20,11 +20,14 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 import test_cli
-from autoal import cli, datasets, images, store
-from autoal.labeling import LabelProject
-from autoal.lock import LOCK_FILE
-from autoal.pool import UNLABELED, from_arrays, read_parquet, write_parquet
-from autoal.training import ModelSpec
+from autoal import cli
+from autoal.data import datasets, images
+from autoal.runs import directory as store
+from autoal.labeling.project import LabelProject
+from autoal.runs.lock import LOCK_FILE
+from autoal.data.pool import UNLABELED, from_arrays
+from autoal.data.parquet import read_parquet, write_parquet
+from autoal.nets.models import ModelSpec
 from test_cli import fingerprint
 
 CLASSES = ("zero", "one", "two")

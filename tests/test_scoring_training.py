@@ -8,8 +8,10 @@ import ray
 import ray.train
 import torch
 
-from autoal import datasets, distributed, models, scoring, training
-from autoal.distributed import World
+from autoal.compute import distributed, scoring, training
+from autoal.data import datasets
+from autoal.nets import models
+from autoal.compute.distributed import World
 from autoal.strategies import PoolStats, get
 
 NEEDS = frozenset({"probs", "mc_probs", "embedding", "pred_loss"})

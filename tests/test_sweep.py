@@ -15,7 +15,7 @@ import yaml
 from autoal.errors import AutoALError
 from autoal.report import report
 from autoal.sweep import runner
-from autoal.store import ExperimentDir
+from autoal.runs.directory import ExperimentDir
 from autoal.sweep.spec import PAPER_CANDIDATES, SPEC_FILE, from_dict, load_spec, trial_count
 
 ROOT = Path(__file__).resolve().parents[1]

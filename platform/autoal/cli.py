@@ -67,8 +67,8 @@ def _run(args) -> None:
         if parent.exists() and not parent.is_dir():
             raise AutoALError(f"output {out} lies under {parent}, which is a file, not a directory")
 
-    from autoal.experiment import Experiment
-    from autoal.metrics import format_table, summary
+    from autoal.engine.experiment import Experiment
+    from autoal.runs.metrics import format_table, summary
 
     print(f"autoal: {cfg.dataset}, strategies {', '.join(cfg.strategies)}, seeds {list(cfg.seeds)}, "
           f"{cfg.rounds} rounds of {cfg.batch} after {cfg.initial} -> {out}", flush=True)
@@ -92,14 +92,14 @@ def _strategies(args) -> None:
 
 
 def _datasets(args) -> None:
-    from autoal.datasets import sources
+    from autoal.data.datasets import sources
 
     for name, summary in sources():
         print(f"{name:<12} {summary}")
 
 
 def _prepare(args) -> None:
-    from autoal.datasets import prepare
+    from autoal.data.datasets import prepare
 
     out = prepare(args.source, args.data_root, args.out_dir, download=args.download,
                   log=lambda line: print(line, flush=True))
@@ -107,7 +107,7 @@ def _prepare(args) -> None:
 
 
 def _embed(args) -> None:
-    from autoal.embed import embed
+    from autoal.compute.embed import embed
 
     result = embed(args.source, args.out, args.backbone, weights=args.weights, download=args.download,
                    dtype=args.dtype, actors=args.actors, gpus=args.gpus, batch_size=args.batch_size,
@@ -131,7 +131,7 @@ def _sweep(args) -> None:
 
 
 def _label_init(args) -> None:
-    from autoal.labeling import LabelProject
+    from autoal.labeling.project import LabelProject
 
     with LabelProject.create(args.dir, args.pool, args.classes, test=args.test, config_path=args.config,
                              strategy=args.strategy, cv_folds=args.cv_folds, embed=args.embed,
@@ -141,7 +141,7 @@ def _label_init(args) -> None:
 
 
 def _label_next(args) -> None:
-    from autoal.labeling import LabelProject
+    from autoal.labeling.project import LabelProject
 
     with LabelProject.open(args.dir) as project:
         files = project.next(batch=args.batch, strategy=args.strategy, log=lambda line: print(line, flush=True))
@@ -150,21 +150,21 @@ def _label_next(args) -> None:
 
 
 def _label_import(args) -> None:
-    from autoal.labeling import LabelProject
+    from autoal.labeling.project import LabelProject
 
     with LabelProject.open(args.dir) as project:
         print(project.import_answers(args.file))
 
 
 def _label_status(args) -> None:
-    from autoal.labeling import LabelProject
+    from autoal.labeling.project import LabelProject
 
     with LabelProject.open(args.dir) as project:
         print(project.status())
 
 
 def _label_export(args) -> None:
-    from autoal.labeling import LabelProject
+    from autoal.labeling.project import LabelProject
 
     with LabelProject.open(args.dir) as project:
         print(f"labeled pool and latest model in {project.export(args.out)}")

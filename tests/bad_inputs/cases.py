@@ -71,7 +71,7 @@ def planted_checkpoint(d: Path) -> list[str]:
 
 
 def locked(d: Path) -> list[str]:
-    from autoal.lock import DirLock
+    from autoal.runs.lock import DirLock
 
     out = copy_run(d)
     HELD.append(DirLock(out).acquire())   # held by this process on another descriptor: flock refuses

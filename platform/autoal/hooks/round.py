@@ -17,7 +17,7 @@ import numpy as np
 from torch import nn
 
 from autoal.config import ExperimentConfig
-from autoal.pool import Pool
+from autoal.data.pool import Pool
 from autoal.strategies import PoolStats, Strategy
 
 

@@ -1,4 +1,4 @@
-"""AutoAL's round hook: runs the strategy search (autoal.search) on Ray Train before each
+"""AutoAL's round hook: runs the strategy search (autoal.search.loop) on Ray Train before each
 query, keeps SearchNet warm and every past cycle's search rows (the replay) across rounds,
 checkpointed with the round, and hands the scorer SearchNet, whose mixture
 weights reach the `autoal` strategy as `search_weights`."""
@@ -9,12 +9,12 @@ import time
 
 import numpy as np
 
-from autoal import distributed, scoring
+from autoal.compute import distributed, scoring
 from autoal.config import ExperimentConfig
 from autoal.errors import AutoALError
 from autoal.hooks.round import RoundContext, RoundHook, ScorerExtra
-from autoal.search import MIN_PER_WORKER, SearchPayload, search_loop
-from autoal.searchnet import SearchScorer
+from autoal.search.loop import MIN_PER_WORKER, SearchPayload, search_loop
+from autoal.search.searchnet import SearchScorer
 from autoal.strategies import PoolStats, Strategy
 
 

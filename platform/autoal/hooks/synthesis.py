@@ -34,12 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoal import distributed, models, training
+from autoal.compute import distributed, training
+from autoal.nets import models
 from autoal.config import ExperimentConfig
-from autoal.distributed import World, portable_state, tensors
+from autoal.compute.distributed import World, portable_state, tensors
 from autoal.hooks.round import RoundContext, RoundHook
 from autoal.hooks.state_adversary import HIDDEN, VAE
-from autoal.pool import OOD
+from autoal.data.pool import OOD
 from autoal.strategies import PoolStats, Strategy
 
 LATENT = 32

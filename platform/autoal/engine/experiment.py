@@ -17,15 +17,20 @@ import numpy as np
 import pandas as pd
 import ray
 
-from autoal import datasets, distributed, hooks, models, plots, runtime, scoring, training
+from autoal import hooks
+from autoal.compute import distributed, runtime, scoring, training
+from autoal.data import datasets
+from autoal.nets import models
+from autoal.runs import plots
 from autoal.config import ExperimentConfig
 from autoal.errors import AutoALError
 from autoal.safe_io import shown
-from autoal.lock import describe
-from autoal.pool import OOD, UNLABELED, Pool, with_ood_classes
-from autoal.store import ExperimentDir
+from autoal.runs.lock import describe
+from autoal.data.pool import OOD, UNLABELED, Pool, with_ood_classes
+from autoal.runs.directory import ExperimentDir
 from autoal.strategies import PoolStats, get
-from autoal.strategies.base import ORACLE, positions, provided_by
+from autoal.strategies.base import ORACLE, provided_by
+from autoal.data.ids import positions
 
 
 def derive_seed(seed: int, *parts: int) -> int:

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from autoal import datasets, images, label_files
+from autoal.data import datasets, images
+from autoal.labeling import files as label_files
 from autoal.errors import AutoALError
 from autoal.safe_io import shown
-from autoal.pool import Pool, read_parquet
+from autoal.data.pool import Pool
+from autoal.data.parquet import read_parquet
+from autoal.data.sources import split_spec
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ def parse_classes(text: str) -> tuple[str, ...]:
 
 def load_pool(spec: str, classes: tuple[str, ...], data_root: str) -> tuple[Pool, np.ndarray]:
     """The pool of `spec` with labels numbered by `classes`, and each sample's source file ('' if none)."""
-    name, _, arg = spec.partition(":")
+    name, arg = split_spec(spec)
     if name == "images":  # class folders are matched to the classes by name
         return images.read_folder(arg, classes)
     pool = datasets.load(spec, data_root)
@@ -49,7 +52,7 @@ def load_pool(spec: str, classes: tuple[str, ...], data_root: str) -> tuple[Pool
 
 def embed_project(spec: ProjectSpec, folder: Path, cfg) -> None:
     """Embed the project's pool (and test pool) with its backbone, into folder/pool and folder/test."""
-    from autoal.embed import embed
+    from autoal.compute.embed import embed
 
     for which, source in (("pool", spec.pool), ("test", spec.test)):
         if source:
@@ -72,5 +75,5 @@ def with_embeddings(pool: Pool, location: Path | None) -> Pool:
 
 def absolute_spec(spec: str) -> str:
     """`images:` and `parquet:` specs with an absolute path, so the project works from any directory."""
-    name, sep, arg = spec.partition(":")
+    name, arg = split_spec(spec)
     return f"{name}:{Path(arg).expanduser().resolve()}" if name in ("images", "parquet") and arg else spec

@@ -13,15 +13,18 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import ray
 import torch
 from ray.data.extensions import ArrowTensorArray
 
-from autoal import distributed
+from autoal.compute import distributed
 from autoal.config import AUTO
 from autoal.strategies import PoolStats, get
-from autoal.strategies.base import SCORER, positions, provided_by
-from autoal.training import ModelSpec
+from autoal.strategies.base import SCORER, provided_by
+from autoal.data.ids import positions
+from autoal.nets.models import ModelSpec
 
 POOL_FIELDS = provided_by(SCORER)   # what the task model's pass computes; a hook's extra model adds one more
 # `actors: auto` scores pools smaller than this in the driver: a Ray Data pass's start-up on new
@@ -139,6 +142,31 @@ def pool_dataset(ids: np.ndarray, x: np.ndarray, blocks: int) -> "ray.data.Datas
     return ray.data.from_arrow(table).repartition(blocks)
 
 
+def parquet_dataset(view: LazyFeatures) -> "ray.data.Dataset":
+    """A lazy view's rows as a Ray dataset of {id, x} (x float32 [n, *shape]), read lazily, one
+    task per row group (a pool in one file still streams through many workers); the tasks
+    learn which rows are the view's from an IdSet, not a list of its ids."""
+    fs, path = filesystem(view.location)
+    pieces = [{"file": fragment.path, "row_group": group}
+              for fragment in pads.dataset(path, filesystem=fs, format="parquet").get_fragments()
+              for group in range(fragment.metadata.num_row_groups)]
+    members, location, shape = ray.put(IdSet.of(view.ids)), view.location, view.sample_shape
+
+    def read(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        fs, _ = filesystem(location)
+        ids, xs = [], []
+        for file, group in zip(batch["file"], batch["row_group"]):
+            with fs.open_input_file(str(file)) as f:
+                table = pq.ParquetFile(f).read_row_group(int(group), columns=["id", "x"])
+            group_ids, group_xs = ray.get(members).rows_of(table, shape)
+            ids.append(group_ids)
+            xs.append(group_xs)
+        return {"id": np.concatenate(ids), "x": np.concatenate(xs)}
+
+    return ray.data.from_items(pieces, override_num_blocks=len(pieces)).map_batches(
+        read, batch_size=1, batch_format="numpy")
+
+
 def score(spec: ModelSpec, state: dict, ids: np.ndarray, x, needs: frozenset[str], *, mc_samples: int,
           actors: int = 1, gpus: float = 0.0, batch_size: int = 256, extra=None, rank: Rank | None = None,
           block_rows: int = BLOCK_ROWS) -> PoolStats:
@@ -146,7 +174,7 @@ def score(spec: ModelSpec, state: dict, ids: np.ndarray, x, needs: frozenset[str
     top `rank.k` rows (with `rank.fields`), in rank order: each block of `block_rows` rows keeps
     its top k, and the driver merges them.
 
-    `x` is an array or a lazy Parquet view (autoal.parquet_pool.LazyFeatures), whose rows stream
+    `x` is an array or a lazy Parquet view (autoal.data.lazy.LazyFeatures), whose rows stream
     from the files. actors >= 1 streams the pool through that many Ray Data tasks at a time (each
     with `gpus` GPUs); actors == 0 scores in this process (small pools, tests). `extra`
     (hooks.ScorerExtra) adds one more model's output as a field.
@@ -155,16 +183,16 @@ def score(spec: ModelSpec, state: dict, ids: np.ndarray, x, needs: frozenset[str
     if not set(needs) <= served:
         raise ValueError(f"the scoring pass cannot compute {', '.join(sorted(set(needs) - served))}")
     needs = (frozenset(needs) | (get(rank.strategy).needs if rank is not None else frozenset())) & POOL_FIELDS
-    lazy = not isinstance(x, np.ndarray)
+    lazy = is_lazy(x)
     if actors == 0:
         scorer = PoolScorer(asdict(spec), state, needs, mc_samples, gpus, extra, rank, batch_size)
         block = block_rows if rank is not None else batch_size
-        batches = (x.dataset().iter_batches(batch_format="numpy", batch_size=block) if lazy else
+        batches = (parquet_dataset(x).iter_batches(batch_format="numpy", batch_size=block) if lazy else
                    ({"id": ids[s:s + block], "x": x[s:s + block]} for s in range(0, len(ids), block)))
         parts = (scorer(batch) for batch in batches)
     else:
         state_ref, extra_ref = ray.put(state), ray.put(extra)  # referenced here until the pass ends
-        data = x.dataset() if lazy else pool_dataset(
+        data = parquet_dataset(x) if lazy else pool_dataset(
             ids, x, blocks=max(actors, min(len(ids) // batch_size, 4 * actors), 1))
         scored = data.map_batches(
             _score_batch, compute=ray.data.TaskPoolStrategy(size=actors),

@@ -14,7 +14,7 @@ the round of its query (a skip is label -2, out-of-distribution -1).
 `next` at round r trains on every known label, writes results row r and the
 round r+1 files, and commits by appending its queries to queries.parquet
 (one atomic write); `import` is one atomic ledger write. Both record every
-file they create in a journal first (autoal.journal); opening a project rolls
+file they create in a journal first (autoal.runs.journal); opening a project rolls
 back what the journal of a killed command names, and nothing else, so a crash
 or kill leaves the project as it was before the command and a user's own files
 in the project are never touched.
@@ -32,14 +32,18 @@ import pandas as pd
 import ray
 import yaml
 
-from autoal import backbones, config, distributed, fit_time, hooks, label_files, models, runtime, scoring, training
+from autoal import config, hooks
+from autoal.compute import distributed, runtime, scoring, training
+from autoal.labeling import fit_time, files as label_files
+from autoal.nets import backbones, models
 from autoal.errors import AutoALError
-from autoal.experiment import Experiment, derive_seed, initial_pool
-from autoal.label_pool import ProjectSpec, absolute_spec, embed_project, load_pool, parse_classes, with_embeddings
-from autoal.journal import Journal, journaled
-from autoal.pool import OOD, UNLABELED, Pool, write_parquet
+from autoal.engine.experiment import Experiment, derive_seed, initial_pool
+from autoal.labeling.pool import ProjectSpec, absolute_spec, embed_project, load_pool, parse_classes, with_embeddings
+from autoal.runs.journal import Journal, journaled
+from autoal.data.pool import OOD, UNLABELED, Pool
+from autoal.data.parquet import write_parquet
 from autoal.safe_io import CONFIG_BYTES, atomic_write, load_yaml, own_dir, read_bytes, read_text, shown
-from autoal.store import CHECKPOINT_BYTES, ExperimentDir, parquet_bytes, read_table
+from autoal.runs.directory import CHECKPOINT_BYTES, ExperimentDir, parquet_bytes, read_table
 
 ROUND_FILE = re.compile(r"round(\d+)$")  # state/.../roundN.pt
 MODEL = "task-model"  # store state key of each round's task model: state/task-model/seed<s>/round<r>.pt
@@ -319,7 +323,7 @@ class LabelProject:
                 "skipped": int((answered == UNLABELED).sum())}
 
     def status(self) -> str:
-        from autoal import plots
+        from autoal.runs import plots
 
         open_by_round = self.open_queries().groupby("round").size()
         lines = [f"project {self.root}: pool {self.spec.pool} ({len(self.pool)} samples), "

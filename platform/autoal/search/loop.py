@@ -36,10 +36,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from autoal import objective, scoring, training
+from autoal.compute import scoring, training
+from autoal.search import objective
 from autoal.config import SearchConfig
-from autoal.distributed import World, portable_state, tensors
-from autoal.searchnet import SearchNet
+from autoal.compute.distributed import World, portable_state, tensors
+from autoal.search.searchnet import SearchNet
 from autoal.strategies.autoal import AutoAL
 
 MIN_PER_WORKER = 4     # labeled samples per worker: halves of L give every rank batches of >= 2 (BatchNorm)
