@@ -93,6 +93,12 @@ class Strategy:
         check_k(stats, k)
         return top_k_ids(stats.ids, self.score(stats), k)
 
+    def choose(self, stats: PoolStats, k: int, labeled: PoolStats | None = None,
+               seed: int = 0) -> tuple[np.ndarray, dict]:
+        """`select`'s ids, and what the strategy's round hook needs to know of how they were chosen
+        (returned, never left on the strategy: a strategy is stateless between calls)."""
+        return self.select(stats, k, labeled=labeled, seed=seed), {}
+
 
 class Composite(Strategy):
     """A strategy built on other strategies, its `parts` (ALBL's arms, AutoAL's candidates, an
@@ -115,10 +121,16 @@ def check_k(stats: PoolStats, k: int) -> None:
         raise ValueError(f"cannot select {k} samples from a pool of {len(stats)}")
 
 
+def top_k(ids: np.ndarray, k: int, *scores: np.ndarray) -> np.ndarray:
+    """Positions of the k rows ranked highest by scores[0], equal ones by scores[1], ..., and equal in
+    all to the smaller id: the one tie rule of every ranking (a ranked scoring pass merges its blocks'
+    top k with it too, so the merge agrees with a ranking of the whole pool)."""
+    return np.lexsort((ids, *(-np.asarray(s, dtype=np.float64) for s in reversed(scores))))[:k]
+
+
 def top_k_ids(ids: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
     """ids of the k highest scores; equal scores go to the smaller id."""
-    order = np.lexsort((ids, -np.asarray(scores, dtype=np.float64)))
-    return np.asarray(ids[order[:k]], dtype=np.int64)
+    return np.asarray(ids[top_k(ids, k, scores)], dtype=np.int64)
 
 
 _REGISTRY: dict[str, Callable[[], Strategy]] = {}

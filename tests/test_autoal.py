@@ -274,8 +274,9 @@ def test_autoal_weights_the_candidates_picks_and_vote_counts_them():
     np.testing.assert_array_equal(autoal.candidate_matrix(trust_margin, 2), [[1, 1], [1, 0], [0, 1], [0, 0], [0, 0]])
     np.testing.assert_array_equal(autoal.select(trust_margin, 2), [10, 11])
     trust_lc = PoolStats(ids=trust_margin.ids, probs=probs, search_weights=np.tile([0.1, 0.9], (5, 1)))
-    np.testing.assert_array_equal(autoal.select(trust_lc, 2), [10, 12])
-    np.testing.assert_array_equal(autoal.last["vote"], [10, 11])
+    picks, detail = autoal.choose(trust_lc, 2)
+    np.testing.assert_array_equal(picks, [10, 12])
+    np.testing.assert_array_equal(detail["vote"], [10, 11])
     np.testing.assert_array_equal(vote.select(trust_lc, 2), [10, 11])        # the weights play no part
     assert "search_weights" not in vote.needs and "search_weights" in autoal.needs
 

@@ -92,7 +92,7 @@ def test_albl_slots_follow_the_exp4p_mixture_of_the_arms_advice():
     albl = get("albl", arms=("entropy", "margin"), horizon=20)
     albl.bandit.log_w = np.array([1.0, 0.0, -1.0])
     p = albl.bandit.probabilities()
-    picks = albl.select(stats, 6, seed=3)
+    picks, last = albl.choose(stats, 6, seed=3)
     assert len(set(picks.tolist())) == 6 and set(picks) <= set(stats.ids)
     # slot 0 by hand: uniform over the pool plus each arm's top sample
     top = [int(np.argmax(get(name).score(stats))) for name in ("entropy", "margin")]
@@ -100,7 +100,6 @@ def test_albl_slots_follow_the_exp4p_mixture_of_the_arms_advice():
     for a, i in enumerate(top):
         q[i] += p[a]
     first = int(np.flatnonzero(stats.ids == picks[0])[0])
-    last = albl.last
     assert last["q"][0] == pytest.approx(q[first])
     np.testing.assert_allclose(last["hit"][0], [first == top[0], first == top[1], 1 / len(stats)])
     np.testing.assert_allclose(last["v"][0], [1 / q[top[0]], 1 / q[top[1]], (1 / len(stats) / q).sum()])
@@ -122,17 +121,17 @@ def test_albl_follows_a_dominant_arm():
 def test_albl_rewards_the_previous_round_slots_once_the_next_answers_arrive():
     stats = pool_stats()
     albl = get("albl", arms=("entropy", "margin"), horizon=20)
-    albl.select(stats, 5, seed=1)
-    first = {k: v.copy() for k, v in albl.last.items() if k != "probabilities"}
-    r0 = albl.learn(np.array([1, 0, 1, 1, 0], dtype=bool))
+    _, slots = albl.choose(stats, 5, seed=1)
+    first = {k: v.copy() for k, v in slots.items() if k != "probabilities"}
+    r0 = albl.learn(np.array([1, 0, 1, 1, 0], dtype=bool), slots)
     np.testing.assert_array_equal(albl.bandit.log_w, 0.0)     # round 0's answers reward nothing yet
     assert r0 == pytest.approx(importance_weighted_accuracy([1, 0, 1, 1, 0], first["q"], first["actions"]))
-    albl.select(stats, 5, seed=2)
+    _, slots = albl.choose(stats, 5, seed=2)
     correct = np.array([1, 1, 0, 1, 1], dtype=bool)
-    r1 = importance_weighted_accuracy(correct, albl.last["q"], albl.last["actions"])
+    r1 = importance_weighted_accuracy(correct, slots["q"], slots["actions"])
     reference = Exp4P(3, 20)
     reference.update(first["hit"], first["q"], first["v"], first["actions"], r1)
-    assert albl.learn(correct) == pytest.approx(r1)
+    assert albl.learn(correct, slots) == pytest.approx(r1)
     np.testing.assert_allclose(albl.bandit.log_w, reference.log_w)
     restored = get("albl", arms=("entropy", "margin"), horizon=20)
     restored.load_state_dict(albl.state_dict())

@@ -50,7 +50,7 @@ def test_streamed_top_k_picks_what_the_in_memory_selection_picks(ray_local, tied
         scores = strategy.score(full)
         if "mc_probs" not in strategy.needs:   # an MC statistic also depends on the sample's id
             assert len(np.unique(scores)) <= 100, "copies of a vector tie"
-        rank = scoring.Rank(name, options, 25, strategy.needs)
+        rank = scoring.Rank(strategy, 25, strategy.needs)
         paths = [(0, x), (0, train.x)] + ([(2, train.x)] if name in ("margin", "bald") else [])   # actors: slow
         for actors, source in paths:
             top = scoring.score(SPEC, state, train.ids, source, strategy.needs, mc_samples=4, actors=actors,

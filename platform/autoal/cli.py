@@ -164,10 +164,11 @@ def _label_status(args) -> None:
 
 
 def _label_export(args) -> None:
+    from autoal.labeling.export import export
     from autoal.labeling.project import LabelProject
 
     with LabelProject.open(args.dir) as project:
-        print(f"labeled pool and latest model in {project.export(args.out)}")
+        print(f"labeled pool and latest model in {export(project, args.out)}")
 
 
 def _label_parser(sub) -> None:

@@ -21,10 +21,11 @@ from ray.data.extensions import ArrowTensorArray
 
 from autoal.compute import distributed
 from autoal.config import AUTO
-from autoal.strategies import PoolStats, get
-from autoal.strategies.base import SCORER, provided_by
-from autoal.data.ids import positions
+from autoal.data.ids import is_lazy, positions
+from autoal.data.lazy import IdSet, LazyFeatures, filesystem
 from autoal.nets.models import ModelSpec
+from autoal.strategies import PoolStats
+from autoal.strategies.base import SCORER, Strategy, provided_by, top_k
 
 POOL_FIELDS = provided_by(SCORER)   # what the task model's pass computes; a hook's extra model adds one more
 # `actors: auto` scores pools smaller than this in the driver: a Ray Data pass's start-up on new
@@ -72,10 +73,10 @@ def _resolve(value):
 @dataclass(frozen=True)
 class Rank:
     """Keep only the top `k` rows of each block by `strategy`'s per-sample score (ties to the
-    smaller id): merged, they hold the pool's exact top k. `fields` are kept with them."""
+    smaller id): merged, they hold the pool's exact top k. `fields` are kept with them. The
+    strategy is the round's own object, built once with its options (Ray pickles it to the tasks)."""
 
-    strategy: str
-    options: dict
+    strategy: Strategy
     k: int
     fields: frozenset[str] = frozenset()
 
@@ -98,7 +99,6 @@ class PoolScorer:
             self.extra_net.load_state_dict(self.extra.state)
             self.extra_net.to(self.device).eval()
         self.needs, self.mc_samples, self.rank, self.chunk = needs, mc_samples, rank, chunk
-        self.ranker = get(rank.strategy, **rank.options) if rank is not None else None
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -108,8 +108,8 @@ class PoolScorer:
         arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
         if self.rank is None:
             return {"id": ids, **arrays}
-        scores = np.asarray(self.ranker.score(PoolStats(ids=ids, **arrays)), dtype=np.float64)
-        top = np.lexsort((ids, -scores))[:self.rank.k]
+        scores = np.asarray(self.rank.strategy.score(PoolStats(ids=ids, **arrays)), dtype=np.float64)
+        top = top_k(ids, self.rank.k, scores)
         return {"id": ids[top], "score": scores[top], **{k: v[top] for k, v in arrays.items() if k in self.rank.fields}}
 
     def stats(self, x: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -182,7 +182,7 @@ def score(spec: ModelSpec, state: dict, ids: np.ndarray, x, needs: frozenset[str
     served = POOL_FIELDS | ({extra.field} if extra is not None else set())
     if not set(needs) <= served:
         raise ValueError(f"the scoring pass cannot compute {', '.join(sorted(set(needs) - served))}")
-    needs = (frozenset(needs) | (get(rank.strategy).needs if rank is not None else frozenset())) & POOL_FIELDS
+    needs = (frozenset(needs) | (rank.strategy.needs if rank is not None else frozenset())) & POOL_FIELDS
     lazy = is_lazy(x)
     if actors == 0:
         scorer = PoolScorer(asdict(spec), state, needs, mc_samples, gpus, extra, rank, batch_size)
@@ -214,7 +214,7 @@ def _merged_top(parts, k: int) -> PoolStats:
         if not len(part["id"]):
             continue
         rows = part if top is None else {key: np.concatenate([top[key], part[key]]) for key in top}
-        keep = np.lexsort((rows["id"], -rows["score"]))[:k]
+        keep = top_k(rows["id"], k, rows["score"])
         top = {key: value[keep] for key, value in rows.items()}
     return PoolStats(ids=top["id"], **{key: v for key, v in top.items() if key not in ("id", "score")})
 

@@ -52,14 +52,14 @@ class AutoALHook(RoundHook):
         return ScorerExtra(build=build, state=self.search_state, field=self.provides)
 
     def after_select(self, ctx: RoundContext, stats: PoolStats, picks: np.ndarray,
-                     labels: np.ndarray) -> dict[str, list[dict]]:
+                     labels: np.ndarray, detail: dict) -> dict[str, list[dict]]:
         """Each candidate's mean mixture weight over the pool and over the batch (the paper's
         Fig. 5), and how much of the batch the unweighted vote count would have picked too."""
         pi = stats.search_weights
         batch = pi[stats.rows(picks)]
         weights = [dict(candidate=name, weight_pool=float(pi[:, j].mean()), weight_batch=float(batch[:, j].mean()))
                    for j, name in enumerate(self.strategy.candidate_names)]
-        overlap = len(np.intersect1d(picks, self.strategy.last["vote"])) / len(picks)
+        overlap = len(np.intersect1d(picks, detail["vote"])) / len(picks)
         return {"strategy_weights": weights, "search": [dict(self.telemetry, vote_overlap=overlap)]}
 
     def state_dict(self) -> dict:

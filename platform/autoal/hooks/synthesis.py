@@ -144,7 +144,7 @@ class BGADLHook(RoundHook):
         self.y: np.ndarray | None = None
 
     def after_select(self, ctx: RoundContext, stats: PoolStats, picks: np.ndarray,
-                     labels: np.ndarray) -> dict[str, list[dict]]:
+                     labels: np.ndarray, detail: dict) -> dict[str, list[dict]]:
         """Train the VAE-ACGAN on the labeled set with the new batch, then generate from the batch.
         Telemetry: one row per queried sample that seeded synthetic ones."""
         known = labels != OOD                      # an OOD answer has no class to condition on
