@@ -1,4 +1,5 @@
-"""A labeling project: the AL loop of `autoal run` with a person as the oracle.
+"""A labeling project: the round engine (engine.rounds) with a person as the oracle: query files
+out, answers in, and without a test split the accuracy estimated by cross-validation.
 
 The directory is an experiment directory (runs.directory.ExperimentDir: config.yaml,
 the append-only ledger, results, strategy state) plus
@@ -7,17 +8,15 @@ the append-only ledger, results, strategy state) plus
   queries/round-NNN.csv|html|json   each batch, for the person and for Label Studio
   queries/label-studio.xml     the Label Studio labeling config
   state/task-model/seed<s>/round<N>.pt   the task model that chose round N's queries (state dict)
-Labels the pool already carries (class folders, labeled Parquet rows) are
-seeds read from the pool; the ledger holds the person's answers, each under
-the round of its query (a skip is label -2, out-of-distribution -1).
+Labels the pool already carries (class folders, labeled Parquet rows) are seeds read from the pool;
+the ledger holds the person's answers, each under the round of its query (skip -2, out-of-distribution -1).
 
 `next` at round r trains on every known label, writes results row r and the
 round r+1 files, and commits by appending its queries to queries.parquet
-(one atomic write); `import` is one atomic ledger write. Both record every
-file they create in a journal first (autoal.runs.journal); opening a project rolls
-back what the journal of a killed command names, and nothing else, so a crash
-or kill leaves the project as it was before the command and a user's own files
-in the project are never touched.
+(one atomic write); `import` is one atomic ledger write. Both record every file they create in a
+journal first (runs.journal); opening a project rolls back what the journal of a killed command
+names, and nothing else, so a crash or kill leaves the project as it was before the command and a
+user's own files in the project are never touched.
 """
 from __future__ import annotations
 
@@ -39,12 +38,25 @@ from autoal.engine.rounds import RoundEngine, derive_seed, initial_pool
 from autoal.labeling.pool import ProjectSpec, absolute_spec, embed_project, load_pool, parse_classes, with_embeddings
 from autoal.runs.journal import Journal, journaled
 from autoal.data.pool import OOD, UNLABELED, Pool
-from autoal.safe_io import CONFIG_BYTES, atomic_write, load_yaml, own_dir, read_text, shown
+from autoal.safe_io import CONFIG_BYTES, atomic_write, load_yaml, own_dir, read_bytes, read_text, shown
 from autoal.runs.directory import ExperimentDir, parquet_bytes, read_table
 
 MODEL = "task-model"  # store state key of each round's task model: state/task-model/seed<s>/round<r>.pt
 RUN = "label"  # the ledger's and results' `strategy` key: one run, whatever strategy asks each round
 PROTECTED_TABLES = ("ledger", "queries")  # tables whose rows a rollback never touches
+INIT_FILE = "init.yaml"  # the spec of a `label init` under way; project.yaml replaces it when the init ends
+
+
+def _interrupted_init(root: Path, spec_text: bytes) -> bool:
+    """Whether root holds a `label init` of this same spec that was killed before it ended (the
+    embeddings it wrote resume shard by shard); one of other arguments is an error."""
+    path = root / INIT_FILE
+    if os.path.lexists(root / "project.yaml") or not os.path.lexists(path):
+        return False
+    if read_bytes(path, CONFIG_BYTES, "interrupted init", follow=False) != spec_text:
+        raise AutoALError(f"{root} holds a `label init` with other arguments that did not finish; repeat its "
+                          f"arguments (saved in {path}) to finish it, or choose another directory")
+    return True
 
 
 class LabelProject:
@@ -55,7 +67,7 @@ class LabelProject:
         pool, sources = load_pool(spec.pool, spec.classes, cfg.data_root)
         train = pool.split == "train"
         self.pixels = pool.x[train] if pool.is_image else None   # for the person's contact sheets
-        pool = with_embeddings(pool, self.embeddings("pool"))
+        pool = with_embeddings(pool, self.embeddings("pool"), sources, spec)
         self.pool, self.sources = pool.subset("train"), sources[train]
         self.test = self._test_split(pool.subset("test"))
         self.model_spec = models.ModelSpec(models.resolve(cfg.model, pool.shape), pool.shape, len(spec.classes),
@@ -65,8 +77,8 @@ class LabelProject:
         """(x, y) of the pool's test split plus the --test pool, every sample labeled."""
         xs, ys = [test.x], [test.y]
         if self.spec.test:
-            extra, _ = load_pool(self.spec.test, self.spec.classes, self.cfg.data_root)
-            extra = with_embeddings(extra, self.embeddings("test"))
+            extra, sources = load_pool(self.spec.test, self.spec.classes, self.cfg.data_root)
+            extra = with_embeddings(extra, self.embeddings("test"), sources, self.spec)
             if extra.shape != test.shape:
                 raise AutoALError(f"test pool {shown(self.spec.test)} has samples of shape {list(extra.shape)}, "
                                   f"the pool {list(test.shape)}")
@@ -91,19 +103,21 @@ class LabelProject:
         """Check everything (config, strategy, every image, the backbone's weights) before the directory
         is made; with `embed`, embed the pool (and test pool) once, into the project."""
         root = Path(root)
-        if root.exists() and (not root.is_dir() or any(root.iterdir())):
-            raise AutoALError(f"{root} already exists and is not empty; `autoal label next {root}` "
-                              "continues a project there")
         if cv_folds < 0 or cv_folds == 1:
             raise AutoALError("--cv-folds must be 0 (no estimate) or at least 2")
         spec = ProjectSpec(absolute_spec(pool), parse_classes(classes), test and absolute_spec(test), strategy,
                            cv_folds, embed, weights and str(Path(weights).expanduser().resolve()))
+        spec_text = yaml.safe_dump(dict(asdict(spec), classes=list(spec.classes)), sort_keys=False).encode()
+        if root.exists() and (not root.is_dir() or any(root.iterdir())) and not _interrupted_init(root, spec_text):
+            raise AutoALError(f"{root} already exists and is not empty; `autoal label next {root}` "
+                              "continues a project there")
         cfg = config.load(config_path, {"dataset": spec.pool, "strategies": [strategy]})
         project = cls(root, replace(spec, embed=None), cfg)
         project.round_hook(strategy)
         if embed:
             backbones.build(embed, backbones.state_dict(embed, spec.weights))
         store = ExperimentDir(root).open(cfg)
+        atomic_write(root / INIT_FILE, spec_text)   # a killed init is continued by the same command
         if embed:
             try:
                 embed_project(spec, root / "embeddings", cfg)
@@ -114,8 +128,8 @@ class LabelProject:
         project.store = store
         atomic_write(own_dir(root, "queries") / "label-studio.xml",
                      label_files.label_studio_config(spec.classes).encode())
-        atomic_write(root / "project.yaml", yaml.safe_dump(
-            dict(asdict(spec), classes=list(spec.classes)), sort_keys=False).encode())
+        atomic_write(root / "project.yaml", spec_text)
+        (root / INIT_FILE).unlink()
         project._load_progress()
         return project
 
