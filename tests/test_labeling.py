@@ -312,3 +312,23 @@ def test_class_folders_alone_are_a_labeled_dataset(tmp_path):
     expected = {images.stable_id(rel): sorted(CLASSES).index(c) if "/" in rel else UNLABELED  # folders, sorted
                 for rel, c in truth.items()}
     assert [expected[i] for i in pool.ids] == list(pool.y) and set(pool.y) == {UNLABELED, 0, 1, 2}
+
+
+def test_label_next_in_the_driver_starts_no_ray(monkeypatch, tmp_path):
+    """Training and scoring in the driver (workers 0, actors 0) need no Ray: `label next` answers
+    without its start-up (5-30 s on a loaded 2-core machine)."""
+    from autoal.compute import runtime
+
+    write_digit_folder(tmp_path / "digits", n=30)
+    (tmp_path / "config.yaml").write_text(CONFIG)
+    assert cli.main(["label", "init", str(tmp_path / "p"), "--pool", f"images:{tmp_path / 'digits'}@8",
+                     "--classes", ",".join(CLASSES), "--config", str(tmp_path / "config.yaml")]) == 0
+
+    def no_ray():
+        raise AssertionError("label next started Ray")
+
+    monkeypatch.setattr(runtime, "init_ray", no_ray)
+    assert cli.main(["label", "next", str(tmp_path / "p"), "--batch", "4"]) == 0
+    results = pd.read_parquet(tmp_path / "p" / "results.parquet")
+    assert len(results) == 1 and results["n_labeled"].iloc[0] == 9   # three seeds a class, a model fitted
+    assert len(pd.read_csv(tmp_path / "p" / "queries" / "round-001.csv")) == 4

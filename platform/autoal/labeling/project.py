@@ -266,8 +266,7 @@ class LabelProject:
 
     def _model_round(self, engine: RoundEngine, round_hook, name: str, labeled: np.ndarray, asked: np.ndarray,
                      k: int, ask, columns: dict, log) -> tuple[dict, np.ndarray]:
-        """The round engine's round, with the person as the oracle and, without a test split, the
-        accuracy estimated by cross-validation on the labels."""
+        """The engine's round: the person is the oracle; no test split: accuracy by cross-validation."""
         cfg, seed, round_ = self.cfg, self.seed, self.committed
         runtime.check_resources(cfg.workers, scoring.actors_for(cfg.actors, len(self.pool)), cfg.gpus, log)
         folds = 0 if len(self.test[1]) else self.spec.cv_folds
