@@ -102,8 +102,8 @@ def main() -> None:
         for _ in range(3):   # a new model state each pass, as each round brings
             state = {k: v + 0.0 for k, v in state.items()}
             t0 = time.perf_counter()
-            scoring.score(spec, state, ids, x_np, needs, mc_samples=args.mc, actors=args.actors,
-                          batch_size=args.batch_size)
+            scoring.score(spec, state, ids, x_np, needs, mc_samples=args.mc, tasks=args.actors,
+                          chunk=args.batch_size)
             passes.append(time.perf_counter() - t0)
         label = f"fused pass on Ray Data, {args.actors} worker(s)"
         for i, seconds in enumerate(passes):

@@ -52,7 +52,7 @@ def main() -> None:
                                joint_fraction=fraction)
             stats = scoring.score(spec, fit.state, np.concatenate([unlabeled, labeled]),
                                   train.x[np.concatenate([unl, lab])], {"probs", "pred_loss", "embedding"},
-                                  mc_samples=cfg.mc_samples, actors=0)
+                                  mc_samples=cfg.mc_samples, tasks=0)
             pool_stats = stats.take(np.arange(len(unlabeled)))
             true_loss = -np.log(np.clip(pool_stats.probs[np.arange(len(unl)), train.y[unl]], 1e-12, None))
             order = {v: i for i, v in enumerate(pool_stats.ids)}

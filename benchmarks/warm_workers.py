@@ -35,7 +35,7 @@ STARTED = re.compile(r"started \d+ training worker\(s\) in ([\d.]+)s")
 
 def run(mode: str, args, out: Path) -> dict:
     cfg = config.load(None, dict(dataset="digits", strategies=["autoal"], initial=40, batch=20, rounds=args.rounds,
-                                 seeds=[0], actors=0, gpus=args.gpus, **MODES[mode]))
+                                 seeds=[0], scoring_tasks=0, gpus=args.gpus, **MODES[mode]))
     said: list[str] = []
     t0 = time.perf_counter()
     results = experiment.Experiment.prepare(cfg, out, log=said.append).run()

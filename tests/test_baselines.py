@@ -370,8 +370,8 @@ def test_perturbed_models_run_inside_the_scoring_actors(ray_local):
                         state={f"net.{k[5:]}": v for k, v in state.items() if k.startswith("head.")},
                         field="perturbation")
     needs = {"probs", "perturbation"}
-    local = scoring.score(DIGITS_SPEC, state, ids, x, needs, mc_samples=2, actors=0, extra=noise)
-    actors = scoring.score(DIGITS_SPEC, state, ids, x, needs, mc_samples=2, actors=1, batch_size=16, extra=noise)
+    local = scoring.score(DIGITS_SPEC, state, ids, x, needs, mc_samples=2, tasks=0, extra=noise)
+    actors = scoring.score(DIGITS_SPEC, state, ids, x, needs, mc_samples=2, tasks=1, chunk=16, extra=noise)
     assert local.perturbation.shape == (40, 2, 10)
     np.testing.assert_allclose(actors.perturbation, local.perturbation, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(actors.probs, local.probs, rtol=1e-5, atol=1e-7)
@@ -383,7 +383,7 @@ def test_adversarial_nets_rate_the_pool_in_the_scoring_pass():
                         state=AdversarialNets(DIGITS_SPEC, 8, 10).state_dict(), field="unlabeled_score")
     x = np.random.default_rng(0).random((40, 1, 8, 8), dtype=np.float32)
     stats = scoring.score(DIGITS_SPEC, task_state(), np.arange(40), x, {"unlabeled_score"}, mc_samples=2,
-                          actors=0, extra=extra)
+                          tasks=0, extra=extra)
     assert stats.unlabeled_score.shape == (40,) and ((stats.unlabeled_score > 0) & (stats.unlabeled_score < 1)).all()
 
 
@@ -472,7 +472,7 @@ def test_vaal_trains_on_a_seeded_sample_of_the_unlabeled_pool_and_rates_all_of_i
 # --- in the loop ----------------------------------------------------------------------------
 
 LOOP = {"dataset": "digits", "strategies": list(BASELINES), "initial": 20, "batch": 10, "rounds": 3, "epochs": 2,
-        "actors": 0, "min_steps": 0,
+        "scoring_tasks": 0, "min_steps": 0,
         "mc_samples": 3, "ood_classes": [7, 8, 9], "options.albl.arms": ["entropy", "kmeans", "bald"],
         "options.noise_stability.samples": 3, "options.poal.iterations": 200, "options.vaal.epochs": 1,
         "options.sraal.epochs": 1, "options.bgadl.epochs": 2}

@@ -18,7 +18,7 @@ from autoal.sweep import runner
 
 import bad_inputs as battery
 
-TINY = {"dataset": "digits", "initial": 10, "batch": 5, "rounds": 1, "epochs": 1, "min_steps": 0, "actors": 0,
+TINY = {"dataset": "digits", "initial": 10, "batch": 5, "rounds": 1, "epochs": 1, "min_steps": 0, "scoring_tasks": 0,
         "strategies": ["random"]}
 
 

@@ -31,7 +31,7 @@ from autoal.nets.models import ModelSpec
 from test_cli import fingerprint
 
 CLASSES = ("zero", "one", "two")
-CONFIG = "epochs: 5\nmin_steps: 40\nbatch: 10\nactors: 0\nmc_samples: 3\n"
+CONFIG = "epochs: 5\nmin_steps: 40\nbatch: 10\nscoring_tasks: 0\nmc_samples: 3\n"
 
 
 def write_digit_folder(root: Path, n: int = 90, seeds_per_class: int = 3) -> dict[str, str]:

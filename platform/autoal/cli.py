@@ -34,10 +34,11 @@ def _config_flags(run: argparse.ArgumentParser) -> list[str]:
                 continue   # a section: its keys have their own flags, or take --set
             item = get_args(hint)[0] if get_origin(hint) is tuple else hint
             name = f.metadata["flag"] or f.name
-            kind = dict(type=_actors) if isinstance(item, types.UnionType) else dict(type=_bool) if item is bool \
+            kind = dict(type=_number_or_auto) if isinstance(item, types.UnionType) else dict(type=_bool) if item is bool \
                 else dict(type=item)
             many = get_origin(hint) is tuple   # a list flag given twice adds to it; a scalar's last value wins
-            run.add_argument("--" + prefix + name.replace("_", "-"), dest=prefix + f.name,
+            old = [f"--{o}" for o, new in config.RENAMED.items() if new == f.name and not prefix]
+            run.add_argument("--" + prefix + name.replace("_", "-"), *old, dest=prefix + f.name,
                              metavar="true|false" if item is bool else name.upper(), action=Extend if many else "store",
                              nargs="+" if many else None, help=f.metadata["help"], **kind)
             keys.append(prefix + f.name)
@@ -183,7 +184,7 @@ def _label_parser(sub) -> None:
     init.add_argument("--pool", required=True, help="images:<dir>[@<size>], parquet:<dir>, or any dataset spec")
     init.add_argument("--classes", required=True, help="class names, comma-separated (class folders use them)")
     init.add_argument("--test", help="a fully labeled pool to measure accuracy on (default: cross-validation)")
-    init.add_argument("--config", help="YAML experiment config: model, epochs, batch, actors, workers, ...")
+    init.add_argument("--config", help="YAML experiment config: model, epochs, batch, scoring_tasks, workers, ...")
     init.add_argument("--strategy", default="entropy", help="query strategy (see `autoal strategies`)")
     init.add_argument("--cv-folds", type=int, default=3,
                       help="without --test, estimate accuracy by k-fold cross-validation (0: no estimate)")
@@ -284,7 +285,7 @@ def _bool(text: str) -> bool:
     return text.lower() == "true"
 
 
-def _actors(text: str) -> int | str:
+def _number_or_auto(text: str) -> int | str:
     if text == "auto":
         return text
     try:

@@ -28,18 +28,18 @@ from autoal.strategies import PoolStats
 from autoal.strategies.base import SCORER, Strategy, provided_by, top_k
 
 POOL_FIELDS = provided_by(SCORER)   # what the task model's pass computes; a hook's extra model adds one more
-# `actors: auto` scores pools smaller than this in the driver: a Ray Data pass's start-up on new
+# `scoring_tasks: auto` scores pools smaller than this in the driver: a Ray Data pass's start-up on new
 # workers (5-10 s on 2 cores) costs more than scoring them (benchmarks/fused_scoring.py --actors 1).
-AUTO_ACTORS_FROM = 20_000
+AUTO_TASKS_FROM = 20_000
 BLOCK_ROWS = 65_536   # rows a ranked pass reduces to their top k at once
 
 
-def actors_for(actors: int | str, n: int) -> int:
-    """The scoring actors for a pass over `n` samples: `actors`, or for `auto` none below
-    AUTO_ACTORS_FROM samples and one from there."""
-    if actors == AUTO:
-        return 0 if n < AUTO_ACTORS_FROM else 1
-    return int(actors)
+def tasks_for(tasks: int | str, n: int) -> int:
+    """The scoring tasks for a pass over `n` samples: `tasks`, or for `auto` none below
+    AUTO_TASKS_FROM samples and one from there."""
+    if tasks == AUTO:
+        return 0 if n < AUTO_TASKS_FROM else 1
+    return int(tasks)
 
 
 def device_for(gpus: float) -> torch.device:
@@ -168,15 +168,15 @@ def parquet_dataset(view: LazyFeatures) -> "ray.data.Dataset":
 
 
 def score(spec: ModelSpec, state: dict, ids: np.ndarray, x, needs: frozenset[str], *, mc_samples: int,
-          actors: int = 1, gpus: float = 0.0, batch_size: int = 256, extra=None, rank: Rank | None = None,
+          tasks: int = 1, gpus: float = 0.0, chunk: int = 256, extra=None, rank: Rank | None = None,
           block_rows: int = BLOCK_ROWS) -> PoolStats:
     """PoolStats for the samples (ids, x), index-aligned with `ids`; with `rank`, only the pool's
     top `rank.k` rows (with `rank.fields`), in rank order: each block of `block_rows` rows keeps
     its top k, and the driver merges them.
 
     `x` is an array or a lazy Parquet view (autoal.data.lazy.LazyFeatures), whose rows stream
-    from the files. actors >= 1 streams the pool through that many Ray Data tasks at a time (each
-    with `gpus` GPUs); actors == 0 scores in this process (small pools, tests). `extra`
+    from the files. tasks >= 1 streams the pool through that many Ray Data tasks at a time (each
+    with `gpus` GPUs); tasks == 0 scores in this process (small pools, tests). `extra`
     (hooks.ScorerExtra) adds one more model's output as a field.
     """
     served = POOL_FIELDS | ({extra.field} if extra is not None else set())
@@ -184,24 +184,24 @@ def score(spec: ModelSpec, state: dict, ids: np.ndarray, x, needs: frozenset[str
         raise ValueError(f"the scoring pass cannot compute {', '.join(sorted(set(needs) - served))}")
     needs = (frozenset(needs) | (rank.strategy.needs if rank is not None else frozenset())) & POOL_FIELDS
     lazy = is_lazy(x)
-    if actors == 0:
-        scorer = PoolScorer(asdict(spec), state, needs, mc_samples, gpus, extra, rank, batch_size)
-        block = block_rows if rank is not None else batch_size
+    if tasks == 0:
+        scorer = PoolScorer(asdict(spec), state, needs, mc_samples, gpus, extra, rank, chunk)
+        block = block_rows if rank is not None else chunk
         batches = (parquet_dataset(x).iter_batches(batch_format="numpy", batch_size=block) if lazy else
                    ({"id": ids[s:s + block], "x": x[s:s + block]} for s in range(0, len(ids), block)))
         parts = (scorer(batch) for batch in batches)
     else:
         state_ref, extra_ref = ray.put(state), ray.put(extra)  # referenced here until the pass ends
         data = parquet_dataset(x) if lazy else pool_dataset(
-            ids, x, blocks=max(actors, min(len(ids) // batch_size, 4 * actors), 1))
+            ids, x, blocks=max(tasks, min(len(ids) // chunk, 4 * tasks), 1))
         scored = data.map_batches(
-            _score_batch, compute=ray.data.TaskPoolStrategy(size=actors),
-            batch_size=block_rows if rank is not None else batch_size,   # ranked: top k of each block
+            _score_batch, compute=ray.data.TaskPoolStrategy(size=tasks),
+            batch_size=block_rows if rank is not None else chunk,   # ranked: top k of each block
             batch_format="numpy", num_cpus=1, num_gpus=gpus,
             max_calls=0,   # a GPU task's process otherwise exits after one block (Ray's default for GPU tasks),
                            # paying a CUDA context and a model load per block
             fn_kwargs=dict(key=state_ref.hex(), spec=asdict(spec), state=state_ref, needs=needs,
-                           mc_samples=mc_samples, gpus=gpus, extra=extra_ref, rank=rank, chunk=batch_size))
+                           mc_samples=mc_samples, gpus=gpus, extra=extra_ref, rank=rank, chunk=chunk))
         parts = scored.iter_batches(batch_format="numpy", batch_size=None)
     return _merged_top(parts, rank.k) if rank is not None else _stats_in_order(parts, ids)
 
@@ -220,7 +220,7 @@ def _merged_top(parts, k: int) -> PoolStats:
 
 
 def _stats_in_order(parts, ids: np.ndarray) -> PoolStats:
-    """Place the actors' out-of-order outputs onto `ids`, batch by batch, into arrays allocated
+    """Place the tasks' out-of-order outputs onto `ids`, batch by batch, into arrays allocated
     once (no list of the parts is kept: the pass's result is the only copy)."""
     order = np.argsort(ids)
     fields, seen = {}, np.zeros(len(ids), dtype=bool)

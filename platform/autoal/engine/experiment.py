@@ -76,7 +76,7 @@ class Experiment:
         for name in cfg.strategies:
             hooks.create(name, cfg)
         train, test, spec = load_data(cfg, download)
-        runtime.check_resources(cfg.workers, scoring.actors_for(cfg.actors, len(train)), cfg.gpus, log)
+        runtime.check_resources(cfg.workers, scoring.tasks_for(cfg.scoring_tasks, len(train)), cfg.gpus, log)
         store = ExperimentDir(out).open(cfg)
         if store.lock.stale:
             log(f"autoal: {out} was locked by a run that ended without releasing it "

@@ -135,7 +135,7 @@ class RoundEngine:
         pool_stats = PoolStats(ids=unlabeled)
         if needs:
             score = partial(scoring.score, self.spec, task_state, mc_samples=cfg.mc_samples, gpus=cfg.gpus,
-                            actors=scoring.actors_for(cfg.actors, len(unlabeled)))
+                            tasks=scoring.tasks_for(cfg.scoring_tasks, len(unlabeled)))
             if strat.per_sample or not cfg.prefilter:
                 pool_stats = score(unlabeled, unlabeled_x, needs, extra=extra,
                                    rank=scoring.Rank(strat, k, needs)
@@ -148,6 +148,6 @@ class RoundEngine:
         if strat.needs_labeled:   # the labeled set is small: scored here
             at = pool.rows(labeled)
             labeled_stats = replace(scoring.score(self.spec, task_state, labeled, pool.features(at), needs,
-                                                  mc_samples=cfg.mc_samples, actors=0, gpus=cfg.gpus, extra=extra),
+                                                  mc_samples=cfg.mc_samples, tasks=0, gpus=cfg.gpus, extra=extra),
                                     labels=pool.labels(at))
         return pool_stats, labeled_stats

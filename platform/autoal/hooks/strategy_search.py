@@ -72,5 +72,5 @@ class AutoALHook(RoundHook):
 def task_embedding(ctx: RoundContext) -> np.ndarray:
     """The round's task model's embeddings of L: the frozen input of a SearchNet without backbone."""
     stats = scoring.score(ctx.spec, ctx.task_state, np.arange(len(ctx.labeled_x)), ctx.labeled_x,
-                          frozenset({"embedding"}), mc_samples=ctx.cfg.mc_samples, actors=0, gpus=ctx.cfg.gpus)
+                          frozenset({"embedding"}), mc_samples=ctx.cfg.mc_samples, tasks=0, gpus=ctx.cfg.gpus)
     return stats.embedding.astype(np.float32)

@@ -222,8 +222,7 @@ class LabelProject:
         cfg, seed, round_, start = self.cfg, self.seed, self.committed, time.perf_counter()
         name = strategy or self.spec.strategy
         round_hook = self.round_hook(name)
-        k = cfg.batch if batch is None else batch
-        if k <= 0:
+        if (k := cfg.batch if batch is None else batch) <= 0:
             raise AutoALError(f"--batch must be positive, got {k}")
         known = Pool(self.pool.name, self.pool.ids, self.pool.x, self.known, self.pool.split, self.pool.classes)
         asked = np.union1d(self.pool.ids[self.known != UNLABELED], self.queries["id"].to_numpy(np.int64))
@@ -252,7 +251,8 @@ class LabelProject:
                 ask(picks, None)
                 result = dict(dataset=cfg.dataset, strategy=RUN, seed=seed, round=round_, n_labeled=len(labeled),
                               n_synthetic=0, accuracy=float("nan"), train_loss=float("nan"), train_s=0.0, hook_s=0.0,
-                              score_s=0.0, select_s=0.0, **dict(columns, query_strategy=f"initial:{cfg.initial_method}"))
+                              score_s=0.0, select_s=0.0)
+                result.update(columns, query_strategy=f"initial:{cfg.initial_method}")
                 self.store.append_result(result)
             log(f"round {round_}: trained on {len(labeled)} labels, accuracy {result['accuracy']:.4f}"
                 f"{' (estimate)' if result['accuracy_estimated'] else ''}; asked {len(picks)} queries by "
@@ -268,7 +268,7 @@ class LabelProject:
                      k: int, ask, columns: dict, log) -> tuple[dict, np.ndarray]:
         """The engine's round: the person is the oracle; no test split: accuracy by cross-validation."""
         cfg, seed, round_ = self.cfg, self.seed, self.committed
-        runtime.check_resources(cfg.workers, scoring.actors_for(cfg.actors, len(self.pool)), cfg.gpus, log)
+        runtime.check_resources(cfg.workers, scoring.tasks_for(cfg.scoring_tasks, len(self.pool)), cfg.gpus, log)
         folds = 0 if len(self.test[1]) else self.spec.cv_folds
         fit_time.announce(self.model_spec, cfg, len(labeled), folds, bool(self.spec.embed), log)
         engine.resume(round_hook, name, seed, round_)
@@ -283,7 +283,7 @@ class LabelProject:
             return np.full(len(picks), ""), np.full(len(picks), np.nan)
         self.store.save_state(MODEL, self.seed, round_ + 1, fit.state)
         probs = scoring.score(self.model_spec, fit.state, picks, self.pool.x[self.pool.rows(picks)],
-                              frozenset({"probs"}), mc_samples=self.cfg.mc_samples, actors=0).probs
+                              frozenset({"probs"}), mc_samples=self.cfg.mc_samples, tasks=0).probs
         return np.asarray(self.spec.classes)[probs.argmax(1)], probs.max(1)
 
     def _cv_accuracy(self, rows: np.ndarray) -> float:

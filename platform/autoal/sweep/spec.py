@@ -29,7 +29,7 @@ SPEC_KEYS = ("name", "base", "axes", "resources", "scheduler", "max_concurrent_t
 EXECUTION_KEYS = ("resources", "max_concurrent_trials")
 # Nested Ray Train worker groups and Ray Data actor pools inside trials are slow on
 # small machines and Ray Data aggregations hang in trial placement groups.
-TRIAL_DEFAULTS = {"actors": 0, "workers": 0}
+TRIAL_DEFAULTS = {"scoring_tasks": 0, "workers": 0}
 NAME_CHARS = re.compile(r"[^\w.=+,-]")   # what a trial or file name may not hold
 
 
@@ -200,7 +200,7 @@ def from_dict(data: dict) -> SweepSpec:
     base = data.get("base") or {}
     if not isinstance(base, dict):
         raise AutoALError("base must be a mapping of experiment config fields")
-    spec = SweepSpec(name=name, base={**TRIAL_DEFAULTS, **base}, axes=_check_axes(data.get("axes")),
+    spec = SweepSpec(name=name, base={**TRIAL_DEFAULTS, **config.renamed(base)}, axes=_check_axes(data.get("axes")),
                      resources=_check_resources(data.get("resources") or {}),
                      scheduler=_check_scheduler(data.get("scheduler")),
                      max_concurrent_trials=_positive_int(data, "max_concurrent_trials", None),
