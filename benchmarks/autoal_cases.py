@@ -13,8 +13,8 @@ strategy starts from the same initial pool. Single strategies run once each into
 each case's autoal and vote into `<case>/`; re-running resumes. Prints, per case: AUBC
 with 95% intervals; the paired AUBC difference of autoal against vote and against each
 candidate (autoal.compare: mean, 95% interval, paired t and Wilcoxon p; seeds won); the best candidate per
-round; the candidates' mean pool weight per round; search time per round next to the task
-model's training time.
+round; the candidates' mean pool weight and evidence weight per round; search time per round next
+to the task model's training time.
 
     .venv/bin/python benchmarks/autoal_cases.py --seeds 0 1 2 3 4 5 6 7 8 9 [--cases weak] [--rounds 16]
 """
@@ -87,11 +87,14 @@ def report(case: str, candidates: tuple[str, ...], results: pd.DataFrame, out: P
     print("  best candidate per round (mean accuracy): " + " ".join(f"{r}:{s}" for r, s in leaders.items()))
     weights = pd.read_parquet(out / case / "strategy_weights.parquet").query("strategy == 'autoal'")
     weights = weights[weights["seed"].isin(runs.index)]
-    trajectory = weights.pivot_table(index="round", columns="candidate", values="weight_pool")[list(candidates)]
-    print(f"  mean pool weight per round (flat = {1 / len(candidates):.3f}):")
-    print("    round " + " ".join(f"{c:>16}" for c in candidates))
-    for round_, row in trajectory.iterrows():
-        print(f"    {round_:>5} " + " ".join(f"{w:>16.3f}" for w in row))
+    for column, what in (("weight_pool", "mean pool weight"), ("weight_evidence", "evidence weight (autoal.evidence)")):
+        if column not in weights:
+            continue
+        trajectory = weights.pivot_table(index="round", columns="candidate", values=column)[list(candidates)]
+        print(f"  {what} per round, mean over seeds (flat = {1 / len(candidates):.3f}):")
+        print("    round " + " ".join(f"{c:>16}" for c in candidates))
+        for round_, row in trajectory.iterrows():
+            print(f"    {round_:>5} " + " ".join(f"{w:>16.3f}" for w in row))
     search = pd.read_parquet(out / case / "search.parquet")
     search = search[search["seed"].isin(runs.index)]
     auto = results[(results["strategy"] == "autoal") & (results["hook_s"] > 0)]
