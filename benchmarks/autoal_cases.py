@@ -16,7 +16,8 @@ candidate (autoal.compare: mean, 95% interval, paired t and Wilcoxon p; seeds wo
 round; the candidates' mean pool weight and evidence weight per round; search time per round next
 to the task model's training time.
 
-    .venv/bin/python benchmarks/autoal_cases.py --seeds 0 1 2 3 4 5 6 7 8 9 [--cases weak] [--rounds 16]
+    .venv/bin/python benchmarks/autoal_cases.py --seeds 0 1 2 3 4 5 6 7 8 9 [--cases weak] [--rounds 16] \
+        [--set search.reward=loss --out runs/bench_cases_loss]
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from autoal import compare, config, experiment, metrics
 from autoal.strategies.autoal import CANDIDATES
@@ -113,7 +115,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="run only the single strategies, or only autoal and vote (then no report); or report "
                              "on the runs finished so far, running nothing")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_cases"), help="benchmark directory")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config keys of the autoal and vote runs, e.g. search.reward=loss (YAML values)")
     args = parser.parse_args(argv)
+    settings = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
 
     singles = dict.fromkeys(c for case in args.cases for c in CASES[case])
     if args.part in ("all", "singles"):   # one directory each: any case's singles run, or resume, alone
@@ -125,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         candidates = list(CASES[case])
         searched = finished([args.out / case], args.seeds) if args.part == "report" else \
             run(args.config, args.rounds, args.seeds, args.out / case, ("autoal", "vote"),
-                {"options.autoal.candidates": candidates, "options.vote.candidates": candidates})
+                {"options.autoal.candidates": candidates, "options.vote.candidates": candidates, **settings})
         if args.part != "search":
             report(case, CASES[case], pd.concat([searched, single[single["strategy"].isin(candidates)]]), args.out)
 
