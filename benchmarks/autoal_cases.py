@@ -12,7 +12,7 @@ main job, jobs/main.yaml; `--rounds` lengthens the budget) and paired seeds: at 
 strategy starts from the same initial pool. Single strategies run once each into `singles/<name>`,
 each case's autoal and vote into `<case>/`; re-running resumes. Prints, per case: AUBC
 with 95% intervals; the paired AUBC difference of autoal against vote and against each
-candidate (autoal.compare: mean, 95% interval, paired t and Wilcoxon p; seeds won); the best candidate per
+candidate (autoal.runs.compare: mean, 95% interval, paired t and Wilcoxon p; seeds won); the best candidate per
 round; the candidates' mean pool weight and evidence weight per round; search time per round next
 to the task model's training time.
 
@@ -27,7 +27,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from autoal import compare, config, experiment, metrics
+from autoal import config
+from autoal.engine import experiment
+from autoal.runs import compare, metrics
 from autoal.strategies.autoal import CANDIDATES
 
 CASES = {
@@ -89,7 +91,7 @@ def report(case: str, candidates: tuple[str, ...], results: pd.DataFrame, out: P
     print("  best candidate per round (mean accuracy): " + " ".join(f"{r}:{s}" for r, s in leaders.items()))
     weights = pd.read_parquet(out / case / "strategy_weights.parquet").query("strategy == 'autoal'")
     weights = weights[weights["seed"].isin(runs.index)]
-    for column, what in (("weight_pool", "mean pool weight"), ("weight_evidence", "evidence weight (autoal.evidence)")):
+    for column, what in (("weight_pool", "mean pool weight"), ("weight_evidence", "evidence weight")):
         if column not in weights:
             continue
         trajectory = weights.pivot_table(index="round", columns="candidate", values=column)[list(candidates)]

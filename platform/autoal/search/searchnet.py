@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autoal import models
-from autoal.objective import mixture
+from autoal.nets import models
+from autoal.search.objective import mixture
 
 HIDDEN = 64            # width of the head
 
@@ -43,7 +43,7 @@ class SearchNet(nn.Module):
 
 class SearchScorer(SearchNet):
     """SearchNet as the fused pass's extra model: (x, task embedding) -> mixture pi [B, K], times
-    each candidate's global weight from its accumulated evidence (autoal.evidence), renormalised."""
+    each candidate's global weight from its accumulated evidence (autoal.search.evidence), renormalised."""
 
     def __init__(self, spec, candidates: int, backbone: bool = True, loss_module: bool = True, embed_dim: int = 0,
                  weights=None):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from autoal import objective
+from autoal.search import objective
 
 DRAWS = 4096           # posterior draws per weight: the weights' Monte Carlo error is ~0.01
 
