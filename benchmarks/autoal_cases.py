@@ -13,10 +13,11 @@ strategy starts from the same initial pool. Single strategies run once each into
 each case's autoal and vote into `<case>/`; re-running resumes. Prints, per case: AUBC
 with 95% intervals; the paired AUBC difference of autoal against vote and against each
 candidate (autoal.runs.compare: mean, 95% interval, paired t and Wilcoxon p; seeds won); the best candidate per
-round; the candidates' mean pool weight per round; search time per round next to the task
-model's training time.
+round; the candidates' mean pool weight and evidence weight per round; search time per round next
+to the task model's training time.
 
-    .venv/bin/python benchmarks/autoal_cases.py --seeds 0 1 2 3 4 5 6 7 8 9 [--cases weak] [--rounds 16]
+    .venv/bin/python benchmarks/autoal_cases.py --seeds 0 1 2 3 4 5 6 7 8 9 [--cases weak] [--rounds 16] \
+        [--set search.reward=loss --out runs/bench_cases_loss]
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from autoal import config
 from autoal.engine import experiment
@@ -89,11 +91,14 @@ def report(case: str, candidates: tuple[str, ...], results: pd.DataFrame, out: P
     print("  best candidate per round (mean accuracy): " + " ".join(f"{r}:{s}" for r, s in leaders.items()))
     weights = pd.read_parquet(out / case / "strategy_weights.parquet").query("strategy == 'autoal'")
     weights = weights[weights["seed"].isin(runs.index)]
-    trajectory = weights.pivot_table(index="round", columns="candidate", values="weight_pool")[list(candidates)]
-    print(f"  mean pool weight per round (flat = {1 / len(candidates):.3f}):")
-    print("    round " + " ".join(f"{c:>16}" for c in candidates))
-    for round_, row in trajectory.iterrows():
-        print(f"    {round_:>5} " + " ".join(f"{w:>16.3f}" for w in row))
+    for column, what in (("weight_pool", "mean pool weight"), ("weight_evidence", "evidence weight")):
+        if column not in weights:
+            continue
+        trajectory = weights.pivot_table(index="round", columns="candidate", values=column)[list(candidates)]
+        print(f"  {what} per round, mean over seeds (flat = {1 / len(candidates):.3f}):")
+        print("    round " + " ".join(f"{c:>16}" for c in candidates))
+        for round_, row in trajectory.iterrows():
+            print(f"    {round_:>5} " + " ".join(f"{w:>16.3f}" for w in row))
     search = pd.read_parquet(out / case / "search.parquet")
     search = search[search["seed"].isin(runs.index)]
     auto = results[(results["strategy"] == "autoal") & (results["hook_s"] > 0)]
@@ -112,7 +117,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="run only the single strategies, or only autoal and vote (then no report); or report "
                              "on the runs finished so far, running nothing")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_cases"), help="benchmark directory")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config keys of the autoal and vote runs, e.g. search.reward=loss (YAML values)")
     args = parser.parse_args(argv)
+    settings = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
 
     singles = dict.fromkeys(c for case in args.cases for c in CASES[case])
     if args.part in ("all", "singles"):   # one directory each: any case's singles run, or resume, alone
@@ -124,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         candidates = list(CASES[case])
         searched = finished([args.out / case], args.seeds) if args.part == "report" else \
             run(args.config, args.rounds, args.seeds, args.out / case, ("autoal", "vote"),
-                {"options.autoal.candidates": candidates, "options.vote.candidates": candidates})
+                {"options.autoal.candidates": candidates, "options.vote.candidates": candidates, **settings})
         if args.part != "search":
             report(case, CASES[case], pd.concat([searched, single[single["strategy"].isin(candidates)]]), args.out)
 

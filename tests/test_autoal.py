@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from autoal import config, hooks
 from autoal.compute import scoring, training
 from autoal.data import pool
-from autoal.search import objective, loop as search
+from autoal.search import evidence, objective, loop as search
 from autoal.compute.distributed import World
 from autoal.hooks.strategy_search import AutoALHook
 from autoal.errors import AutoALError
@@ -155,6 +156,47 @@ def test_pull_to_flat_weakens_as_rows_accumulate():
         pi = train_search(rows, "lookahead", prior=objective.prior_weight(2.0, 50, n))
         kl[n] = float((pi * torch.log(pi * 2)).sum(1).mean())
     assert kl[1000] > 2 * kl[10]
+
+
+def spaces_of(candidates, n: int) -> objective.Rows:
+    """`fitted_rows` of n FitNets (seeds 0..n-1), each in its own gradient space, as the replay keeps them."""
+    parts = [fitted_rows(candidates, seed) for seed in range(n)]
+    return objective.Rows.cat([replace(rows, space=torch.full((len(rows),), i)) for i, rows in enumerate(parts)])
+
+
+@pytest.mark.parametrize("kind", objective.REWARDS)
+def test_evidence_becomes_decisive_as_spaces_accumulate(kind):
+    """Each candidate's own picks, scored by the reward: with one FitNet space the weights stay
+    flat; as spaces accumulate the useful candidate's weight rises toward 1 and the useless
+    one's falls below 1/K, and a candidate no better than another (`copy` of `useful`) shares
+    its weight rather than losing it."""
+    candidates = {"useful": lambda p, ce, align: top(align if kind == "lookahead" else ce),
+                  "useless": lambda p, ce, align: top(-ce),
+                  "copy": lambda p, ce, align: top(align if kind == "lookahead" else ce)}
+    rows = spaces_of(candidates, 5)
+    gains = evidence.candidate_gains(rows, kind, eta=0.1)
+    assert gains.shape == (5, 3) and (gains[:, 0] > gains[:, 1]).all()
+    one = evidence.best_probabilities(gains[:1], seed=0)
+    assert np.allclose(one, 1 / 3)
+    few, many = (evidence.best_probabilities(gains[:n], seed=0) for n in (2, 5))
+    assert many[1] < few[1] < 1 / 3 and many[1] < 0.05
+    assert many[0] + many[2] > 0.95 and abs(many[0] - many[2]) < 0.1
+    assert np.isclose(many.sum(), 1.0)
+
+
+def test_scorer_weights_searchnets_mixture_by_the_evidence():
+    """The pool mixture is SearchNet's pi times the evidence weights, renormalised; flat weights leave pi."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 8)
+    plain = SearchScorer(SPEC, 3, backbone=False, loss_module=False, embed_dim=8)
+    with torch.no_grad():
+        plain.logits.weight.normal_()
+        weighted = SearchScorer(SPEC, 3, backbone=False, loss_module=False, embed_dim=8, weights=(0.7, 0.0, 0.3))
+        weighted.load_state_dict(plain.state_dict())
+        pi, pw = plain(x, x), weighted(x, x)
+    expected = pi * torch.tensor([0.7, 0.0, 0.3])
+    assert torch.allclose(pw, expected / expected.sum(1, keepdim=True), atol=1e-6)
+    assert "weights" not in plain.state_dict()
 
 
 def test_lookahead_rewards_samples_that_lower_held_out_loss():
@@ -440,7 +482,8 @@ def test_replayed_rows_grow_and_a_useless_candidate_falls_below_one_over_k(ray_l
     """In the real loop with the default prior: every round's search trains on all earlier
     cycles' rows too (the replay grows by the round's rows, the prior's weight falls), and
     kmeans, which picks the centres of the redundant clusters, drops below 1/K within three
-    rounds while margin, which picks the informative band, rises above it."""
+    rounds while margin, which picks the informative band, rises above it, in SearchNet's pool
+    mixture and in the evidence weights that scale it."""
     candidates = ["margin", "kmeans", "random"]
     cfg = toy_cfg(initial=40, batch=20, rounds=3, epochs=10, **{
         "options.autoal.candidates": candidates, "options.vote.candidates": candidates,
@@ -454,8 +497,9 @@ def test_replayed_rows_grow_and_a_useless_candidate_falls_below_one_over_k(ray_l
     assert len(saved["replay"]["a"]) == telemetry["replay_rows"].iloc[-1]
     assert len(np.unique(saved["replay"]["space"])) == telemetry["cycles"].sum()   # one space per FitNet
     weights = pd.read_parquet(tmp_path / "out" / "strategy_weights.parquet")
-    last = weights[weights["round"] == weights["round"].max()].set_index("candidate")["weight_pool"]
-    assert last["kmeans"] < 1 / 3 < last["margin"]
+    last = weights[weights["round"] == weights["round"].max()].set_index("candidate")
+    assert last.loc["kmeans", "weight_pool"] < 1 / 3 < last.loc["margin", "weight_pool"]
+    assert last.loc["kmeans", "weight_evidence"] < 1 / 3 < last.loc["margin", "weight_evidence"]
 
 
 class Killed(Exception):

@@ -49,6 +49,8 @@ class SearchConfig:
     prior: float = key(1.0, "weight of KL(pi || flat mixture) before any evidence: shrinks AutoAL toward vote")
     prior_rows: int = key(50, "the prior's strength in search rows, n0: its weight is prior n0 / (n0 + rows replayed)")
     replay: bool = key(True, "SearchNet trains on the rows of every past cycle, not only this round's")
+    evidence: bool = key(True, "weight each candidate by the probability that its own picks earn the best "
+                               "reward over every search cycle so far (false: SearchNet's mixture alone)")
     gamma: float = key(0.1, "ranking loss weight")
     threshold: str = key("gmm", "gmm (paper) or quantile (exact)")
     lr: float = key(1e-3, "SearchNet's and FitNet's Adam learning rate")

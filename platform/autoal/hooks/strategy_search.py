@@ -1,7 +1,7 @@
 """AutoAL's round hook: runs the strategy search (autoal.search.loop) on Ray Train before each
 query, keeps SearchNet warm and every past cycle's search rows (the replay) across rounds,
-checkpointed with the round, and hands the scorer SearchNet, whose mixture
-weights reach the `autoal` strategy as `search_weights`."""
+checkpointed with the round, and hands the scorer SearchNet and each candidate's weight from its
+accumulated evidence (autoal.search.evidence), whose mixture reaches the `autoal` strategy as `search_weights`."""
 from __future__ import annotations
 
 import functools
@@ -33,6 +33,7 @@ class AutoALHook(RoundHook):
         self.replay: dict[str, np.ndarray] | None = None    # objective.Rows.arrays of every past cycle
         self.rounds = 0                       # rounds searched so far: the first gets cycles_first
         self.telemetry: dict[str, float] = {}
+        self.weights = np.full(len(strategy.candidate_names), 1.0 / len(strategy.candidate_names))   # evidence
 
     def before_query(self, ctx: RoundContext) -> ScorerExtra:
         sc, t0 = self.cfg.search, time.perf_counter()
@@ -44,11 +45,12 @@ class AutoALHook(RoundHook):
                                                     np.asarray(ctx.labeled_y, np.int64), embedding))
         out = distributed.run(search_loop, payload, workers=self.cfg.workers, gpus=self.cfg.gpus,
                               name=f"autoal-search-s{ctx.seed}-r{ctx.round}")
-        self.search_state, self.replay = distributed.torch_state(out["search_state"]), out["replay"]
+        self.search_state, self.replay, self.weights = (distributed.torch_state(out["search_state"]), out["replay"],
+                                                        np.asarray(out["weights"], np.float64))
         self.rounds += 1
         self.telemetry = dict(out["telemetry"], cycles=cycles, search_s=time.perf_counter() - t0)
         build = functools.partial(SearchScorer, ctx.spec, len(candidates), sc.backbone, sc.loss_module,
-                                  embedding.shape[1])
+                                  embedding.shape[1], tuple(self.weights))
         return ScorerExtra(build=build, state=self.search_state, field=self.provides)
 
     def after_select(self, ctx: RoundContext, stats: PoolStats, picks: np.ndarray,
@@ -57,7 +59,8 @@ class AutoALHook(RoundHook):
         Fig. 5), and how much of the batch the unweighted vote count would have picked too."""
         pi = stats.search_weights
         batch = pi[stats.rows(picks)]
-        weights = [dict(candidate=name, weight_pool=float(pi[:, j].mean()), weight_batch=float(batch[:, j].mean()))
+        weights = [dict(candidate=name, weight_pool=float(pi[:, j].mean()), weight_batch=float(batch[:, j].mean()),
+                        weight_evidence=float(self.weights[j]))
                    for j, name in enumerate(self.strategy.candidate_names)]
         overlap = len(np.intersect1d(picks, detail["vote"])) / len(picks)
         return {"strategy_weights": weights, "search": [dict(self.telemetry, vote_overlap=overlap)]}

@@ -24,8 +24,10 @@ Each round, on labeled data only, for C cycles:
    toward the flat mixture weighs prior n0 / (n0 + rows) (objective.prior_weight):
    a prior worth n0 rows, which fades as rows accumulate. FitNet stays fixed,
    because the lookahead reward already is the inner step.
-SearchNet stays warm across rounds and weights the candidates' picks on the
-real pool (strategies/autoal.py); the hook keeps the replayed rows.
+4. Each candidate's own picks are scored by the reward in every FitNet space of the rows
+   (`evidence`): the probability that it is the best candidate becomes its global weight.
+SearchNet stays warm across rounds and, times those weights, weights the candidates' picks
+on the real pool (strategies/autoal.py); the hook keeps the replayed rows.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ import torch
 import torch.distributed as dist
 
 from autoal.compute import scoring, training
-from autoal.search import objective
+from autoal.search import evidence, objective
 from autoal.config import SearchConfig
 from autoal.compute.distributed import World, portable_state, tensors
 from autoal.search.searchnet import SearchNet
@@ -195,6 +197,8 @@ def search_loop(p: SearchPayload, world: World) -> dict:
     net.eval()
     norms = objective.gradient_norms(net, search_terms(net, net.alpha, rows, sc, prior, seed, gather_fn=lambda t: t))
     telemetry = {k: float(np.mean([s[k] for s in steps])) if steps else float("nan") for k in objective.TELEMETRY}
-    return dict(search_state=portable_state(net), replay=rows.arrays() if sc.replay else None,
+    weights = evidence.best_probabilities(evidence.candidate_gains(rows, sc.reward, sc.eta), seed) if sc.evidence \
+        else np.full(len(p.candidates), 1.0 / len(p.candidates))
+    return dict(search_state=portable_state(net), replay=rows.arrays() if sc.replay else None, weights=weights,
                 telemetry=dict(telemetry, **norms, fitnet_accuracy=accuracy, val_rows=len(new),
                                replay_rows=len(rows), prior_weight=prior))

@@ -42,7 +42,15 @@ class SearchNet(nn.Module):
 
 
 class SearchScorer(SearchNet):
-    """SearchNet as the fused pass's extra model: (x, task embedding) -> mixture pi [B, K]."""
+    """SearchNet as the fused pass's extra model: (x, task embedding) -> mixture pi [B, K], times
+    each candidate's global weight from its accumulated evidence (autoal.search.evidence), renormalised."""
+
+    def __init__(self, spec, candidates: int, backbone: bool = True, loss_module: bool = True, embed_dim: int = 0,
+                 weights=None):
+        super().__init__(spec, candidates, backbone, loss_module, embed_dim)
+        flat = torch.ones(candidates) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+        self.register_buffer("weights", flat, persistent=False)   # not SearchNet's state: recomputed each round
 
     def forward(self, x, embedding):
-        return mixture(super().forward(x, embedding)[0], self.alpha)
+        pi = mixture(super().forward(x, embedding)[0], self.alpha) * self.weights
+        return pi / pi.sum(1, keepdim=True).clamp_min(1e-12)
