@@ -156,7 +156,7 @@ class LabelProject:
         path = self.root / "queries.parquet"
         self.queries = read_table(path) if os.path.lexists(path) else pd.DataFrame(
             {"round": pd.Series(dtype="int64"), "id": pd.Series(dtype="int64")})
-        self.answers = self.store.labeled(RUN, self.seed)
+        self.answers = self.store.labeled(RUN, self.seed).drop_duplicates("id", keep="last")  # newest answer counts
         asked = np.union1d(self.queries["id"].to_numpy(np.int64), self.answers["id"].to_numpy(np.int64))
         gone = np.setdiff1d(asked, self.pool.ids)
         if len(gone):

@@ -1,0 +1,106 @@
+"""`autoal serve`: a labeling project as a Label Studio ML backend, deployed on Ray Serve.
+
+One replica holds the project (it is the project's one writer); rounds train in Ray tasks placed
+wherever the cluster has room, GPUs included when the project's config asks for them, so the same
+command serves from a laptop or a cluster (RAY_ADDRESS). Requests are bounded (BODY_BYTES), and a
+request autoal cannot take gets a 4xx (503 before the first round) with one line,
+`autoal: error: ...`, and changes nothing.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse
+from ray import serve
+from starlette.concurrency import run_in_threadpool
+
+from autoal import runtime
+from autoal.errors import AutoALError
+from autoal.safe_io import one_line
+from autoal.studio_backend import StudioBackend, Unavailable
+from autoal.studio_client import StudioClient
+from autoal.studio_protocol import BODY_BYTES, TooLarge, parse_body
+
+APP = "autoal"
+app = FastAPI(title="autoal Label Studio ML backend")
+
+
+@app.exception_handler(AutoALError)
+def _refused(request: Request, exc: AutoALError) -> PlainTextResponse:
+    status = 503 if isinstance(exc, Unavailable) else 413 if isinstance(exc, TooLarge) else 400
+    return PlainTextResponse(f"autoal: error: {one_line(exc)}\n", status_code=status)
+
+
+async def _body(request: Request) -> dict:
+    """The request's JSON object, read no further than BODY_BYTES."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > BODY_BYTES:
+        raise TooLarge(f"request body of {declared} bytes exceeds {BODY_BYTES}")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > BODY_BYTES:
+            raise TooLarge(f"request body exceeds {BODY_BYTES} bytes")
+    return parse_body(bytes(raw))
+
+
+@serve.deployment(num_replicas=1, max_ongoing_requests=16, ray_actor_options={"num_cpus": 0.25})
+@serve.ingress(app)
+class StudioDeployment:
+    """The HTTP face of StudioBackend: Label Studio's four routes."""
+
+    def __init__(self, root: str, retrain_every: int, studio: StudioClient | None):
+        runtime.quiet()
+        self.backend = StudioBackend(root, retrain_every, studio, log=lambda line: print(line, flush=True))
+
+    @app.get("/")
+    @app.get("/health")
+    def health(self) -> dict:
+        return self.backend.health()
+
+    @app.post("/setup")
+    async def setup(self, request: Request) -> dict:
+        await _body(request)
+        return self.backend.setup()
+
+    @app.post("/predict")
+    async def predict(self, request: Request) -> dict:
+        return await run_in_threadpool(self.backend.predict, await _body(request))
+
+    @app.post("/webhook", status_code=201)
+    async def webhook(self, request: Request) -> dict:
+        return await run_in_threadpool(self.backend.webhook, await _body(request))
+
+    def wait_round(self, timeout: float) -> dict:
+        self.backend.wait_round(timeout)
+        return self.backend.health()
+
+
+def run(root: str, host: str, port: int, retrain_every: int, studio: StudioClient | None = None,
+        log=print, ready_timeout_s: float = 900) -> None:
+    """Serve until SIGINT or SIGTERM; returns after the application is shut down."""
+    from autoal.labeling import LabelProject
+
+    LabelProject.open(root).close()   # a bad project is one line now, not a replica's traceback
+    runtime.init_ray()
+    serve.start(http_options={"host": host, "port": port}, logging_config={"enable_access_log": False})
+    stop = threading.Event()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: stop.set())
+    try:
+        handle = serve.run(StudioDeployment.bind(str(Path(root).resolve()), retrain_every, studio), name=APP,
+                           route_prefix="/")
+        health = handle.wait_round.remote(ready_timeout_s).result()
+        url = f"http://{'localhost' if host in ('0.0.0.0', '::') else host}:{port}"
+        log(f"autoal: serving {root} at {url} ({health['model_version']}, retraining every {retrain_every} answers)")
+        if studio is not None:
+            log(f"autoal: {studio.connect(url)}")
+            studio.refresh_predictions(log)
+        while not stop.wait(1.0):
+            pass
+    finally:
+        serve.shutdown()
+    log("autoal: stopped")
