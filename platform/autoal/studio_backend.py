@@ -190,7 +190,7 @@ class StudioBackend:
             self._commit(outcome)
             self.inflight, self.trained_rows = None, rows
         if self.studio is not None:
-            self.studio.refresh_predictions(self.log)
+            self.studio.refresh_predictions(model_version(self.served), self.log)
         self.maybe_retrain()
 
     def _commit(self, outcome: RoundOutcome) -> None:

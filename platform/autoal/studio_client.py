@@ -56,11 +56,11 @@ class StudioClient:
                                         timeout=TIMEOUT_S, **kwargs)
         except requests.RequestException as exc:
             raise AutoALError(f"Label Studio at {self.url} did not answer ({type(exc).__name__})") from None
-        if response.status_code in (401, 403):
-            raise AutoALError(f"Label Studio at {self.url} refused the API key (HTTP {response.status_code})")
+        if response.status_code == 401:
+            raise AutoALError(f"Label Studio at {self.url} refused the API key (HTTP 401)")
         if response.status_code >= 400:
-            raise AutoALError(f"Label Studio at {self.url}: {method} {path} failed with HTTP {response.status_code}: "
-                              f"{one_line(response.text, 120)}")
+            raise AutoALError(f"Label Studio at {self.url}: {method} {path.split('?')[0]} failed with HTTP "
+                              f"{response.status_code}: {one_line(_detail(response), 160)}")
         return response.json() if response.content else {}
 
     def connect(self, backend_url: str) -> str:
@@ -78,13 +78,26 @@ class StudioClient:
                                                       "actions": EVENTS, "is_active": True})
         return f"connected to Label Studio project {self.project} at {self.url}"
 
-    def refresh_predictions(self, log=print) -> bool:
-        """Ask Label Studio to fetch the new round's predictions for every task, so that its Data Manager
-        sorts by them. Label Studio being down is logged, never raised: the next round tries again."""
+    def refresh_predictions(self, version: str, log=print) -> bool:
+        """Make `version` the project's model version (the one whose scores its Data Manager shows and its
+        uncertainty sampling follows) and ask Label Studio to fetch its predictions for every task.
+        Label Studio being down is logged, never raised: the next round tries again."""
         try:
+            self._call("PATCH", f"/api/projects/{self.project}/", json={"model_version": version})
             self._call("POST", f"/api/dm/actions/?id=retrieve_tasks_predictions&project={self.project}",
                        json={"selectedItems": {"all": True, "excluded": []}})
             return True
         except AutoALError as exc:
             log(f"predictions not refreshed in Label Studio: {exc}")
             return False
+
+
+def _detail(response: requests.Response) -> str:
+    """Label Studio's own reason ({"detail": ...} in its errors), else the start of the body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300]
+    if not isinstance(body, dict):
+        return str(body)
+    return " ".join(str(body[k]) for k in ("detail", "validation_errors") if body.get(k)) or str(body)

@@ -1,19 +1,22 @@
 """`autoal serve`: a labeling project as a Label Studio ML backend, deployed on Ray Serve.
 
+(No `from __future__ import annotations` here: FastAPI reads the routes' annotations at runtime.)
+
 One replica holds the project (it is the project's one writer); rounds train in Ray tasks placed
 wherever the cluster has room, GPUs included when the project's config asks for them, so the same
 command serves from a laptop or a cluster (RAY_ADDRESS). Requests are bounded (BODY_BYTES), and a
 request autoal cannot take gets a 4xx (503 before the first round) with one line,
 `autoal: error: ...`, and changes nothing.
 """
-from __future__ import annotations
 
+import os
 import signal
 import threading
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
+import ray
 from ray import serve
 from starlette.concurrency import run_in_threadpool
 
@@ -98,9 +101,9 @@ def run(root: str, host: str, port: int, retrain_every: int, studio: StudioClien
         log(f"autoal: serving {root} at {url} ({health['model_version']}, retraining every {retrain_every} answers)")
         if studio is not None:
             log(f"autoal: {studio.connect(url)}")
-            studio.refresh_predictions(log)
+            studio.refresh_predictions(health["model_version"], log)
         while not stop.wait(1.0):
             pass
-    finally:
-        serve.shutdown()
+    finally:   # on a cluster (RAY_ADDRESS) only this application goes; a local Ray ends with everything in it
+        serve.delete(APP) if os.environ.get("RAY_ADDRESS") else ray.shutdown()
     log("autoal: stopped")
