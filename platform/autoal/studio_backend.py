@@ -64,7 +64,7 @@ class StudioBackend:
         ledger = project.store.labeled(RUN, project.seed)
         self.trained_rows = int((ledger["round"] < project.committed).sum()) if self.served is not None else -1
         self.inflight: tuple[ray.ObjectRef, int] | None = None
-        self.rounds_failed = 0
+        self.rounds_failed, self.told = 0, None   # told: the round whose predictions Label Studio fetched
         self._stop = threading.Event()
         self.maybe_retrain()
         self._poller = threading.Thread(target=self._poll_loop, name="autoal-rounds", daemon=True)
@@ -75,7 +75,7 @@ class StudioBackend:
     def health(self) -> dict:
         with self.lock:
             return {"status": "UP", "model_class": "autoal", "model_version": model_version(self.served),
-                    "round": self.served, "training": self.inflight is not None,
+                    "round": self.served, "training": self.inflight is not None, "told": self.told,
                     "answers": int(len(self.project.answers))}
 
     def setup(self) -> dict:
@@ -189,8 +189,8 @@ class StudioBackend:
         with self.lock:
             self._commit(outcome)
             self.inflight, self.trained_rows = None, rows
-        if self.studio is not None:
-            self.studio.refresh_predictions(model_version(self.served), self.log)
+        if self.studio is not None and self.studio.refresh_predictions(model_version(self.served), self.log):
+            self.told = self.served
         self.maybe_retrain()
 
     def _commit(self, outcome: RoundOutcome) -> None:

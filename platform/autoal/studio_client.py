@@ -79,13 +79,13 @@ class StudioClient:
         return f"connected to Label Studio project {self.project} at {self.url}"
 
     def refresh_predictions(self, version: str, log=print) -> bool:
-        """Make `version` the project's model version (the one whose scores its Data Manager shows and its
-        uncertainty sampling follows) and ask Label Studio to fetch its predictions for every task.
+        """Ask Label Studio to fetch `version`'s predictions for every task, then make it the project's model
+        version (the one whose scores its Data Manager shows and its uncertainty sampling follows).
         Label Studio being down is logged, never raised: the next round tries again."""
         try:
-            self._call("PATCH", f"/api/projects/{self.project}/", json={"model_version": version})
             self._call("POST", f"/api/dm/actions/?id=retrieve_tasks_predictions&project={self.project}",
                        json={"selectedItems": {"all": True, "excluded": []}})
+            self._call("PATCH", f"/api/projects/{self.project}/", json={"model_version": version})
             return True
         except AutoALError as exc:
             log(f"predictions not refreshed in Label Studio: {exc}")
