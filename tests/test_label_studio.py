@@ -22,14 +22,13 @@ import pandas as pd
 import pytest
 import requests
 from PIL import Image
-from sklearn.datasets import load_digits
 
 import chromium
 from autoal import cli, images, label_files
+from test_labeling import CLASSES, CONFIG, write_digit_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 LS_VENV = ROOT / ".venv-ls"
-CLASSES = ("zero", "one", "two")
 TOKEN = "autoal-test-token-0123456789"
 USER, PASSWORD = "autoal@example.com", "autoal-test-password"
 SCREENSHOT = ROOT / "docs" / "label-studio-data-manager.png"
@@ -105,21 +104,6 @@ class LabelStudio:
         self.log.close()
 
 
-def write_digits(root: Path, n: int = 200, seeds_per_class: int = 2) -> dict[str, str]:
-    """n digit PNGs (classes 0-2), upscaled to 32x32; the first few of each class in class folders (seeds)."""
-    x, y = load_digits(return_X_y=True)
-    truth, seeded = {}, {c: 0 for c in CLASSES}
-    for i in np.flatnonzero(y < 3)[:n]:
-        name = CLASSES[y[i]]
-        folder = root / name if seeded[name] < seeds_per_class else root
-        seeded[name] += folder != root
-        folder.mkdir(parents=True, exist_ok=True)
-        picture = Image.fromarray((x[i].reshape(8, 8) * 255 / 16).astype(np.uint8)).resize((32, 32), Image.NEAREST)
-        picture.save(folder / f"digit{i:04d}.png")
-        truth[f"digit{i:04d}.png"] = name
-    return truth
-
-
 def upload_name(task: dict) -> str:
     return task["data"]["image"].rsplit("/", 1)[1].split("-", 1)[1]   # /data/upload/<p>/<8 hex>-<name>
 
@@ -156,6 +140,21 @@ class Backend:
                           timeout, f"round {round_} served")
 
 
+def choice(truth: dict, task: dict) -> list[dict]:
+    """An annotation's result: the task's true class, chosen in the project's <Choices>."""
+    return [{"from_name": "label", "to_name": "image", "type": "choices",
+             "value": {"choices": [truth[upload_name(task)]]}}]
+
+
+def send_answers(backend: Backend, tasks: list[dict], truth: dict, first_id: int) -> None:
+    """Annotation webhooks as Label Studio sends them, straight to the backend."""
+    for number, t in enumerate(tasks):
+        annotation = {"id": first_id + number, "was_cancelled": False, "task": t["id"], "result": choice(truth, t)}
+        response = requests.post(backend.url + "/webhook", timeout=30, json={
+            "action": "ANNOTATION_CREATED", "annotation": annotation, "task": t, "project": {"id": t["project"]}})
+        assert response.status_code == 201 and response.json()["stored"] == 1
+
+
 def ledger(project: Path) -> pd.DataFrame:
     return pd.read_parquet(project / "ledger.parquet")
 
@@ -165,7 +164,8 @@ def test_autoal_serves_a_real_label_studio(tmp_path):
     backend = None
     try:
         # the labeling team's side: a project, 200 images uploaded
-        truth = write_digits(tmp_path / "digits")
+        truth = {Path(path).name: name for path, name in write_digit_folder(
+            tmp_path / "digits", n=200, seeds_per_class=2, size=32, suffixes=("png",)).items()}
         config = label_files.label_studio_config(CLASSES)
         ls_project = studio.api("POST", "/api/projects/", json={"title": "digits", "label_config": config})["id"]
         paths = sorted((tmp_path / "digits").rglob("*.png"))
@@ -175,7 +175,7 @@ def test_autoal_serves_a_real_label_studio(tmp_path):
         assert len(studio.tasks(ls_project)) == 200
 
         # autoal's side: a labeling project on the same files, served and connected
-        (tmp_path / "config.yaml").write_text("epochs: 5\nmin_steps: 40\nbatch: 10\nactors: 0\nmc_samples: 3\n")
+        (tmp_path / "config.yaml").write_text(CONFIG)
         project = tmp_path / "project"
         assert cli.main(["label", "init", str(project), "--pool", f"images:{tmp_path / 'digits'}@16", "--classes",
                          ",".join(CLASSES), "--config", str(tmp_path / "config.yaml"), "--strategy", "margin"]) == 0
@@ -194,9 +194,7 @@ def test_autoal_serves_a_real_label_studio(tmp_path):
         # a person labels the 20 least certain tasks in Label Studio
         labeled = first[:20]
         for t in labeled:
-            choice = {"from_name": "label", "to_name": "image", "type": "choices",
-                      "value": {"choices": [truth[upload_name(t)]]}}
-            studio.api("POST", f"/api/tasks/{t['id']}/annotations/", json={"result": [choice]})
+            studio.api("POST", f"/api/tasks/{t['id']}/annotations/", json={"result": choice(truth, t)})
         health = backend.wait_served(3)        # a round after 10 answers, another after 20
         pool, sources = images.read_folder(f"{tmp_path / 'digits'}@16", CLASSES)
         pool_id = {Path(s).name: int(i) for i, s in zip(pool.ids, sources)}
@@ -237,13 +235,7 @@ def test_autoal_serves_a_real_label_studio(tmp_path):
 
         # Label Studio goes down while a round trains: the backend keeps serving
         served = health["round"]
-        more = first[20:30]
-        for number, t in enumerate(more):
-            annotation = {"id": 10_000 + number, "was_cancelled": False, "task": t["id"], "result": [
-                {"from_name": "label", "to_name": "image", "type": "choices",
-                 "value": {"choices": [truth[upload_name(t)]]}}]}
-            requests.post(backend.url + "/webhook", timeout=30, json={
-                "action": "ANNOTATION_CREATED", "annotation": annotation, "task": t, "project": {"id": ls_project}})
+        send_answers(backend, first[20:30], truth, 10_000)   # as Label Studio would, just before it stops
         studio.stop()
         health = backend.wait_served(served + 1)
         assert health["answers"] == 30
@@ -251,12 +243,7 @@ def test_autoal_serves_a_real_label_studio(tmp_path):
         assert backend.process.poll() is None
 
         # killed (SIGKILL) mid-round and restarted: no answer lost, the last finished round served
-        for number, t in enumerate(first[30:40]):
-            annotation = {"id": 20_000 + number, "was_cancelled": False, "task": t["id"], "result": [
-                {"from_name": "label", "to_name": "image", "type": "choices",
-                 "value": {"choices": [truth[upload_name(t)]]}}]}
-            requests.post(backend.url + "/webhook", timeout=30, json={
-                "action": "ANNOTATION_CREATED", "annotation": annotation, "task": t, "project": {"id": ls_project}})
+        send_answers(backend, first[30:40], truth, 20_000)
         wait_until(lambda: backend.health().get("training"), 30, "the round to start")
         stop(backend.process, signal.SIGKILL)
         backend = Backend(project, tmp_path / "serve-2.log")
