@@ -102,7 +102,7 @@ def test_actor_embeddings_equal_the_in_process_ones(ray_local, weights, folder, 
 
 
 def test_a_killed_embed_resumes_to_the_files_of_an_uninterrupted_one(ray_local, weights, tmp_path):
-    source = digit_folder(tmp_path / "digits", 30)
+    source = digit_folder(tmp_path / "digits", 20)
     command = [sys.executable, "-m", "autoal.cli", "embed", f"images:{source}", None, "--weights", str(weights),
                "--shard-rows", "2", "--batch-size", "2"]
     killed = tmp_path / "killed"
@@ -120,15 +120,15 @@ def test_a_killed_embed_resumes_to_the_files_of_an_uninterrupted_one(ray_local, 
         time.sleep(0.2)
     assert not our_worker_pids("ShardEmbedder"), "the killed embed's actors outlived it"
     written = len(list(killed.glob("part-*")))
-    assert 1 <= written < 15, written   # killed mid-embed
+    assert 1 <= written < 10, written   # killed mid-embed
     resumed = subprocess.run([*command[:5], str(killed), *command[6:]], env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming: {written} of 15 shards" in resumed.stdout
+    assert f"resuming: {written} of 10 shards" in resumed.stdout
     clean = tmp_path / "clean"
     embed(f"images:{source}", str(clean), "resnet18", weights=str(weights), shard_rows=2, batch_size=2,
           log=lambda line: None)
     names = sorted(p.name for p in clean.glob("part-*"))
-    assert sorted(p.name for p in killed.iterdir() if not p.name.startswith("_")) == names and len(names) == 15
+    assert sorted(p.name for p in killed.iterdir() if not p.name.startswith("_")) == names and len(names) == 10
     for name in names:
         assert pq.read_table(killed / name).equals(pq.read_table(clean / name)), name
 
@@ -151,6 +151,16 @@ def test_an_unreadable_image_is_one_error(ray_local, capsys, weights, tmp_path):
     assert len(err.strip().splitlines()) == 1 and err.startswith("autoal: error:")
 
 
+def test_a_folder_without_class_folders_is_embedded_under_the_classes_named(ray_local, capsys, weights, tmp_path):
+    source = digit_folder(tmp_path / "loose", 6, seeds=0)
+    test_cli.fails(capsys, ["embed", f"images:{source}", str(tmp_path / "out"), "--weights", str(weights)],
+                   "has 0 class folders; a pool needs at least 2 classes")
+    assert cli.main(["embed", f"images:{source}", str(tmp_path / "out"), "--weights", str(weights),
+                     "--classes", "zero,one"]) == 0
+    pool = read_parquet(tmp_path / "out")
+    assert pool.classes == 2 and len(pool) == 6 and (pool.y == UNLABELED).all()
+
+
 def test_cross_validation_learns_in_one_run():
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1], 30)
@@ -163,19 +173,56 @@ def test_cross_validation_learns_in_one_run():
     assert learned >= 0.9 and shuffled <= 0.75, (learned, shuffled)
 
 
-def test_label_rounds_train_a_head_on_the_embeddings(ray_local, weights, tmp_path):
+def test_label_rounds_train_a_head_on_the_embeddings(ray_local, weights, tmp_path, monkeypatch, capsys):
+    """An init killed while it embeds is finished by the same command (not by another one), and
+    every `next` then trains a head on the embeddings."""
     source = digit_folder(tmp_path / "digits", 20, seeds=3)
     (tmp_path / "config.yaml").write_text("epochs: 5\nmin_steps: 40\nactors: 0\nmc_samples: 3\n")
     project = tmp_path / "lab"
-    assert cli.main(["label", "init", str(project), "--pool", f"images:{source}", "--classes", "c0,c1",
-                     "--config", str(tmp_path / "config.yaml"), "--embed", "resnet18", "--weights",
-                     str(weights)]) == 0
+    init = ["label", "init", str(project), "--pool", f"images:{source}", "--classes", "c0,c1",
+            "--config", str(tmp_path / "config.yaml"), "--embed", "resnet18", "--weights", str(weights)]
+
+    def killed(*args):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as patched:
+        patched.setattr("autoal.labeling.embed_project", killed)
+        with pytest.raises(KeyboardInterrupt):
+            LabelProject.create(project, f"images:{source}", "c0,c1", config_path=str(tmp_path / "config.yaml"),
+                                embed="resnet18", weights=str(weights))
+    assert not (project / "project.yaml").exists() and (project / "init.yaml").exists()
+    assert cli.main([*init[:6], "c1,c0", *init[7:]]) == 2
+    assert "other arguments that did not finish" in capsys.readouterr().err
+    assert cli.main(init) == 0
+    assert (project / "project.yaml").exists() and not (project / "init.yaml").exists()
+    assert cli.main(init) == 2   # a finished project is not initialised again
     assert cli.main(["label", "next", str(project), "--batch", "4"]) == 0
     with LabelProject.open(project) as opened:
         assert opened.model_spec.name == "mlp" and opened.pool.shape == (512,)
         results = opened.store.results
     assert len(results) == 1 and results["accuracy_estimated"].all() and results["accuracy"].notna().all()
     assert (project / "queries" / "round-001.html").exists() and (project / "embeddings" / "pool").is_dir()
+
+
+def test_image_files_added_after_init_are_embedded_once(ray_local, weights, tmp_path, capsys):
+    source = digit_folder(tmp_path / "digits", 16, seeds=3)
+    project = tmp_path / "lab"
+    assert cli.main(["label", "init", str(project), "--pool", f"images:{source}", "--classes", "c0,c1",
+                     "--embed", "resnet18", "--weights", str(weights)]) == 0
+    new = sorted(digit_folder(tmp_path / "more", 20, seeds=0).glob("*.png"))[16:]
+    for path in new:
+        path.rename(source / path.name)
+    with LabelProject.open(project) as opened:
+        assert len(opened.pool) == 20
+        rows = opened.pool.rows(np.array([images.stable_id(path.name) for path in new]))
+        features = opened.pool.features(rows)
+    assert "embedding 4 image files added" in capsys.readouterr().out
+    embedder = backbones.Embedder("resnet18", backbones.state_dict("resnet18", str(weights)))
+    np.testing.assert_allclose(features, embedder.images([Image.open(path) for path in sorted(
+        source / path.name for path in new)]), rtol=1e-4, atol=1e-4)
+    with LabelProject.open(project) as opened:   # kept: not embedded again
+        np.testing.assert_array_equal(opened.pool.features(rows), features)
+    assert "embedding" not in capsys.readouterr().out
+    assert len(list((project / "embeddings" / "pool-added").glob("added-*.parquet"))) == 1
 
 
 def test_a_parquet_pool_of_gray_images_embeds_row_group_by_row_group(ray_local, weights, tmp_path):

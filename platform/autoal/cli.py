@@ -109,11 +109,14 @@ def _prepare(args) -> None:
 
 def _embed(args) -> None:
     from autoal.embed import embed
+    from autoal.label_pool import parse_classes
 
     result = embed(args.source, args.out, args.backbone, weights=args.weights, download=args.download,
                    dtype=args.dtype, actors=args.actors, gpus=args.gpus, batch_size=args.batch_size,
-                   shard_rows=args.shard_rows, data_root=args.data_root, log=lambda line: print(line, flush=True))
-    print(f"embedded {result.rows:,} rows in {result.seconds:.1f} s ({result.rows_per_s:,.1f} rows/s)"
+                   shard_rows=args.shard_rows, data_root=args.data_root,
+                   classes=args.classes and parse_classes(args.classes), log=lambda line: print(line, flush=True))
+    steady = f", {result.steady:,.1f} after start-up" if result.steady else ""
+    print(f"embedded {result.rows:,} rows in {result.seconds:.1f} s ({result.rows_per_s:,.1f} rows/s{steady})"
           + (f"; {result.skipped} shards were already written" if result.skipped else "")
           + f": parquet:{result.out}")
 
@@ -281,6 +284,8 @@ def parser() -> argparse.ArgumentParser:
     emb.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     emb.add_argument("--shard-rows", type=int, default=4096, help="rows per output file (a Parquet source keeps "
                                                                    "its row groups)")
+    emb.add_argument("--classes", help="with images:<dir>: the class names, comma-separated (default: the "
+                                       "class folders')")
     emb.add_argument("--data-root", default="data")
     emb.set_defaults(func=_embed)
 

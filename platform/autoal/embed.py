@@ -119,9 +119,14 @@ def plan(source: str, data_root: str, download: bool = False, shard_rows: int = 
     from autoal import datasets, images
 
     kind, _, arg = source.partition(":")
+    if classes and kind != "images":
+        raise AutoALError(f"--classes names the classes of an image folder; {source} carries its own")
     if kind == "images":
         root, _ = images.parse_spec(arg)   # the size is the backbone's transforms'
         names, paths, ids, y = images.index_folder(root, classes)
+        if len(names) < 2:
+            raise AutoALError(f"{source} has {len(names)} class folders; a pool needs at least 2 classes: name them "
+                              "with --classes a,b,... (class folders then hold each class's known labels)")
         paths = [str(path) for path in paths]
         shards = [FileShard(tuple(paths[s:s + shard_rows]), ids[s:s + shard_rows], y[s:s + shard_rows])
                   for s in range(0, len(paths), shard_rows)]
@@ -227,7 +232,8 @@ class EmbedResult:
     out: str
     rows: int       # rows embedded by this run (skipped shards not counted)
     skipped: int    # shards already written by an earlier run
-    seconds: float
+    seconds: float  # from the first shard handed out: actor start-up and model loads included
+    steady: float | None = None   # rows/s after the first shard arrived (None: one shard), start-up excluded
 
     @property
     def rows_per_s(self) -> float:
@@ -260,7 +266,7 @@ def embed(source: str, out: str, backbone: str, *, weights: str | None = None, d
     if done:
         log(f"resuming: {len(done)} of {len(work.shards)} shards already written")
     schema = pool_schema(f"{work.name}+{backbone}", (backbones.get(backbone).dim,), work.classes, DTYPES[dtype])
-    start, rows = time.perf_counter(), 0
+    start, rows, first = time.perf_counter(), 0, None
     if todo:
         refs = [ray.put(parameters), ray.put(work.shards)]   # kept alive here while the actors read them
         dataset = ray.data.from_items([{"shard": i} for i in todo], override_num_blocks=len(todo)).map_batches(
@@ -274,6 +280,9 @@ def embed(source: str, out: str, backbone: str, *, weights: str | None = None, d
                 raise AutoALError(str(row["error"]))
             rows += int(row["rows"])
             seconds = time.perf_counter() - start
+            first = first or (seconds, rows)
             log(f"wrote {part_name(int(row['shard']))}: {finished} of {len(todo)} shards, {rows:,} rows, "
                 f"{rows / seconds:,.1f} rows/s")
-    return EmbedResult(out, rows, len(done), time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    steady = (rows - first[1]) / max(seconds - first[0], 1e-9) if first and rows > first[1] else None
+    return EmbedResult(out, rows, len(done), seconds, steady)

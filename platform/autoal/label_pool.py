@@ -2,15 +2,18 @@
 by the project's class names."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from autoal import datasets, images, label_files
+from autoal import backbones, datasets, images, label_files
 from autoal.errors import AutoALError
-from autoal.safe_io import shown
-from autoal.pool import Pool, read_parquet
+from autoal.pool import Pool, pool_schema, read_parquet, shard_table
+from autoal.safe_io import atomic_write, own_dir, shown
 
 
 @dataclass(frozen=True)
@@ -58,16 +61,43 @@ def embed_project(spec: ProjectSpec, folder: Path, cfg) -> None:
                   log=lambda line: None)
 
 
-def with_embeddings(pool: Pool, location: Path | None) -> Pool:
-    """The pool with each sample's features replaced by its embedding at `location` (None: as it is)."""
+def with_embeddings(pool: Pool, location: Path | None, sources: np.ndarray, spec: ProjectSpec) -> Pool:
+    """The pool with each sample's features replaced by its embedding at `location` (None: as it is).
+    Image files added to the folder since `label init` are embedded here, in the driver, once:
+    their embeddings go to `location`-added, in a file named for the ids it holds."""
     if location is None:
         return pool
     embedded = read_parquet(location)
-    missing = np.setdiff1d(pool.ids, embedded.ids)
+    ids, x = embedded.ids, embedded.x
+    added = location.with_name(f"{location.name}-added")
+    if not np.isin(pool.ids, ids).all() and added.is_dir() and not added.is_symlink():
+        earlier = read_parquet(added)
+        ids, x = np.concatenate([ids, earlier.ids]), np.concatenate([x, earlier.x])
+    missing = np.flatnonzero(~np.isin(pool.ids, ids))
     if len(missing):
-        raise AutoALError(f"{len(missing)} samples of pool {pool.name!r} have no embedding in {location}: files "
-                          "added after `label init --embed` are not embedded; start a new project to include them")
-    return Pool(pool.name, pool.ids, embedded.features(embedded.rows(pool.ids)), pool.y, pool.split, pool.classes)
+        if not all(sources[missing]):
+            raise AutoALError(f"{len(missing)} samples of pool {pool.name!r} have no embedding in {location}: rows "
+                              "added to a Parquet pool after `label init --embed` are not embedded; start a new project")
+        ids = np.concatenate([ids, pool.ids[missing]])
+        x = np.concatenate([x, _embed_added(pool, missing, sources[missing], spec, added)])
+    order = np.argsort(ids, kind="stable")
+    return Pool(pool.name, pool.ids, x[order[np.searchsorted(ids, pool.ids, sorter=order)]], pool.y, pool.split,
+                pool.classes)
+
+
+def _embed_added(pool: Pool, rows: np.ndarray, files: np.ndarray, spec: ProjectSpec, folder: Path) -> np.ndarray:
+    """Embeddings of image files added since `label init`, kept in `folder` for later commands."""
+    from autoal.embed import FileShard
+
+    print(f"embedding {len(rows)} image files added since `label init` with {spec.embed}", flush=True)
+    embedder = backbones.Embedder(spec.embed, backbones.state_dict(spec.embed, spec.weights))
+    ids, x, y, split = FileShard(tuple(files), pool.ids[rows], pool.y[rows]).embed(embedder, batch_size=32)
+    sink = pa.BufferOutputStream()
+    pq.write_table(shard_table(pool_schema(f"{pool.name}+{spec.embed}", x.shape[1:], pool.classes), ids, x, y, split),
+                   sink)
+    name = hashlib.sha256(np.ascontiguousarray(ids, np.int64).tobytes()).hexdigest()[:16]
+    atomic_write(own_dir(folder.parent, folder.name) / f"added-{name}.parquet", sink.getvalue().to_pybytes())
+    return x
 
 
 def absolute_spec(spec: str) -> str:

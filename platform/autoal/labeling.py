@@ -45,6 +45,19 @@ ROUND_FILE = re.compile(r"round(\d+)$")  # state/.../roundN.pt
 MODEL = "task-model"  # store state key of each round's task model: state/task-model/seed<s>/round<r>.pt
 RUN = "label"  # the ledger's and results' `strategy` key: one run, whatever strategy asks each round
 PROTECTED_TABLES = ("ledger", "queries")  # tables whose rows a rollback never touches
+INIT_FILE = "init.yaml"  # the spec of a `label init` under way; project.yaml replaces it when the init ends
+
+
+def _interrupted_init(root: Path, spec_text: bytes) -> bool:
+    """Whether root holds a `label init` of this same spec that was killed before it ended (the
+    embeddings it wrote resume shard by shard); one of other arguments is an error."""
+    path = root / INIT_FILE
+    if os.path.lexists(root / "project.yaml") or not os.path.lexists(path):
+        return False
+    if read_bytes(path, CONFIG_BYTES, "interrupted init", follow=False) != spec_text:
+        raise AutoALError(f"{root} holds a `label init` with other arguments that did not finish; repeat its "
+                          f"arguments (saved in {path}) to finish it, or choose another directory")
+    return True
 
 
 class LabelProject:
@@ -55,7 +68,7 @@ class LabelProject:
         pool, sources = load_pool(spec.pool, spec.classes, cfg.data_root)
         train = pool.split == "train"
         self.pixels = pool.x[train] if pool.is_image else None   # for the person's contact sheets
-        pool = with_embeddings(pool, self.embeddings("pool"))
+        pool = with_embeddings(pool, self.embeddings("pool"), sources, spec)
         self.pool, self.sources = pool.subset("train"), sources[train]
         self.test = self._test_split(pool.subset("test"))
         self.model_spec = training.ModelSpec(models.resolve(cfg.model, pool.shape), pool.shape, len(spec.classes),
@@ -65,8 +78,8 @@ class LabelProject:
         """(x, y) of the pool's test split plus the --test pool, every sample labeled."""
         xs, ys = [test.x], [test.y]
         if self.spec.test:
-            extra, _ = load_pool(self.spec.test, self.spec.classes, self.cfg.data_root)
-            extra = with_embeddings(extra, self.embeddings("test"))
+            extra, sources = load_pool(self.spec.test, self.spec.classes, self.cfg.data_root)
+            extra = with_embeddings(extra, self.embeddings("test"), sources, self.spec)
             if extra.shape != test.shape:
                 raise AutoALError(f"test pool {shown(self.spec.test)} has samples of shape {list(extra.shape)}, "
                                   f"the pool {list(test.shape)}")
@@ -91,19 +104,21 @@ class LabelProject:
         """Check everything (config, strategy, every image, the backbone's weights) before the directory
         is made; with `embed`, embed the pool (and test pool) once, into the project."""
         root = Path(root)
-        if root.exists() and (not root.is_dir() or any(root.iterdir())):
-            raise AutoALError(f"{root} already exists and is not empty; `autoal label next {root}` "
-                              "continues a project there")
         if cv_folds < 0 or cv_folds == 1:
             raise AutoALError("--cv-folds must be 0 (no estimate) or at least 2")
         spec = ProjectSpec(absolute_spec(pool), parse_classes(classes), test and absolute_spec(test), strategy,
                            cv_folds, embed, weights and str(Path(weights).expanduser().resolve()))
+        spec_text = yaml.safe_dump(dict(asdict(spec), classes=list(spec.classes)), sort_keys=False).encode()
+        if root.exists() and (not root.is_dir() or any(root.iterdir())) and not _interrupted_init(root, spec_text):
+            raise AutoALError(f"{root} already exists and is not empty; `autoal label next {root}` "
+                              "continues a project there")
         cfg = config.load(config_path, {"dataset": spec.pool, "strategies": [strategy]})
         project = cls(root, replace(spec, embed=None), cfg)
         project.round_hook(strategy)
         if embed:
             backbones.build(embed, backbones.state_dict(embed, spec.weights))
         store = ExperimentDir(root).open(cfg)
+        atomic_write(root / INIT_FILE, spec_text)   # a killed init is continued by the same command
         if embed:
             try:
                 embed_project(spec, root / "embeddings", cfg)
@@ -114,8 +129,8 @@ class LabelProject:
         project.store = store
         atomic_write(own_dir(root, "queries") / "label-studio.xml",
                      label_files.label_studio_config(spec.classes).encode())
-        atomic_write(root / "project.yaml", yaml.safe_dump(
-            dict(asdict(spec), classes=list(spec.classes)), sort_keys=False).encode())
+        atomic_write(root / "project.yaml", spec_text)
+        (root / INIT_FILE).unlink()
         project._load_progress()
         return project
 
