@@ -1,6 +1,8 @@
 """The Label Studio ML backend without Label Studio: the protocol's shapes, and the backend's
 rounds, webhooks and faults on a real labeling project (digits, classes 0-2, 3 seeds each)."""
+import http.server
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,9 @@ import pytest
 from autoal import cli, studio_protocol
 from autoal.errors import AutoALError
 from autoal.studio_backend import StudioBackend, Unavailable
+from autoal.studio_client import StudioClient
 from autoal.studio_protocol import TaskIndex, parse_body, webhook_event
+import test_cli
 from test_labeling import CLASSES, CONFIG, write_digit_folder
 
 
@@ -185,3 +189,73 @@ def test_predict_before_the_first_round_is_unavailable(ray_local, tmp_path):
     finally:
         backend.close()
     assert json.dumps(results)
+
+
+def test_serve_refuses_bad_arguments_in_one_line_before_starting_ray(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    (tmp_path / "key").write_text("")
+    connect = ["--connect", "3", "--label-studio"]
+    for argv, message in (
+            ([], "is not a labeling project"),
+            (["--retrain-every", "0"], "--retrain-every must be at least 1"),
+            (["--connect", "3"], "--connect PROJECT_ID and --label-studio URL go together"),
+            ([*connect, "http://ls"], "needs an API key"),
+            ([*connect, "http://ls", "--api-key-file", str(tmp_path / "key")], "needs an API key")):
+        test_cli.fails(capsys, ["serve", str(tmp_path), *argv], message)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "secret-key-1234")
+    assert "secret" not in test_cli.fails(capsys, ["serve", str(tmp_path), *connect, "ls:8080"], "not an http(s) URL")
+
+
+class FakeLabelStudio(http.server.BaseHTTPRequestHandler):
+    """Answers as Label Studio's API does for what autoal asks; records each request."""
+    seen: list = []
+
+    def _answer(self):
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.seen.append((self.command, self.path, self.headers.get("Authorization"), body))
+        status, reply = 200, {}
+        if self.path == "/api/token/refresh/":
+            reply = {"access": "short-lived"}
+        elif self.headers.get("Authorization") == "Token wrong-key-5678":
+            status, reply = 401, {"detail": "Invalid token."}
+        elif self.command == "GET":
+            reply = []
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(json.dumps(reply).encode())
+
+    do_GET = do_POST = do_PATCH = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+def test_studio_client_authenticates_without_ever_showing_the_key():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeLabelStudio)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        FakeLabelStudio.seen.clear()
+        assert StudioClient(url, "legacy-key-1234", 7).connect("http://127.0.0.1:9090")
+        assert [(m, p.split("?")[0]) for m, p, _, _ in FakeLabelStudio.seen] == [
+            ("GET", "/api/ml/"), ("POST", "/api/ml/"), ("GET", "/api/webhooks/"), ("POST", "/api/webhooks/")]
+        assert {a for _, _, a, _ in FakeLabelStudio.seen} == {"Token legacy-key-1234"}
+        hook = json.loads(FakeLabelStudio.seen[-1][3])
+        assert hook["url"] == "http://127.0.0.1:9090/webhook" and "ANNOTATIONS_DELETED" in hook["actions"]
+
+        FakeLabelStudio.seen.clear()   # a personal access token (a JWT) is exchanged for a Bearer token
+        lines = []
+        assert StudioClient(url, "aaa.bbb.ccc", 7).refresh_predictions("autoal-round-2", lines.append)
+        assert FakeLabelStudio.seen[0][:2] == ("POST", "/api/token/refresh/")
+        assert {a for _, _, a, _ in FakeLabelStudio.seen[1:]} == {"Bearer short-lived"}
+        assert json.loads(FakeLabelStudio.seen[-1][3]) == {"model_version": "autoal-round-2"} and not lines
+
+        with pytest.raises(AutoALError, match="refused the API key") as refused:
+            StudioClient(url, "wrong-key-5678", 7).connect("http://127.0.0.1:9090")
+        assert "wrong-key" not in str(refused.value) and repr(StudioClient(url, "wrong-key-5678", 7)).count("wrong") == 0
+    finally:
+        server.shutdown()
+    lines = []   # Label Studio down: one line, no exception, no key
+    assert not StudioClient(url, "legacy-key-1234", 7).refresh_predictions("autoal-round-3", lines.append)
+    assert len(lines) == 1 and "did not answer" in lines[0] and "legacy-key" not in lines[0]

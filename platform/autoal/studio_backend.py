@@ -47,8 +47,6 @@ class StudioBackend:
     """The ML backend's behaviour, without HTTP: autoal.studio_serve puts it behind Ray Serve."""
 
     def __init__(self, root: str | Path, retrain_every: int = 10, studio=None, log=print):
-        if retrain_every < 1:
-            raise AutoALError(f"--retrain-every must be at least 1, got {retrain_every}")
         self.retrain_every, self.studio, self.log = retrain_every, studio, log
         self.project = LabelProject.open(root)
         project = self.project
@@ -238,8 +236,11 @@ class StudioBackend:
             time.sleep(0.2)
 
     def close(self) -> None:
+        """Stop: a round still training is cancelled (its work is lost, as if the backend were killed)."""
         self._stop.set()
         self._poller.join(timeout=5)
+        if self.inflight is not None:
+            ray.cancel(self.inflight[0], force=True)
         self.project.close()
 
 

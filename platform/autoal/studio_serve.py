@@ -87,7 +87,9 @@ def run(root: str, host: str, port: int, retrain_every: int, studio: StudioClien
     """Serve until SIGINT or SIGTERM; returns after the application is shut down."""
     from autoal.labeling import LabelProject
 
-    LabelProject.open(root).close()   # a bad project is one line now, not a replica's traceback
+    if retrain_every < 1:
+        raise AutoALError(f"--retrain-every must be at least 1, got {retrain_every}")
+    LabelProject.open(root).close()   # a bad project (or one in use) is one line now, not a replica's traceback
     runtime.init_ray()
     serve.start(http_options={"host": host, "port": port}, logging_config={"enable_access_log": False})
     stop = threading.Event()
