@@ -216,6 +216,7 @@ def test_autoal_serves_a_real_label_studio(tmp_path):
         tasks = wait_until(lambda: (t := studio.tasks(ls_project)) and all(
             newest(t_)["model_version"] == f"autoal-round-{health['round']}" for t_ in t) and t, 120,
             "the new round's predictions")
+        assert all(len(t["predictions"]) == len({p["model_version"] for p in t["predictions"]}) for t in tasks)
         order = [t["id"] for t in sorted(tasks, key=lambda t: (newest(t)["score"], t["id"]))]
         assert order != first_order
         assert {t["id"] for t in tasks if newest(t)["score"] == 1.0} >= {t["id"] for t in labeled}
@@ -235,8 +236,8 @@ def test_autoal_serves_a_real_label_studio(tmp_path):
 
         # Label Studio goes down while a round trains: the backend keeps serving
         served = health["round"]
-        send_answers(backend, first[20:30], truth, 10_000)   # as Label Studio would, just before it stops
         studio.stop()
+        send_answers(backend, first[20:30], truth, 10_000)   # webhooks Label Studio sent before it went down
         health = backend.wait_served(served + 1)
         assert health["answers"] == 30
         wait_until(lambda: "predictions not refreshed" in backend.output(), 60, "the refresh failure logged")

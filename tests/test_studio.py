@@ -256,6 +256,7 @@ def test_studio_client_authenticates_without_ever_showing_the_key():
         assert "wrong-key" not in str(refused.value) and repr(StudioClient(url, "wrong-key-5678", 7)).count("wrong") == 0
     finally:
         server.shutdown()
+        server.server_close()
     lines = []   # Label Studio down: one line, no exception, no key
     assert not StudioClient(url, "legacy-key-1234", 7).refresh_predictions("autoal-round-3", lines.append)
     assert len(lines) == 1 and "did not answer" in lines[0] and "legacy-key" not in lines[0]

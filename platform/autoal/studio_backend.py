@@ -186,9 +186,11 @@ class StudioBackend:
             return
         with self.lock:
             self._commit(outcome)
-            self.inflight, self.trained_rows = None, rows
+            self.trained_rows = rows
         if self.studio is not None and self.studio.refresh_predictions(model_version(self.served), self.log):
             self.told = self.served
+        with self.lock:   # only now, so that a caller waiting for the round does not tell Label Studio twice
+            self.inflight = None
         self.maybe_retrain()
 
     def _commit(self, outcome: RoundOutcome) -> None:
