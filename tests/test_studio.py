@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from autoal import cli, studio_protocol
+from autoal import cli
 from autoal.errors import AutoALError
-from autoal.studio_backend import StudioBackend, Unavailable
-from autoal.studio_client import StudioClient
-from autoal.studio_protocol import TaskIndex, parse_body, webhook_event
+from autoal.studio.backend import StudioBackend, Unavailable
+from autoal.studio.client import StudioClient
+from autoal.studio.protocol import BODY_BYTES, TaskIndex, parse_body, webhook_event
 import test_cli
 from test_labeling import CLASSES, CONFIG, write_digit_folder
 
@@ -35,7 +35,7 @@ def annotation_event(action: str, number: int, task_: dict, choice: str | None, 
 def test_bodies_that_are_not_json_objects_are_refused():
     assert parse_body(b'{"tasks": []}') == {"tasks": []}
     for raw, message in ((b"[1]", "not an object"), (b"{", "not JSON"), (b"\xff\xfe", "not JSON"),
-                         (b"[" * 100_000, "not JSON"), (b" " * (studio_protocol.BODY_BYTES + 1), "exceeds")):
+                         (b"[" * 100_000, "not JSON"), (b" " * (BODY_BYTES + 1), "exceeds")):
         with pytest.raises(AutoALError, match=message):
             parse_body(raw)
 

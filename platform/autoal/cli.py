@@ -175,8 +175,8 @@ def _label_export(args) -> None:
 
 
 def _serve(args) -> None:
-    from autoal.studio_client import StudioClient, api_key
-    from autoal.studio_serve import run
+    from autoal.studio.client import StudioClient, api_key
+    from autoal.studio.serve import run
 
     if (args.connect is None) != (args.label_studio is None):
         raise AutoALError("--connect PROJECT_ID and --label-studio URL go together: the Label Studio project "

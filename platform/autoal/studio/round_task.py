@@ -4,7 +4,7 @@ The backend holds the project's lock for its whole life (one writer: webhooks ap
 ledger while a round trains), so a round is split in two: `train_round` (a Ray task, in any
 process of the cluster, on a GPU when the config asks for one) trains on the labels known when
 it started, ranks the unlabeled pool by the project's strategy and predicts every sample, and
-writes nothing; the backend then commits its `RoundOutcome` (autoal.studio_backend). A backend
+writes nothing; the backend then commits its `RoundOutcome` (autoal.studio.backend). A backend
 killed mid-round loses only the computation: the ledger is untouched and the last committed
 round is served again after a restart.
 """
@@ -18,7 +18,7 @@ import ray
 from autoal import config, distributed, hooks, runtime, scoring, training
 from autoal.experiment import Experiment, derive_seed, initial_pool
 from autoal.pool import UNLABELED, Pool
-from autoal.studio_protocol import ranked_scores
+from autoal.studio.protocol import ranked_scores
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 It holds the project's lock for its whole life, so it is the project's one writer: answers from
 webhooks go into the ledger as `autoal label import` writes them (journaled, one atomic write),
 and each round commits as `autoal label next` commits (journaled, queries.parquet last). A round
-trains in a Ray task (autoal.studio_round) started once `retrain_every` answers arrived since the
+trains in a Ray task (autoal.studio.round_task) started once `retrain_every` answers arrived since the
 last one started; /predict serves the last committed round until the next one commits. Each round
 writes `predictions/round-NNN.parquet` (id, predicted, confidence, score of every pool sample),
 which is what is served; a restarted backend serves the newest one and, if answers wait, trains.
@@ -31,9 +31,9 @@ from autoal.labeling import MODEL, RUN, LabelProject
 from autoal.pool import OOD, UNLABELED, Pool
 from autoal.safe_io import one_line, own_dir, shown
 from autoal.store import parquet_bytes, read_table
-from autoal.studio_protocol import (DELETE_ACTION, TaskIndex, answer_of, predict_tasks, prediction,
+from autoal.studio.protocol import (DELETE_ACTION, TaskIndex, answer_of, predict_tasks, prediction,
                                     webhook_event)
-from autoal.studio_round import RoundInputs, RoundOutcome, start
+from autoal.studio.round_task import RoundInputs, RoundOutcome, start
 
 PREDICTIONS = "predictions"           # predictions/round-NNN.parquet: what round NNN serves
 ANNOTATIONS = "studio-annotations.parquet"   # Label Studio annotation id -> pool id, for deletions
@@ -44,7 +44,7 @@ def model_version(round_: int | None) -> str:
 
 
 class StudioBackend:
-    """The ML backend's behaviour, without HTTP: autoal.studio_serve puts it behind Ray Serve."""
+    """The ML backend's behaviour, without HTTP: autoal.studio.serve puts it behind Ray Serve."""
 
     def __init__(self, root: str | Path, retrain_every: int = 10, studio=None, log=print):
         self.retrain_every, self.studio, self.log = retrain_every, studio, log

@@ -23,9 +23,9 @@ from starlette.concurrency import run_in_threadpool
 from autoal import runtime
 from autoal.errors import AutoALError
 from autoal.safe_io import one_line
-from autoal.studio_backend import StudioBackend, Unavailable
-from autoal.studio_client import StudioClient
-from autoal.studio_protocol import BODY_BYTES, TooLarge, parse_body
+from autoal.studio.backend import StudioBackend, Unavailable
+from autoal.studio.client import StudioClient
+from autoal.studio.protocol import BODY_BYTES, TooLarge, parse_body
 
 APP = "autoal"
 app = FastAPI(title="autoal Label Studio ML backend")
