@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from autoal import cli
+from autoal import cli, label_files
+from autoal.studio import protocol as studio_protocol
 from autoal.errors import AutoALError
 from autoal.studio.backend import StudioBackend, Unavailable
 from autoal.studio.client import StudioClient
@@ -49,6 +50,26 @@ def test_tasks_map_to_pool_samples_by_id_or_by_uploaded_file_name():
     assert index.pool_id({"data": {"image": "/data/upload/3/5f0e9a1c-digit1.png"}}) is None   # two pool files
     assert index.pool_id({"data": {"image": "data:image/png;base64,AAAA"}}) is None
     assert index.pool_id({"data": "x"}) is None and index.pool_id([]) is None
+
+
+def test_predictions_follow_the_projects_labeling_config():
+    own = studio_protocol.schema(label_files.label_studio_config(CLASSES), CLASSES)
+    assert own == studio_protocol.Schema() == studio_protocol.schema(None, CLASSES)
+    config = ('<View><Text name="t" value="$note"/><Image name="img" value="$url"/>'
+              '<Choices name="digit" toName="img"><Choice value="zero"/><Choice value="one"/>'
+              '<Choice value="two"/><Choice value="three"/></Choices></View>')
+    custom = studio_protocol.schema(config, CLASSES)
+    assert custom == studio_protocol.Schema("digit", "img", "url")
+    result = studio_protocol.prediction("one", 0.25, "autoal-round-2", custom)
+    assert result == {"result": [{"from_name": "digit", "to_name": "img", "type": "choices",
+                                  "value": {"choices": ["one"]}}], "score": 0.25, "model_version": "autoal-round-2"}
+    index = TaskIndex(np.array([3]), np.array(["/p/digit2.png"]))
+    assert index.pool_id({"data": {"url": "/data/upload/1/0a1b2c3d-digit2.png"}}, custom.key) == 3
+    for bad, message in ((config.replace('<Choice value="two"/>', ""), "lacks the project's classes two"),
+                         (config.replace('toName="img"', 'toName="t"'), "no <Image> with <Choices>"),
+                         ("<View><Image", "not XML")):
+        with pytest.raises(AutoALError, match=message):
+            studio_protocol.schema(bad, CLASSES)
 
 
 def test_webhook_events_carry_annotations_or_deleted_ids():

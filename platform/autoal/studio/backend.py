@@ -31,7 +31,7 @@ from autoal.labeling import MODEL, RUN, LabelProject
 from autoal.pool import OOD, UNLABELED, Pool
 from autoal.safe_io import one_line, own_dir, shown
 from autoal.store import parquet_bytes, read_table
-from autoal.studio.protocol import (DELETE_ACTION, TaskIndex, answer_of, predict_tasks, prediction,
+from autoal.studio.protocol import (DELETE_ACTION, TaskIndex, answer_of, predict_tasks, prediction, schema,
                                     webhook_event)
 from autoal.studio.round_task import RoundInputs, RoundOutcome, start
 
@@ -56,6 +56,7 @@ class StudioBackend:
         path = project.root / ANNOTATIONS
         frame = read_table(path) if os.path.lexists(path) else pd.DataFrame({"annotation": [], "id": []})
         self.annotations = dict(zip(frame["annotation"].astype("int64"), frame["id"].astype("int64")))
+        self.schema = schema(None, project.spec.classes)   # autoal's own config until Label Studio sends its
         self.lock = threading.RLock()
         self.served, self.table = None, {}
         self._serve_newest()
@@ -76,19 +77,23 @@ class StudioBackend:
                     "round": self.served, "training": self.inflight is not None, "told": self.told,
                     "answers": int(len(self.project.answers))}
 
-    def setup(self) -> dict:
+    def setup(self, body: dict) -> dict:
+        """Label Studio connects (and checks on the backend before each prediction): its labeling config
+        must label images with the project's classes."""
+        self.schema = schema(body.get("schema"), self.project.spec.classes)
         return {"model_version": model_version(self.served)}
 
     def predict(self, body: dict) -> dict:
         tasks = predict_tasks(body)
+        config = schema(body["label_config"], self.project.spec.classes) if body.get("label_config") else self.schema
         with self.lock:
             if self.served is None:
                 raise Unavailable("no round has finished yet; the first one is training")
             version, table = model_version(self.served), self.table
             results = []
             for task in tasks:
-                row = table.get(self.index.pool_id(task))
-                results.append(prediction(*row, version) if row else prediction("", 1.0, version))
+                predicted, score = table.get(self.index.pool_id(task, config.key), ("", 1.0))
+                results.append(prediction(predicted, score, version, config))
         return {"results": results, "model_version": version}
 
     def webhook(self, body: dict) -> dict:
@@ -105,7 +110,7 @@ class StudioBackend:
                         continue
                     label = UNLABELED
                 else:
-                    sample = self.index.pool_id(payload["task"])
+                    sample = self.index.pool_id(payload["task"], self.schema.key)
                     answer = answer_of(payload["annotation"])
                     if sample is None or not answer:
                         unknown += sample is None

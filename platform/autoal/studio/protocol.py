@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import PurePosixPath
+from xml.etree import ElementTree
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
@@ -77,7 +79,8 @@ class TaskIndex:
                 names[name] = None if name in names else int(i)
         self.names = {n: i for n, i in names.items() if i is not None}
 
-    def pool_id(self, task) -> int | None:
+    def pool_id(self, task, key: str = label_files.OBJECT) -> int | None:
+        """The pool id of `task`, whose image is `data[key]` (None: not a sample of the pool)."""
         data = task.get("data") if isinstance(task, dict) else None
         if not isinstance(data, dict):
             return None
@@ -85,7 +88,7 @@ class TaskIndex:
         if tagged is not None:
             text = str(tagged).strip()
             return int(text) if text.isascii() and text.isdigit() and int(text) in self.ids else None
-        image = data.get(label_files.OBJECT)
+        image = data.get(key)
         if not isinstance(image, str) or image.startswith("data:"):
             return None
         name = PurePosixPath(unquote(urlsplit(image).path)).name
@@ -103,10 +106,42 @@ def predict_tasks(body: dict) -> list:
     return tasks
 
 
-def prediction(predicted: str, score: float, version: str) -> dict:
-    """One task's prediction: the model's class as a pre-annotation of the project's choices (none
+@dataclass(frozen=True)
+class Schema:
+    """What autoal needs of a Label Studio labeling config: the <Choices> to predict into, the <Image>
+    it labels, and the task data key of that image (`$image`)."""
+
+    control: str = label_files.CONTROL
+    image: str = label_files.OBJECT
+    key: str = label_files.OBJECT
+
+
+def schema(label_config, classes: tuple[str, ...]) -> Schema:
+    """The config's first <Image> and the <Choices> that labels it, checked to offer every class
+    (a config not given, as in some webhooks, is autoal's own: `queries/label-studio.xml`)."""
+    if not isinstance(label_config, str) or not label_config.strip():
+        return Schema()
+    try:
+        root = ElementTree.fromstring(label_config)
+    except ElementTree.ParseError as exc:
+        raise AutoALError(f"the labeling config is not XML ({exc})") from None
+    image = next((e for e in root.iter("Image") if e.get("name") and e.get("value")), None)
+    choices = image is not None and next((e for e in root.iter("Choices") if e.get("toName") == image.get("name")),
+                                         None)
+    if choices is None or choices is False:
+        raise AutoALError("the labeling config has no <Image> with <Choices> for it; autoal predicts an image's class")
+    offered = tuple(c.get("value", "") for c in choices.iter("Choice"))
+    missing = [c for c in classes if c not in offered]
+    if missing:
+        raise AutoALError(f"the labeling config's <Choices name={shown(choices.get('name'))}> lacks the project's "
+                          f"classes {', '.join(missing[:5])}; use autoal's config, queries/label-studio.xml")
+    return Schema(choices.get("name"), image.get("name"), image.get("value").lstrip("$"))
+
+
+def prediction(predicted: str, score: float, version: str, schema: Schema = Schema()) -> dict:
+    """One task's prediction: the model's class as a pre-annotation of the config's choices (none
     before a model exists), the score that orders the Data Manager, and the round's model version."""
-    result = [{"from_name": label_files.CONTROL, "to_name": label_files.OBJECT, "type": "choices",
+    result = [{"from_name": schema.control, "to_name": schema.image, "type": "choices",
                "value": {"choices": [predicted]}}] if predicted else []
     return {"result": result, "score": float(score), "model_version": version}
 

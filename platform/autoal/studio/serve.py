@@ -66,8 +66,7 @@ class StudioDeployment:
 
     @app.post("/setup")
     async def setup(self, request: Request) -> dict:
-        await _body(request)
-        return self.backend.setup()
+        return self.backend.setup(await _body(request))
 
     @app.post("/predict")
     async def predict(self, request: Request) -> dict:
