@@ -26,7 +26,8 @@ $(LS_STAMP):
 	test -x $(LS_VENV)/bin/python || python3 -m venv $(LS_VENV)
 	$(LS_VENV)/bin/python -m pip install --quiet '$(LABEL_STUDIO)'
 	rm -rf $(LS_VENV)/template
-	$(LS_VENV)/bin/label-studio version --data-dir $(LS_VENV)/template > /dev/null
+	LATEST_VERSION_CHECK=false COLLECT_ANALYTICS=false SENTRY_DSN= \
+		$(LS_VENV)/bin/label-studio version --data-dir $(LS_VENV)/template > /dev/null
 	touch $@
 
 # the screenshot of Label Studio's Data Manager: Debian's Chromium, run headless by the test
