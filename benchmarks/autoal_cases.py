@@ -12,7 +12,7 @@ main job, jobs/main.yaml; `--rounds` lengthens the budget) and paired seeds: at 
 strategy starts from the same initial pool. Single strategies run once each into `singles/<name>`,
 each case's autoal and vote into `<case>/`; re-running resumes. Prints, per case: AUBC
 with 95% intervals; the paired AUBC difference of autoal against vote and against each
-candidate (autoal.compare: mean, 95% interval, paired t and Wilcoxon p; seeds won); the best candidate per
+candidate (autoal.runs.compare: mean, 95% interval, paired t and Wilcoxon p; seeds won); the best candidate per
 round; the candidates' mean pool weight per round; search time per round next to the task
 model's training time.
 
@@ -25,7 +25,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from autoal import compare, config, experiment, metrics
+from autoal import config
+from autoal.engine import experiment
+from autoal.runs import compare, metrics
 from autoal.strategies.autoal import CANDIDATES
 
 CASES = {

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from autoal import config, experiment, metrics, plots
+from autoal import config
+from autoal.engine import experiment
+from autoal.runs import metrics, plots
 from autoal.strategies.autoal import CANDIDATES
 
 BASELINES = ("vote", *CANDIDATES, "random")

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import ray
 
-from autoal.pool import shard_rows, write_shards
+from autoal.data.parquet import shard_rows, write_shards
 
 DRIVER = """
 import json, resource, sys

@@ -53,7 +53,7 @@ def autoal(*args: str) -> tuple[float, str]:
 
 def image_pool(out: Path, n: int, side: int = 224) -> Path:
     """n random RGB images as a Parquet pool, written a chunk at a time."""
-    from autoal.pool import write_shards
+    from autoal.data.parquet import write_shards
 
     if not out.exists():
         rng = np.random.default_rng(0)

@@ -15,9 +15,10 @@ import time
 import numpy as np
 import torch
 
-from autoal import models, runtime, scoring
+from autoal.compute import runtime, scoring
+from autoal.nets import models
 from autoal.strategies import get
-from autoal.training import ModelSpec
+from autoal.nets.models import ModelSpec
 
 CANDIDATES = ("entropy", "margin", "least_confidence", "kmeans", "bald", "var_ratio", "mean_std")
 
@@ -101,8 +102,8 @@ def main() -> None:
         for _ in range(3):   # a new model state each pass, as each round brings
             state = {k: v + 0.0 for k, v in state.items()}
             t0 = time.perf_counter()
-            scoring.score(spec, state, ids, x_np, needs, mc_samples=args.mc, actors=args.actors,
-                          batch_size=args.batch_size)
+            scoring.score(spec, state, ids, x_np, needs, mc_samples=args.mc, tasks=args.actors,
+                          chunk=args.batch_size)
             passes.append(time.perf_counter() - t0)
         label = f"fused pass on Ray Data, {args.actors} worker(s)"
         for i, seconds in enumerate(passes):

@@ -24,9 +24,12 @@ import torch
 
 import ray
 
-from autoal import cli, datasets, models, runtime, scoring, training
+from autoal import cli
+from autoal.compute import runtime, scoring, training
+from autoal.data import datasets
+from autoal.nets import models
 from autoal.strategies import PoolStats, get
-from autoal.training import ModelSpec
+from autoal.nets.models import ModelSpec
 
 STRATEGIES = ("entropy", "margin", "least_confidence", "bald", "var_ratio", "mean_std")
 

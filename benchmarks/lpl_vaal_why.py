@@ -34,8 +34,9 @@ from scipy.spatial.distance import cdist
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from autoal import config, distributed, runtime, scoring, training
-from autoal.experiment import derive_seed, initial_pool, load_data
+from autoal import config
+from autoal.compute import distributed, runtime, scoring, training
+from autoal.engine.experiment import derive_seed, initial_pool, load_data
 from autoal.hooks import state_adversary
 from autoal.strategies import PoolStats, get
 
@@ -73,7 +74,7 @@ def main() -> None:
                                    loss_weight=lpl.weight, joint_fraction=fraction)
                 task_state = task_state or fit.state
                 row.update(lpl_row(spec, fit, ctx, cfg, f"lpl f{fraction}"))
-            stats = scoring.score(spec, task_state, unlabeled, train.x[unl], {"probs"}, mc_samples=2, actors=0)
+            stats = scoring.score(spec, task_state, unlabeled, train.x[unl], {"probs"}, mc_samples=2, tasks=0)
             true_loss = ctx.true_loss(stats.probs)
             for epochs in args.adversarial_epochs:
                 row.update(vaal_row(spec, ctx, cfg, epochs, true_loss, f"vaal e{epochs}"))
@@ -123,7 +124,7 @@ def lpl_row(spec, fit, ctx: Context, cfg, tag) -> dict:
     train = ctx.train
     ids = np.concatenate([train.ids[ctx.unl], train.ids[ctx.lab]])
     stats = scoring.score(spec, fit.state, ids, train.x[np.concatenate([ctx.unl, ctx.lab])],
-                          {"probs", "pred_loss"}, mc_samples=2, actors=0)
+                          {"probs", "pred_loss"}, mc_samples=2, tasks=0)
     pool, labeled = stats.take(np.arange(len(ctx.unl))), stats.take(np.arange(len(ctx.unl), len(stats)))
     true_loss = ctx.true_loss(pool.probs)
     # the labeled set's losses under the trained model, in eval mode: what the loss module last saw

@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from autoal import config, metrics
-from autoal.experiment import Experiment
+from autoal import config
+from autoal.runs import metrics
+from autoal.engine.experiment import Experiment
 
 
 def main() -> None:

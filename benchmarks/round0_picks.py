@@ -22,8 +22,9 @@ import numpy as np
 import ray
 from scipy.stats import spearmanr
 
-from autoal import config, runtime, scoring, training
-from autoal.experiment import derive_seed, initial_pool, load_data
+from autoal import config
+from autoal.compute import runtime, scoring, training
+from autoal.engine.experiment import derive_seed, initial_pool, load_data
 from autoal.strategies import PoolStats, get
 
 
@@ -51,7 +52,7 @@ def main() -> None:
                                joint_fraction=fraction)
             stats = scoring.score(spec, fit.state, np.concatenate([unlabeled, labeled]),
                                   train.x[np.concatenate([unl, lab])], {"probs", "pred_loss", "embedding"},
-                                  mc_samples=cfg.mc_samples, actors=0)
+                                  mc_samples=cfg.mc_samples, tasks=0)
             pool_stats = stats.take(np.arange(len(unlabeled)))
             true_loss = -np.log(np.clip(pool_stats.probs[np.arange(len(unl)), train.y[unl]], 1e-12, None))
             order = {v: i for i, v in enumerate(pool_stats.ids)}

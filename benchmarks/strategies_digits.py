@@ -6,7 +6,7 @@
 Runs through the same loop as `autoal run` (resumable: re-run to finish an interrupted
 benchmark) and prints mean AUBC and F-acc with std per strategy, then each strategy's AUBC
 difference to random, paired by seed, with its 95% interval and paired t-test, every pair's
-difference (`autoal.compare`), the mean accuracy per round, BADGE's penalty matrix, bgadl's
+difference (`autoal.runs.compare`), the mean accuracy per round, BADGE's penalty matrix, bgadl's
 difference to bald (BALD picks bgadl's batches), and how much each strategy's batches crowd
 into one class.
 `--also DIR...`: more --out directories of this benchmark (same protocol: seeds or strategies run
@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from autoal import compare, config, metrics
-from autoal.experiment import Experiment
+from autoal import config
+from autoal.runs import compare, metrics
+from autoal.engine.experiment import Experiment
 
 DEFAULT = ("random", "entropy", "margin", "least_confidence", "bald", "var_ratio", "mean_std", "kmeans",
            "coreset", "badge", "typiclust", "probcover", "lpl", "autoal", "vote", "albl", "poal", "noise_stability", "dpp", "vaal", "sraal",

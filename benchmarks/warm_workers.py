@@ -24,7 +24,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from autoal import config, datasets, distributed, experiment, training
+from autoal import config
+from autoal.compute import distributed, training
+from autoal.data import datasets
+from autoal.engine import experiment
 
 MODES = {"driver": dict(workers=0), "warm": dict(workers=1), "cold": dict(workers=1, warm_workers=False)}
 STARTED = re.compile(r"started \d+ training worker\(s\) in ([\d.]+)s")
@@ -32,7 +35,7 @@ STARTED = re.compile(r"started \d+ training worker\(s\) in ([\d.]+)s")
 
 def run(mode: str, args, out: Path) -> dict:
     cfg = config.load(None, dict(dataset="digits", strategies=["autoal"], initial=40, batch=20, rounds=args.rounds,
-                                 seeds=[0], actors=0, gpus=args.gpus, **MODES[mode]))
+                                 seeds=[0], scoring_tasks=0, gpus=args.gpus, **MODES[mode]))
     said: list[str] = []
     t0 = time.perf_counter()
     results = experiment.Experiment.prepare(cfg, out, log=said.append).run()

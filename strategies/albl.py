@@ -84,10 +84,14 @@ class ALBL(Composite):
         self.arm_names = (*arms, UNIFORM)
         self.arms = self.parts = [get(name) for name in arms]
         self.bandit = Exp4P(len(self.arm_names), horizon, delta)
-        self.last: dict | None = None      # this round's slots, until `learn`
         self.pending: dict | None = None   # the previous round's slots, rewarded by this round's `learn`
 
     def select(self, stats: PoolStats, k: int, labeled: PoolStats | None = None, seed: int = 0) -> np.ndarray:
+        return self.choose(stats, k, labeled, seed)[0]
+
+    def choose(self, stats: PoolStats, k: int, labeled: PoolStats | None = None,
+               seed: int = 0) -> tuple[np.ndarray, dict]:
+        """The picks and their slots (hit, v, q, actions, probabilities), which `learn` takes."""
         check_k(stats, k)
         rng = np.random.default_rng(seed)
         n, arms = len(stats), len(self.arms)
@@ -107,19 +111,19 @@ class ALBL(Composite):
             v[s, :-1], v[s, -1] = 1.0 / q[advised], (1.0 / remaining / q[~taken]).sum()
             q_pick[s], actions[s], picks[s] = q[i], remaining, i
             taken[i] = True
-        self.last = dict(hit=hit, v=v, q=q_pick, actions=actions, probabilities=p)
-        return np.asarray(stats.ids[picks], dtype=np.int64)
+        return np.asarray(stats.ids[picks], dtype=np.int64), dict(hit=hit, v=v, q=q_pick, actions=actions,
+                                                                  probabilities=p)
 
-    def learn(self, correct: np.ndarray) -> float:
+    def learn(self, correct: np.ndarray, slots: dict) -> float:
         """Reward the previous round's slots with this round's importance-weighted
-        accuracy (`correct` [k]: the round's model was right on pick s), then keep
-        this round's slots for the next call. Returns the reward."""
-        last = self.last
-        reward = importance_weighted_accuracy(correct, last["q"], last["actions"])
+        accuracy (`correct` [k]: the round's model was right on pick s; `slots`: what
+        `choose` returned with this round's picks), then keep this round's slots for the
+        next call. Returns the reward."""
+        reward = importance_weighted_accuracy(correct, slots["q"], slots["actions"])
         if self.pending is not None:
             self.bandit.update(self.pending["hit"], self.pending["q"], self.pending["v"],
                                self.pending["actions"], reward)
-        self.pending, self.last = {key: last[key] for key in ("hit", "q", "v", "actions")}, None
+        self.pending = {key: slots[key] for key in ("hit", "q", "v", "actions")}
         return reward
 
     def state_dict(self) -> dict:

@@ -1,6 +1,6 @@
 """AutoAL's selection (Wang, Zhan & Huang, ICML 2025) and its flat-mixture baseline `vote`.
 
-SearchNet (trained on labeled data by `autoal.search`) gives each pool sample
+SearchNet (trained on labeled data by `autoal.search.loop`) gives each pool sample
 a mixture pi[i] over the K candidate strategies (softmax: trusting one
 candidate more means trusting the others less); it reaches this pure strategy
 as the `search_weights` statistic. With A[i, j] = 1 iff candidate j's top-k
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Composite, PoolStats, check_k, get, register
+from .base import Composite, PoolStats, check_k, get, register, top_k
 
 CANDIDATES = ("entropy", "margin", "least_confidence", "kmeans", "bald", "var_ratio", "mean_std")
 
@@ -36,7 +36,6 @@ class AutoAL(Composite):
         if learners:
             raise KeyError(f"AutoAL candidates never see the oracle's answers, which {', '.join(learners)} "
                            f"learn from; choose candidates that are functions of the pool statistics")
-        self.last: dict[str, np.ndarray] = {}   # the latest selection's vote-count batch, for telemetry
 
     def candidate_matrix(self, stats: PoolStats, k: int, labeled: PoolStats | None = None,
                          seed: int = 0) -> np.ndarray:
@@ -51,12 +50,17 @@ class AutoAL(Composite):
         return np.asarray(stats.search_weights, dtype=np.float64)
 
     def select(self, stats: PoolStats, k: int, labeled: PoolStats | None = None, seed: int = 0) -> np.ndarray:
+        return self.choose(stats, k, labeled, seed)[0]
+
+    def choose(self, stats: PoolStats, k: int, labeled: PoolStats | None = None,
+               seed: int = 0) -> tuple[np.ndarray, dict]:
+        """The picks, and under "vote" the batch the unweighted vote count picks (the hook's telemetry)."""
         check_k(stats, k)
         a, pi = self.candidate_matrix(stats, k, labeled, seed), self.mixture(stats)
         soft = (a * pi).sum(axis=1)
         primary = a[np.arange(len(a)), pi.argmax(axis=1)] if self.hard else soft
-        self.last = {"vote": stats.ids[np.lexsort((stats.ids, -a.sum(axis=1)))[:k]]}
-        return np.asarray(stats.ids[np.lexsort((stats.ids, -soft, -primary))[:k]], dtype=np.int64)
+        picks = np.asarray(stats.ids[top_k(stats.ids, k, primary, soft)], dtype=np.int64)
+        return picks, {"vote": stats.ids[top_k(stats.ids, k, a.sum(axis=1))]}
 
 
 @register

@@ -14,6 +14,8 @@ from typing import Any, Callable, ClassVar, get_type_hints
 
 import numpy as np
 
+from autoal.data.ids import positions
+
 SCORER, HOOK, ORACLE = "scorer", "hook", "oracle"   # who provides a statistic
 
 
@@ -60,19 +62,6 @@ class PoolStats:
         })
 
 
-def positions(ids: np.ndarray, wanted: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
-    """The index in `ids` of each of `wanted`; KeyError when one is not in `ids`. `order`, ids'
-    argsort, saves sorting again when many lookups go into the same ids; ascending ids (a pool's,
-    as a rule) need none."""
-    if order is None and len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
-        order = np.argsort(ids)
-    at = np.minimum(np.searchsorted(ids, wanted, sorter=order), max(len(ids) - 1, 0))
-    pos = at if order is None else order[at]
-    if len(wanted) and (not len(ids) or not np.array_equal(ids[pos], wanted)):
-        raise KeyError("ids not found")
-    return pos
-
-
 def provided_by(provider: str) -> frozenset[str]:
     """The statistics that `provider` (SCORER, HOOK or ORACLE) supplies."""
     return frozenset(f.name for f in fields(PoolStats) if f.metadata.get("provider") == provider)
@@ -104,6 +93,12 @@ class Strategy:
         check_k(stats, k)
         return top_k_ids(stats.ids, self.score(stats), k)
 
+    def choose(self, stats: PoolStats, k: int, labeled: PoolStats | None = None,
+               seed: int = 0) -> tuple[np.ndarray, dict]:
+        """`select`'s ids, and what the strategy's round hook needs to know of how they were chosen
+        (returned, never left on the strategy: a strategy is stateless between calls)."""
+        return self.select(stats, k, labeled=labeled, seed=seed), {}
+
 
 class Composite(Strategy):
     """A strategy built on other strategies, its `parts` (ALBL's arms, AutoAL's candidates, an
@@ -126,10 +121,16 @@ def check_k(stats: PoolStats, k: int) -> None:
         raise ValueError(f"cannot select {k} samples from a pool of {len(stats)}")
 
 
+def top_k(ids: np.ndarray, k: int, *scores: np.ndarray) -> np.ndarray:
+    """Positions of the k rows ranked highest by scores[0], equal ones by scores[1], ..., and equal in
+    all to the smaller id: the one tie rule of every ranking (a ranked scoring pass merges its blocks'
+    top k with it too, so the merge agrees with a ranking of the whole pool)."""
+    return np.lexsort((ids, *(-np.asarray(s, dtype=np.float64) for s in reversed(scores))))[:k]
+
+
 def top_k_ids(ids: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
     """ids of the k highest scores; equal scores go to the smaller id."""
-    order = np.lexsort((ids, -np.asarray(scores, dtype=np.float64)))
-    return np.asarray(ids[order[:k]], dtype=np.int64)
+    return np.asarray(ids[top_k(ids, k, scores)], dtype=np.int64)
 
 
 _REGISTRY: dict[str, Callable[[], Strategy]] = {}

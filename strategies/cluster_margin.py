@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from .base import PoolStats, Strategy, check_k, get, register
+from .base import PoolStats, Strategy, check_k, get, register, top_k
 from .diversity import kmeans_centers, nearest_center
 
 
@@ -63,7 +63,7 @@ class ClusterMargin(Strategy):
     def select(self, stats: PoolStats, k: int, labeled: PoolStats | None = None, seed: int = 0) -> np.ndarray:
         check_k(stats, k)
         k_m = min(len(stats), math.ceil(self.margin_factor * k))
-        candidates = np.lexsort((stats.ids, -get("margin").score(stats)))[:k_m]
+        candidates = top_k(stats.ids, k_m, get("margin").score(stats))
         centers = kmeans_centers(stats.embedding, min(self.n_clusters or k, len(stats)), seed)
         cluster = nearest_center(stats.embedding[candidates], centers)
         picks = candidates[round_robin(cluster, k, np.random.default_rng(seed))]

@@ -18,7 +18,7 @@ def ray_local():
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=4, object_store_memory=512 * 2**20, include_dashboard=False,
                  log_to_driver=False)
-    from autoal.runtime import quiet
+    from autoal.compute.runtime import quiet
     quiet()
     yield ray
     ray.shutdown()

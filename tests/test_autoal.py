@@ -18,13 +18,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autoal import config, hooks, objective, pool, scoring, search, training
-from autoal.distributed import World
+from autoal import config, hooks
+from autoal.compute import scoring, training
+from autoal.data import pool
+from autoal.search import objective, loop as search
+from autoal.compute.distributed import World
 from autoal.hooks.strategy_search import AutoALHook
 from autoal.errors import AutoALError
-from autoal.experiment import Experiment
-from autoal.searchnet import SearchNet, SearchScorer
-from autoal.store import ExperimentDir
+from autoal.engine.experiment import Experiment
+from autoal.search.searchnet import SearchNet, SearchScorer
+from autoal.runs.directory import ExperimentDir
 from autoal.strategies import PoolStats, get
 from autoal.strategies.autoal import AutoAL
 
@@ -49,7 +52,7 @@ def toy(n_easy: int, n_hard: int, seed: int, d: int = 8) -> tuple[np.ndarray, np
 
 
 def toy_cfg(**overrides) -> config.ExperimentConfig:
-    return config.load(None, {"dataset": "toy", "strategies": ["autoal"], "actors": 0, "mc_samples": 4, "min_steps": 0,
+    return config.load(None, {"dataset": "toy", "strategies": ["autoal"], "scoring_tasks": 0, "mc_samples": 4, "min_steps": 0,
                               "options.autoal.candidates": ["margin", "kmeans", "bald"],
                               "options.vote.candidates": ["margin", "kmeans", "bald"], **FAST, **overrides})
 
@@ -63,7 +66,7 @@ def context(cfg, x, y, labeled, round_=0, k=20) -> hooks.RoundContext:
 
 def score_pool(hook, ctx, extra, x) -> PoolStats:
     ids = ctx.unlabeled_ids
-    return scoring.score(SPEC, ctx.task_state, ids, x[ids], hook.strategy.needs, mc_samples=4, actors=0, extra=extra)
+    return scoring.score(SPEC, ctx.task_state, ids, x[ids], hook.strategy.needs, mc_samples=4, tasks=0, extra=extra)
 
 
 def fitted_rows(candidates, seed: int = 0) -> objective.Rows:
@@ -80,7 +83,7 @@ def fitted_rows(candidates, seed: int = 0) -> objective.Rows:
         F.cross_entropy(net(torch.tensor(x[train]))[0], torch.tensor(y[train])).backward()
         optimizer.step()
     stats = scoring.score(SPEC, net.state_dict(), val, x[val], frozenset({"probs", "embedding"}), mc_samples=2,
-                          actors=0)
+                          tasks=0)
     align, residual = search.gradient_rows(stats.probs, stats.embedding, y[val], seed)
     ce = -np.log(stats.probs[np.arange(len(val)), y[val]])
     a = np.stack([pick(stats.probs, ce, align) for pick in candidates.values()], 1).astype(np.float32)
@@ -271,8 +274,9 @@ def test_autoal_weights_the_candidates_picks_and_vote_counts_them():
     np.testing.assert_array_equal(autoal.candidate_matrix(trust_margin, 2), [[1, 1], [1, 0], [0, 1], [0, 0], [0, 0]])
     np.testing.assert_array_equal(autoal.select(trust_margin, 2), [10, 11])
     trust_lc = PoolStats(ids=trust_margin.ids, probs=probs, search_weights=np.tile([0.1, 0.9], (5, 1)))
-    np.testing.assert_array_equal(autoal.select(trust_lc, 2), [10, 12])
-    np.testing.assert_array_equal(autoal.last["vote"], [10, 11])
+    picks, detail = autoal.choose(trust_lc, 2)
+    np.testing.assert_array_equal(picks, [10, 12])
+    np.testing.assert_array_equal(detail["vote"], [10, 11])
     np.testing.assert_array_equal(vote.select(trust_lc, 2), [10, 11])        # the weights play no part
     assert "search_weights" not in vote.needs and "search_weights" in autoal.needs
 
@@ -468,7 +472,7 @@ def resumed_run(ray_local, tmp_path_factory):
     """An uninterrupted run and one killed after round 0 then re-run, on digits;
     also the hook states that the re-run loaded."""
     cfg = config.load(None, {"dataset": "digits", "strategies": ["autoal"], "initial": 20, "batch": 10, "rounds": 2,
-                             "epochs": 2, "min_steps": 0, "actors": 0, "mc_samples": 3, **FAST,
+                             "epochs": 2, "min_steps": 0, "scoring_tasks": 0, "mc_samples": 3, **FAST,
                              "search.cycles_first": 2})
     root = tmp_path_factory.mktemp("resume")
     full = Experiment.prepare(cfg, root / "full", log=lambda m: None)

@@ -16,21 +16,23 @@ import torch
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
-from autoal import config, datasets, distributed, scoring, training
+from autoal import config
+from autoal.compute import distributed, scoring, training
+from autoal.data import datasets
 from autoal.errors import AutoALError
-from autoal.experiment import Experiment
+from autoal.engine.experiment import Experiment
 from autoal.hooks import ScorerExtra
 from autoal.hooks.perturbation import PerturbedModels
 from autoal.hooks.state_adversary import AdversarialNets, AdversarialPayload, adversarial_loop, unlabeled_targets
-from autoal.pool import OOD, UNLABELED, Pool, with_ood_classes
-from autoal.store import ExperimentDir
+from autoal.data.pool import OOD, UNLABELED, Pool, with_ood_classes
+from autoal.runs.directory import ExperimentDir
 from autoal.strategies import PoolStats, get
 from autoal.strategies.adversarial import online_uncertainty
 from autoal.strategies.albl import Exp4P, importance_weighted_accuracy
 from autoal.strategies.dpp import greedy_map, kernel_columns, unit_rows
 from autoal.strategies.noise import output_deviation
 from autoal.strategies.poal import mahalanobis_confidence, pareto_front, pareto_layers, pareto_subset_search
-from autoal.training import ModelSpec
+from autoal.nets.models import ModelSpec
 
 BASELINES = ("albl", "poal", "noise_stability", "dpp", "vaal", "sraal", "lpl", "bgadl")
 
@@ -90,7 +92,7 @@ def test_albl_slots_follow_the_exp4p_mixture_of_the_arms_advice():
     albl = get("albl", arms=("entropy", "margin"), horizon=20)
     albl.bandit.log_w = np.array([1.0, 0.0, -1.0])
     p = albl.bandit.probabilities()
-    picks = albl.select(stats, 6, seed=3)
+    picks, last = albl.choose(stats, 6, seed=3)
     assert len(set(picks.tolist())) == 6 and set(picks) <= set(stats.ids)
     # slot 0 by hand: uniform over the pool plus each arm's top sample
     top = [int(np.argmax(get(name).score(stats))) for name in ("entropy", "margin")]
@@ -98,7 +100,6 @@ def test_albl_slots_follow_the_exp4p_mixture_of_the_arms_advice():
     for a, i in enumerate(top):
         q[i] += p[a]
     first = int(np.flatnonzero(stats.ids == picks[0])[0])
-    last = albl.last
     assert last["q"][0] == pytest.approx(q[first])
     np.testing.assert_allclose(last["hit"][0], [first == top[0], first == top[1], 1 / len(stats)])
     np.testing.assert_allclose(last["v"][0], [1 / q[top[0]], 1 / q[top[1]], (1 / len(stats) / q).sum()])
@@ -120,17 +121,17 @@ def test_albl_follows_a_dominant_arm():
 def test_albl_rewards_the_previous_round_slots_once_the_next_answers_arrive():
     stats = pool_stats()
     albl = get("albl", arms=("entropy", "margin"), horizon=20)
-    albl.select(stats, 5, seed=1)
-    first = {k: v.copy() for k, v in albl.last.items() if k != "probabilities"}
-    r0 = albl.learn(np.array([1, 0, 1, 1, 0], dtype=bool))
+    _, slots = albl.choose(stats, 5, seed=1)
+    first = {k: v.copy() for k, v in slots.items() if k != "probabilities"}
+    r0 = albl.learn(np.array([1, 0, 1, 1, 0], dtype=bool), slots)
     np.testing.assert_array_equal(albl.bandit.log_w, 0.0)     # round 0's answers reward nothing yet
     assert r0 == pytest.approx(importance_weighted_accuracy([1, 0, 1, 1, 0], first["q"], first["actions"]))
-    albl.select(stats, 5, seed=2)
+    _, slots = albl.choose(stats, 5, seed=2)
     correct = np.array([1, 1, 0, 1, 1], dtype=bool)
-    r1 = importance_weighted_accuracy(correct, albl.last["q"], albl.last["actions"])
+    r1 = importance_weighted_accuracy(correct, slots["q"], slots["actions"])
     reference = Exp4P(3, 20)
     reference.update(first["hit"], first["q"], first["v"], first["actions"], r1)
-    assert albl.learn(correct) == pytest.approx(r1)
+    assert albl.learn(correct, slots) == pytest.approx(r1)
     np.testing.assert_allclose(albl.bandit.log_w, reference.log_w)
     restored = get("albl", arms=("entropy", "margin"), horizon=20)
     restored.load_state_dict(albl.state_dict())
@@ -369,8 +370,8 @@ def test_perturbed_models_run_inside_the_scoring_actors(ray_local):
                         state={f"net.{k[5:]}": v for k, v in state.items() if k.startswith("head.")},
                         field="perturbation")
     needs = {"probs", "perturbation"}
-    local = scoring.score(DIGITS_SPEC, state, ids, x, needs, mc_samples=2, actors=0, extra=noise)
-    actors = scoring.score(DIGITS_SPEC, state, ids, x, needs, mc_samples=2, actors=1, batch_size=16, extra=noise)
+    local = scoring.score(DIGITS_SPEC, state, ids, x, needs, mc_samples=2, tasks=0, extra=noise)
+    actors = scoring.score(DIGITS_SPEC, state, ids, x, needs, mc_samples=2, tasks=1, chunk=16, extra=noise)
     assert local.perturbation.shape == (40, 2, 10)
     np.testing.assert_allclose(actors.perturbation, local.perturbation, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(actors.probs, local.probs, rtol=1e-5, atol=1e-7)
@@ -382,7 +383,7 @@ def test_adversarial_nets_rate_the_pool_in_the_scoring_pass():
                         state=AdversarialNets(DIGITS_SPEC, 8, 10).state_dict(), field="unlabeled_score")
     x = np.random.default_rng(0).random((40, 1, 8, 8), dtype=np.float32)
     stats = scoring.score(DIGITS_SPEC, task_state(), np.arange(40), x, {"unlabeled_score"}, mc_samples=2,
-                          actors=0, extra=extra)
+                          tasks=0, extra=extra)
     assert stats.unlabeled_score.shape == (40,) and ((stats.unlabeled_score > 0) & (stats.unlabeled_score < 1)).all()
 
 
@@ -471,7 +472,7 @@ def test_vaal_trains_on_a_seeded_sample_of_the_unlabeled_pool_and_rates_all_of_i
 # --- in the loop ----------------------------------------------------------------------------
 
 LOOP = {"dataset": "digits", "strategies": list(BASELINES), "initial": 20, "batch": 10, "rounds": 3, "epochs": 2,
-        "actors": 0, "min_steps": 0,
+        "scoring_tasks": 0, "min_steps": 0,
         "mc_samples": 3, "ood_classes": [7, 8, 9], "options.albl.arms": ["entropy", "kmeans", "bald"],
         "options.noise_stability.samples": 3, "options.poal.iterations": 200, "options.vaal.epochs": 1,
         "options.sraal.epochs": 1, "options.bgadl.epochs": 2}

@@ -7,15 +7,17 @@ import pandas as pd
 import pytest
 import ray
 
-from autoal import config, datasets, distributed, training
+from autoal import config
+from autoal.compute import distributed, training
+from autoal.data import datasets
 from autoal.hooks import synthesis
-from autoal.experiment import Experiment
-from autoal.store import ExperimentDir
+from autoal.engine.experiment import Experiment
+from autoal.runs.directory import ExperimentDir
 from autoal.strategies import PoolStats, get
 
 SPEC = training.ModelSpec("cnn", (1, 8, 8), 10, 0.3)
 LOOP = {"dataset": "digits", "strategies": ["bgadl"], "initial": 20, "batch": 10, "rounds": 2, "epochs": 2,
-        "min_steps": 0, "actors": 0, "mc_samples": 3, "options.bgadl.samples": 2, "options.bgadl.epochs": 5}
+        "min_steps": 0, "scoring_tasks": 0, "mc_samples": 3, "options.bgadl.samples": 2, "options.bgadl.epochs": 5}
 
 
 def test_bgadl_picks_by_bald():

@@ -8,13 +8,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from autoal import config, datasets, parquet_pool, scoring
+from autoal import config
+from autoal.compute import scoring
+from autoal.data import datasets, parquet as parquet_pool
 from autoal.errors import AutoALError
-from autoal.experiment import Experiment
-from autoal.models import keyed_uniform
-from autoal.pool import read_parquet, write_parquet, write_shards
+from autoal.engine.experiment import Experiment
+from autoal.nets.models import keyed_uniform
+from autoal.data.parquet import read_parquet, write_parquet, write_shards
 from autoal.strategies import get, names
-from autoal.training import ModelSpec
+from autoal.nets.models import ModelSpec
 
 SPEC = ModelSpec("mlp", (6,), 3, 0.3)
 PER_SAMPLE = [n for n in names() if get(n).per_sample and get(n).needs <= scoring.POOL_FIELDS]
@@ -43,15 +45,15 @@ def test_streamed_top_k_picks_what_the_in_memory_selection_picks(ray_local, tied
     for name in [*PER_SAMPLE, "lpl"]:
         options = {"subset_factor": 0} if name == "lpl" else {}
         strategy = get(name, **options)
-        full = scoring.score(SPEC, state, train.ids, x, strategy.needs, mc_samples=4, actors=0)
+        full = scoring.score(SPEC, state, train.ids, x, strategy.needs, mc_samples=4, tasks=0)
         expected = strategy.select(full, 25)
         scores = strategy.score(full)
         if "mc_probs" not in strategy.needs:   # an MC statistic also depends on the sample's id
             assert len(np.unique(scores)) <= 100, "copies of a vector tie"
-        rank = scoring.Rank(name, options, 25, strategy.needs)
+        rank = scoring.Rank(strategy, 25, strategy.needs)
         paths = [(0, x), (0, train.x)] + ([(2, train.x)] if name in ("margin", "bald") else [])   # actors: slow
         for actors, source in paths:
-            top = scoring.score(SPEC, state, train.ids, source, strategy.needs, mc_samples=4, actors=actors,
+            top = scoring.score(SPEC, state, train.ids, source, strategy.needs, mc_samples=4, tasks=actors,
                                 rank=rank, block_rows=40)   # blocks of 40: copies of a vector in different blocks
             assert len(top) == 25
             np.testing.assert_array_equal(strategy.select(top, 25), expected, err_msg=f"{name}, actors {actors}")
@@ -62,9 +64,9 @@ def test_mc_dropout_statistics_do_not_depend_on_the_batch(tied_pool):
     pool = read_parquet(tied_pool)
     torch.manual_seed(0)
     state = SPEC.build().state_dict()
-    together = scoring.score(SPEC, state, pool.ids, pool.x, {"mc_probs"}, mc_samples=5, actors=0, batch_size=64)
-    apart = scoring.score(SPEC, state, pool.ids[::-1], pool.x[::-1], {"mc_probs"}, mc_samples=5, actors=0,
-                          batch_size=7)
+    together = scoring.score(SPEC, state, pool.ids, pool.x, {"mc_probs"}, mc_samples=5, tasks=0, chunk=64)
+    apart = scoring.score(SPEC, state, pool.ids[::-1], pool.x[::-1], {"mc_probs"}, mc_samples=5, tasks=0,
+                          chunk=7)
     np.testing.assert_allclose(together.mc_probs[::-1], apart.mc_probs, rtol=1e-6)   # float rounding of the batch
     assert np.abs(np.diff(together.mc_probs, axis=1)).max() > 1e-3, "the T samples differ: dropout is on"
     masks = keyed_uniform(torch.tensor([3, 11, 42]), 5, 8)
@@ -87,9 +89,9 @@ def ledger(exp: Experiment) -> pd.DataFrame:
 def test_a_file_uri_pool_runs_the_same_experiment_as_the_pool_in_memory(ray_local, tmp_path, digits_parquet):
     """The same seed on digits held in memory and on digits left in Parquet (read by a file:// URI,
     streamed through one scoring actor): the same queries, round by round."""
-    memory = Experiment.prepare(config.load(None, {**SMALL, "actors": 0}), tmp_path / "memory", log=lambda m: None)
+    memory = Experiment.prepare(config.load(None, {**SMALL, "scoring_tasks": 0}), tmp_path / "memory", log=lambda m: None)
     memory.run()
-    lazy = Experiment.prepare(config.load(None, {**SMALL, "actors": 1, "dataset": f"parquet:file://{digits_parquet}"}),
+    lazy = Experiment.prepare(config.load(None, {**SMALL, "scoring_tasks": 1, "dataset": f"parquet:file://{digits_parquet}"}),
                               tmp_path / "lazy", log=lambda m: None)
     assert isinstance(lazy.train.x, parquet_pool.LazyFeatures)
     lazy.run()
@@ -106,7 +108,7 @@ def test_a_run_on_a_parquet_pool_never_reads_the_whole_pools_features(ray_local,
                         lambda self, *a, **kw: read.append(len(self)) or real(self, *a, **kw))
     monkeypatch.setattr(pq, "read_table", lambda *a, **kw: pytest.fail("a whole Parquet table was read"))
     monkeypatch.setattr(scoring, "pool_dataset", lambda *a, **kw: pytest.fail("the pool was put in memory"))
-    cfg = config.load(None, {**SMALL, "actors": 1, "prefilter": 3, "dataset": f"parquet:{digits_parquet}"})
+    cfg = config.load(None, {**SMALL, "scoring_tasks": 1, "prefilter": 3, "dataset": f"parquet:{digits_parquet}"})
     exp = Experiment.prepare(cfg, tmp_path / "run", log=lambda m: None)
     exp.run()
     assert read and max(read) <= len(exp.test) + cfg.budget < len(exp.train) / 2
@@ -187,7 +189,7 @@ def test_a_pool_in_one_file_streams_as_one_block_per_row_group(ray_local, tmp_pa
     files = list(location.glob("*.parquet"))
     assert len(files) == 1 and pq.ParquetFile(files[0]).num_row_groups == 4
     view = read_parquet(location, lazy=True).x[rng.permutation(n)[:1500]]
-    data = view.dataset().materialize()
+    data = scoring.parquet_dataset(view).materialize()
     assert data.num_blocks() >= 4
     rows = data.to_pandas()
     order = np.argsort(view.ids)

@@ -12,7 +12,7 @@ import pytest
 from autoal import cli
 
 SMALL = ["--dataset", "digits", "--initial", "10", "--batch", "5", "--rounds", "1", "--epochs", "2",
-         "--actors", "0", "--seeds", "0", "--min-steps", "0"]
+         "--scoring-tasks", "0", "--seeds", "0", "--min-steps", "0"]
 
 
 def fingerprint(root: Path) -> dict:
@@ -140,10 +140,10 @@ def test_every_config_key_is_a_flag():
     run = cli.parser().parse_args(["run"])
     assert set(run.config_keys) == keys
     args = cli.parser().parse_args(["run", "--weight-decay", "0.01", "--strategy", "margin", "bald",
-                                    "--search.loss-module", "false", "--actors", "auto", "--search.lam", "2",
+                                    "--search.loss-module", "false", "--scoring-tasks", "auto", "--search.lam", "2",
                                     "--set", "options.poal.iterations=50", "--set", "search.rho=0.5"])
     assert cli._overrides(args) == {"weight_decay": 0.01, "strategies": ["margin", "bald"],
-                                    "search.loss_module": False, "actors": "auto", "search.lam": 2.0,
+                                    "search.loss_module": False, "scoring_tasks": "auto", "search.lam": 2.0,
                                     "options.poal.iterations": 50, "search.rho": 0.5}
     cfg = config.load(None, cli._overrides(args))
     assert (cfg.weight_decay, cfg.search.loss_module, cfg.options, cfg.search.rho) == \
@@ -158,3 +158,17 @@ def test_every_config_key_is_a_flag():
 def test_bad_overrides(capsys, tmp_path, argv, message):
     fails(capsys, ["run", *argv, "--out", str(tmp_path / "out")], message)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_old_name_actors_still_runs_with_a_warning(tmp_path, capsys):
+    """`actors` (scoring workers that are Ray Data tasks) is now `scoring_tasks`; configs and flags
+    written with the old name keep working, and say so."""
+    from autoal import config
+
+    (tmp_path / "old.yaml").write_text("actors: 3\n")
+    with pytest.warns(FutureWarning, match="'actors' is now 'scoring_tasks'"):
+        assert config.load(tmp_path / "old.yaml").scoring_tasks == 3
+    assert cli._overrides(cli.parser().parse_args(["run", "--actors", "auto"]))["scoring_tasks"] == "auto"
+    (tmp_path / "both.yaml").write_text("actors: 3\nscoring_tasks: 1\n")
+    assert cli.main(["run", str(tmp_path / "both.yaml"), "--out", str(tmp_path / "out")]) == 2
+    assert "actors and scoring_tasks are both given" in capsys.readouterr().err

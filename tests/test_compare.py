@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from autoal import cli, compare
+from autoal import cli
+from autoal.runs import compare
 from autoal.report import report
 
 

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from autoal import datasets
+from autoal.data import datasets
 from autoal.errors import AutoALError
 
 RNG = np.random.default_rng(0)
@@ -329,7 +329,7 @@ def test_prepare_then_parquet_round_trip(tmp_path):
 def test_prepare_reshards_a_parquet_pool_streaming_it(tmp_path, monkeypatch):
     """Parquet to Parquet (re-sharding a pool written with other shard sizes) never reads the
     source's features whole; unknown labels stay null, and every row comes across."""
-    from autoal import parquet_pool, pool as pool_module
+    from autoal.data import parquet as parquet_pool, pool as pool_module
 
     n, x = 3000, RNG.random((3000, 5)).astype(np.float32)
     split = np.where(np.arange(n) < 2500, "train", "test")

@@ -18,10 +18,14 @@ from sklearn.datasets import load_digits
 
 import test_cli
 from test_faults import our_worker_pids
-from autoal import backbones, cli, images, training
-from autoal.embed import embed
-from autoal.labeling import LabelProject
-from autoal.pool import UNLABELED, read_parquet
+from autoal import cli
+from autoal.compute import training
+from autoal.data import images
+from autoal.nets import backbones
+from autoal.compute.embed import embed
+from autoal.labeling.project import LabelProject
+from autoal.data.pool import UNLABELED
+from autoal.data.parquet import read_parquet
 
 ENV = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_DATA_DISABLE_PROGRESS_BARS="1", RAY_USAGE_STATS_ENABLED="0")
 
@@ -185,7 +189,7 @@ def test_label_rounds_train_a_head_on_the_embeddings(ray_local, weights, tmp_pat
     def killed(*args):
         raise KeyboardInterrupt
     with monkeypatch.context() as patched:
-        patched.setattr("autoal.labeling.embed_project", killed)
+        patched.setattr("autoal.labeling.project.embed_project", killed)
         with pytest.raises(KeyboardInterrupt):
             LabelProject.create(project, f"images:{source}", "c0,c1", config_path=str(tmp_path / "config.yaml"),
                                 embed="resnet18", weights=str(weights))
@@ -226,7 +230,8 @@ def test_image_files_added_after_init_are_embedded_once(ray_local, weights, tmp_
 
 
 def test_a_parquet_pool_of_gray_images_embeds_row_group_by_row_group(ray_local, weights, tmp_path):
-    from autoal.pool import from_arrays, write_parquet
+    from autoal.data.pool import from_arrays
+    from autoal.data.parquet import write_parquet
 
     rng = np.random.default_rng(0)
     x = rng.random((8, 1, 12, 12), np.float32)

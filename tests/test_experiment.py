@@ -3,11 +3,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from autoal import config, experiment, metrics
-from autoal.experiment import Experiment
+from autoal import config
+from autoal.engine import experiment
+from autoal.runs import metrics
+from autoal.engine.experiment import Experiment
 
 TINY = dict(dataset="digits", strategies=["random", "entropy", "coreset"], initial=20, batch=10, rounds=2,
-            seeds=[0, 1], epochs=5, min_steps=0, actors=0)
+            seeds=[0, 1], epochs=5, min_steps=0, scoring_tasks=0)
 
 
 def run(out, **overrides):

@@ -21,7 +21,10 @@ import pandas as pd
 import pytest
 import ray
 
-from autoal import cli, datasets, scoring, store, training
+from autoal import cli
+from autoal.compute import scoring, training
+from autoal.data import datasets
+from autoal.runs import directory as store
 from autoal.strategies import get
 
 AUTOAL = str(Path(sys.executable).with_name("autoal"))
@@ -76,7 +79,7 @@ def reference(ray_local, tmp_path_factory):
 def test_a_second_writer_is_refused_naming_the_holder(ray_local, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from autoal.lock import DirLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from autoal.runs.lock import DirLock; "
                                f"lock = DirLock({str(out)!r}).acquire(); print('locked', flush=True); time.sleep(600)"],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -119,7 +122,8 @@ def test_two_runs_on_one_out_lose_nothing(ray_local, tmp_path):
 # per request: the kill points cost a fork, joining Ray and the work, not a start-up each.
 ZYGOTE = """
 import os, sys
-from autoal import cli, experiment  # noqa: F401
+from autoal import cli
+from autoal.engine import experiment  # noqa: F401
 for line in sys.stdin:
     pid = os.fork()
     if pid == 0:
@@ -194,11 +198,11 @@ def test_a_scoring_worker_killed_mid_pass_is_replaced_and_the_picks_are_identica
             time.sleep(0.1)
     thread = threading.Thread(target=killer)
     thread.start()
-    hit = scoring.score(spec, state, ids, x, needs, mc_samples=2, actors=1, batch_size=8)
+    hit = scoring.score(spec, state, ids, x, needs, mc_samples=2, tasks=1, chunk=8)
     done = time.monotonic()
     thread.join()
     assert killed and killed[0] < done, "the scoring worker was not killed during the pass"
-    calm = scoring.score(spec, state, ids, x, needs, mc_samples=2, actors=0)
+    calm = scoring.score(spec, state, ids, x, needs, mc_samples=2, tasks=0)
     k = 50
     assert np.array_equal(get("entropy").select(hit, k), get("entropy").select(calm, k))
 

@@ -18,7 +18,7 @@ from autoal.sweep import runner
 
 import bad_inputs as battery
 
-TINY = {"dataset": "digits", "initial": 10, "batch": 5, "rounds": 1, "epochs": 1, "min_steps": 0, "actors": 0,
+TINY = {"dataset": "digits", "initial": 10, "batch": 5, "rounds": 1, "epochs": 1, "min_steps": 0, "scoring_tasks": 0,
         "strategies": ["random"]}
 
 
@@ -42,7 +42,7 @@ def test_a_planted_lock_symlink_leaves_its_target_intact(tmp_path, capsys):
     target = tmp_path / "thesis.tex"
     target.write_text("four years of work\n")
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / ".autoal.lock").symlink_to(target)
+    (tmp_path / "out" / ".autoal.runs.lock").symlink_to(target)
     assert cli.main(["run", "--dataset", "digits", "--out", str(tmp_path / "out")]) == 2
     assert "is a symbolic link" in capsys.readouterr().err
     assert target.read_text() == "four years of work\n"
@@ -61,8 +61,8 @@ def test_label_status_leaves_every_file_of_the_user(ray_local, tmp_path, capsys)
 
 def test_a_killed_command_is_rolled_back_by_its_journal_only(ray_local, tmp_path):
     """What a killed `next` wrote is undone exactly: the files its journal names, nothing else."""
-    from autoal.journal import Journal
-    from autoal.labeling import LabelProject
+    from autoal.runs.journal import Journal
+    from autoal.labeling.project import LabelProject
 
     project = battery.label_template(tmp_path / "template")
     journal = Journal(project).begin(2)                      # a `next` of round 2, killed before its commit
@@ -79,7 +79,7 @@ def test_a_killed_command_is_rolled_back_by_its_journal_only(ray_local, tmp_path
 
 
 def test_an_image_symlink_outside_the_folder_is_refused_and_one_inside_is_read(tmp_path, capsys):
-    from autoal.images import image_files
+    from autoal.data.images import image_files
 
     argv = battery.hostile.images(tmp_path, ("x.png", lambda p: p.symlink_to(battery.hostile.outside_png(tmp_path))))
     assert cli.main(argv) == 2

@@ -20,15 +20,18 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 import test_cli
-from autoal import cli, datasets, images, store
-from autoal.labeling import LabelProject
-from autoal.lock import LOCK_FILE
-from autoal.pool import UNLABELED, from_arrays, read_parquet, write_parquet
-from autoal.training import ModelSpec
+from autoal import cli
+from autoal.data import datasets, images
+from autoal.runs import directory as store
+from autoal.labeling.project import LabelProject
+from autoal.runs.lock import LOCK_FILE
+from autoal.data.pool import UNLABELED, from_arrays
+from autoal.data.parquet import read_parquet, write_parquet
+from autoal.nets.models import ModelSpec
 from test_cli import fingerprint
 
 CLASSES = ("zero", "one", "two")
-CONFIG = "epochs: 5\nmin_steps: 40\nbatch: 10\nactors: 0\nmc_samples: 3\n"
+CONFIG = "epochs: 5\nmin_steps: 40\nbatch: 10\nscoring_tasks: 0\nmc_samples: 3\n"
 
 
 def write_digit_folder(root: Path, n: int = 90, seeds_per_class: int = 3, size: int = 16,
@@ -310,3 +313,23 @@ def test_class_folders_alone_are_a_labeled_dataset(tmp_path):
     expected = {images.stable_id(rel): sorted(CLASSES).index(c) if "/" in rel else UNLABELED  # folders, sorted
                 for rel, c in truth.items()}
     assert [expected[i] for i in pool.ids] == list(pool.y) and set(pool.y) == {UNLABELED, 0, 1, 2}
+
+
+def test_label_next_in_the_driver_starts_no_ray(monkeypatch, tmp_path):
+    """Training and scoring in the driver (workers 0, actors 0) need no Ray: `label next` answers
+    without its start-up (5-30 s on a loaded 2-core machine)."""
+    from autoal.compute import runtime
+
+    write_digit_folder(tmp_path / "digits", n=30)
+    (tmp_path / "config.yaml").write_text(CONFIG)
+    assert cli.main(["label", "init", str(tmp_path / "p"), "--pool", f"images:{tmp_path / 'digits'}@8",
+                     "--classes", ",".join(CLASSES), "--config", str(tmp_path / "config.yaml")]) == 0
+
+    def no_ray():
+        raise AssertionError("label next started Ray")
+
+    monkeypatch.setattr(runtime, "init_ray", no_ray)
+    assert cli.main(["label", "next", str(tmp_path / "p"), "--batch", "4"]) == 0
+    results = pd.read_parquet(tmp_path / "p" / "results.parquet")
+    assert len(results) == 1 and results["n_labeled"].iloc[0] == 9   # three seeds a class, a model fitted
+    assert len(pd.read_csv(tmp_path / "p" / "queries" / "round-001.csv")) == 4

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autoal import models
+from autoal.nets import models
 from autoal.errors import AutoALError
 
 

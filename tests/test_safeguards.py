@@ -8,11 +8,12 @@ import pytest
 import ray.autoscaler.sdk
 import torch
 
-from autoal import cli, config, runtime
+from autoal import cli, config
+from autoal.compute import runtime
 from autoal.errors import AutoALError
-from autoal.lock import LOCK_FILE, DirLock
+from autoal.runs.lock import LOCK_FILE, DirLock
 from autoal.report import report
-from autoal.store import ExperimentDir
+from autoal.runs.directory import ExperimentDir
 
 SMALL = ["--dataset", "digits", "--initial", "10", "--batch", "5", "--rounds", "1", "--epochs", "1",
          "--min-steps", "0", "--actors", "0", "--seeds", "0", "--strategy", "entropy"]

@@ -8,8 +8,10 @@ import ray
 import ray.train
 import torch
 
-from autoal import datasets, distributed, models, scoring, training
-from autoal.distributed import World
+from autoal.compute import distributed, scoring, training
+from autoal.data import datasets
+from autoal.nets import models
+from autoal.compute.distributed import World
 from autoal.strategies import PoolStats, get
 
 NEEDS = frozenset({"probs", "mc_probs", "embedding", "pred_loss"})
@@ -103,8 +105,8 @@ def test_ray_train_worker_group_of_two_trains_and_evaluates(ray_local, digits, s
 def test_fused_pass_on_ray_data_matches_the_in_process_pass(ray_local, digits, spec, fitted):
     train, _ = digits
     ids, x = train.ids[300:700][::-1].copy(), train.x[300:700][::-1].copy()
-    local = scoring.score(spec, fitted.state, ids, x, NEEDS, mc_samples=6, actors=0)
-    remote = scoring.score(spec, fitted.state, ids, x, NEEDS, mc_samples=6, actors=2, batch_size=64)
+    local = scoring.score(spec, fitted.state, ids, x, NEEDS, mc_samples=6, tasks=0)
+    remote = scoring.score(spec, fitted.state, ids, x, NEEDS, mc_samples=6, tasks=2, chunk=64)
     assert np.array_equal(remote.ids, ids)
     for field in ("probs", "embedding", "pred_loss"):
         np.testing.assert_allclose(getattr(remote, field), getattr(local, field), rtol=1e-4, atol=1e-5)
@@ -115,17 +117,17 @@ def test_fused_pass_on_ray_data_matches_the_in_process_pass(ray_local, digits, s
 def test_scoring_computes_only_what_is_needed_and_aligns_rows(digits, spec, fitted):
     train, _ = digits
     ids, x = train.ids[:50], train.x[:50]
-    stats = scoring.score(spec, fitted.state, ids, x, get("entropy").needs, mc_samples=4, actors=0)
+    stats = scoring.score(spec, fitted.state, ids, x, get("entropy").needs, mc_samples=4, tasks=0)
     assert stats.probs.shape == (50, 10) and stats.mc_probs is None and stats.embedding is None
     shuffled = np.random.default_rng(0).permutation(50)
     again = scoring.score(spec, fitted.state, ids[shuffled], x[shuffled], get("entropy").needs, mc_samples=4,
-                          actors=0, batch_size=7)
+                          tasks=0, chunk=7)
     np.testing.assert_allclose(again.probs, stats.probs[shuffled], rtol=1e-5, atol=1e-6)
 
 
 def test_mc_statistics_make_var_ratio_differ_from_least_confidence(digits, spec, fitted):
     train, _ = digits
-    stats = scoring.score(spec, fitted.state, train.ids, train.x, NEEDS, mc_samples=10, actors=0)
+    stats = scoring.score(spec, fitted.state, train.ids, train.x, NEEDS, mc_samples=10, tasks=0)
     var_ratio, least_conf = get("var_ratio").score(stats), get("least_confidence").score(stats)
     assert not np.allclose(var_ratio, least_conf)
     assert get("bald").score(stats).max() > 0

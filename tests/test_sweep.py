@@ -15,7 +15,7 @@ import yaml
 from autoal.errors import AutoALError
 from autoal.report import report
 from autoal.sweep import runner
-from autoal.store import ExperimentDir
+from autoal.runs.directory import ExperimentDir
 from autoal.sweep.spec import PAPER_CANDIDATES, SPEC_FILE, from_dict, load_spec, trial_count
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +83,7 @@ def test_axes_reach_nested_fields_and_search_spaces(tmp_path):
                                                                              "low": 0.1, "high": 10.0}},
                                 num_samples=3, resources={"cpu": 2}))
     cfg = spec.trial_config({"strategy": "autoal", "search.lam": 2.5})
-    assert (cfg.strategies, cfg.search.lam, cfg.search.gamma, cfg.actors, cfg.workers) == (("autoal",), 2.5, 0.5, 0, 0)
+    assert (cfg.strategies, cfg.search.lam, cfg.search.gamma, cfg.scoring_tasks, cfg.workers) == (("autoal",), 2.5, 0.5, 0, 0)
     assert spec.task_resources() == {"CPU": 2.0}
     assert runner.tune_config(spec).num_samples == 3
 

@@ -35,10 +35,11 @@ def _config_flags(run: argparse.ArgumentParser) -> list[str]:
                 continue   # a section: its keys have their own flags, or take --set
             item = get_args(hint)[0] if get_origin(hint) is tuple else hint
             name = f.metadata["flag"] or f.name
-            kind = dict(type=_actors) if isinstance(item, types.UnionType) else dict(type=_bool) if item is bool \
+            kind = dict(type=_number_or_auto) if isinstance(item, types.UnionType) else dict(type=_bool) if item is bool \
                 else dict(type=item)
             many = get_origin(hint) is tuple   # a list flag given twice adds to it; a scalar's last value wins
-            run.add_argument("--" + prefix + name.replace("_", "-"), dest=prefix + f.name,
+            old = [f"--{o}" for o, new in config.RENAMED.items() if new == f.name and not prefix]
+            run.add_argument("--" + prefix + name.replace("_", "-"), *old, dest=prefix + f.name,
                              metavar="true|false" if item is bool else name.upper(), action=Extend if many else "store",
                              nargs="+" if many else None, help=f.metadata["help"], **kind)
             keys.append(prefix + f.name)
@@ -68,8 +69,8 @@ def _run(args) -> None:
         if parent.exists() and not parent.is_dir():
             raise AutoALError(f"output {out} lies under {parent}, which is a file, not a directory")
 
-    from autoal.experiment import Experiment
-    from autoal.metrics import format_table, summary
+    from autoal.engine.experiment import Experiment
+    from autoal.runs.metrics import format_table, summary
 
     print(f"autoal: {cfg.dataset}, strategies {', '.join(cfg.strategies)}, seeds {list(cfg.seeds)}, "
           f"{cfg.rounds} rounds of {cfg.batch} after {cfg.initial} -> {out}", flush=True)
@@ -93,14 +94,14 @@ def _strategies(args) -> None:
 
 
 def _datasets(args) -> None:
-    from autoal.datasets import sources
+    from autoal.data.datasets import sources
 
     for name, summary in sources():
         print(f"{name:<12} {summary}")
 
 
 def _prepare(args) -> None:
-    from autoal.datasets import prepare
+    from autoal.data.datasets import prepare
 
     out = prepare(args.source, args.data_root, args.out_dir, download=args.download,
                   log=lambda line: print(line, flush=True))
@@ -108,8 +109,8 @@ def _prepare(args) -> None:
 
 
 def _embed(args) -> None:
-    from autoal.embed import embed
-    from autoal.label_pool import parse_classes
+    from autoal.compute.embed import embed
+    from autoal.labeling.pool import parse_classes
 
     result = embed(args.source, args.out, args.backbone, weights=args.weights, download=args.download,
                    dtype=args.dtype, actors=args.actors, gpus=args.gpus, batch_size=args.batch_size,
@@ -135,7 +136,7 @@ def _sweep(args) -> None:
 
 
 def _label_init(args) -> None:
-    from autoal.labeling import LabelProject
+    from autoal.labeling.project import LabelProject
 
     with LabelProject.create(args.dir, args.pool, args.classes, test=args.test, config_path=args.config,
                              strategy=args.strategy, cv_folds=args.cv_folds, embed=args.embed,
@@ -145,7 +146,7 @@ def _label_init(args) -> None:
 
 
 def _label_next(args) -> None:
-    from autoal.labeling import LabelProject
+    from autoal.labeling.project import LabelProject
 
     with LabelProject.open(args.dir) as project:
         files = project.next(batch=args.batch, strategy=args.strategy, log=lambda line: print(line, flush=True))
@@ -154,24 +155,25 @@ def _label_next(args) -> None:
 
 
 def _label_import(args) -> None:
-    from autoal.labeling import LabelProject
+    from autoal.labeling.project import LabelProject
 
     with LabelProject.open(args.dir) as project:
         print(project.import_answers(args.file))
 
 
 def _label_status(args) -> None:
-    from autoal.labeling import LabelProject
+    from autoal.labeling.project import LabelProject
 
     with LabelProject.open(args.dir) as project:
         print(project.status())
 
 
 def _label_export(args) -> None:
-    from autoal.labeling import LabelProject
+    from autoal.labeling.export import export
+    from autoal.labeling.project import LabelProject
 
     with LabelProject.open(args.dir) as project:
-        print(f"labeled pool and latest model in {project.export(args.out)}")
+        print(f"labeled pool and latest model in {export(project, args.out)}")
 
 
 def _serve(args) -> None:
@@ -208,7 +210,7 @@ def _label_parser(sub) -> None:
     init.add_argument("--pool", required=True, help="images:<dir>[@<size>], parquet:<dir>, or any dataset spec")
     init.add_argument("--classes", required=True, help="class names, comma-separated (class folders use them)")
     init.add_argument("--test", help="a fully labeled pool to measure accuracy on (default: cross-validation)")
-    init.add_argument("--config", help="YAML experiment config: model, epochs, batch, actors, workers, ...")
+    init.add_argument("--config", help="YAML experiment config: model, epochs, batch, scoring_tasks, workers, ...")
     init.add_argument("--strategy", default="entropy", help="query strategy (see `autoal strategies`)")
     init.add_argument("--cv-folds", type=int, default=3,
                       help="without --test, estimate accuracy by k-fold cross-validation (0: no estimate)")
@@ -310,7 +312,7 @@ def _bool(text: str) -> bool:
     return text.lower() == "true"
 
 
-def _actors(text: str) -> int | str:
+def _number_or_auto(text: str) -> int | str:
     if text == "auto":
         return text
     try:

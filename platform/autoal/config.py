@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import types
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -79,8 +80,8 @@ class ExperimentConfig:
     workers: int = key(0, "training workers; 0 = train in the driver", execution=True)
     warm_workers: bool = key(True, "start the training workers once per run and keep them for every fit; "
                                    "false: a new Ray Train worker group per fit (~20 s each)", execution=True)
-    actors: int | str = key(AUTO, "Ray Data scoring workers; 0 = in the driver; auto: in the driver for small "
-                                  "pools", execution=True)
+    scoring_tasks: int | str = key(AUTO, "Ray Data tasks scoring the pool at once; 0 = in the driver; auto: in "
+                                         "the driver for small pools (old name: actors)", execution=True)
     gpus: float = key(0.0, "GPUs per training worker and per scoring worker", execution=True)
     prefilter: int = key(0, "batch strategies select among the top prefilter x batch samples by margin "
                             "(0: the whole pool); bounds a big pool's selection cost")
@@ -99,7 +100,7 @@ class ExperimentConfig:
             (self.mc_samples >= 2, "mc_samples must be >= 2"),
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
             (self.workers >= 0, "workers must be >= 0"),
-            (self.actors == AUTO or self.actors >= 0, "actors must be >= 0 or auto"),
+            (self.scoring_tasks == AUTO or self.scoring_tasks >= 0, "scoring_tasks must be >= 0 or auto"),
             (self.gpus >= 0, "gpus must be >= 0"),
             (self.prefilter >= 0, "prefilter must be >= 0"),
             (len(self.seeds) > 0, "seeds must not be empty"),
@@ -241,8 +242,26 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
     return f"{getattr(exc, 'problem', None) or exc}{where}".replace("\n", " ")
 
 
+RENAMED = {"actors": "scoring_tasks"}   # old key -> its name now: configs written before still run
+
+
+def renamed(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with each old key under its name now, and a warning that says so."""
+    if not isinstance(data, dict) or not RENAMED.keys() & data.keys():
+        return data
+    data = dict(data)
+    for old, new in RENAMED.items():
+        if old in data:
+            if new in data:
+                raise AutoALError(f"bad config: {old} and {new} are both given; {old} is the old name of {new}")
+            warnings.warn(f"autoal: config key {old!r} is now {new!r}; the old name will go", FutureWarning,
+                          stacklevel=2)
+            data[new] = data.pop(old)
+    return data
+
+
 def from_dict(data: dict[str, Any]) -> ExperimentConfig:
-    return _coerce(ExperimentConfig, data, "")
+    return _coerce(ExperimentConfig, renamed(data), "")
 
 
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> ExperimentConfig:

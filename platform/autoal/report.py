@@ -15,9 +15,9 @@ from typing import Callable
 
 import pandas as pd
 
-from autoal import compare, metrics, plots
+from autoal.runs import compare, metrics, plots
 from autoal.errors import AutoALError
-from autoal.store import atomic_write, parquet_bytes
+from autoal.runs.directory import atomic_write, parquet_bytes
 from autoal.sweep import results as sweep_results
 from autoal.sweep.spec import NAME_CHARS, read_spec
 

@@ -22,7 +22,7 @@ from typing import Callable
 import yaml
 
 from autoal.errors import AutoALError
-from autoal.modes import umask
+from autoal.permissions import umask
 
 CONFIG_BYTES = 1 << 20      # configs, specs, project files: far above any real one
 MAX_NODES = 100_000         # YAML nodes once aliases are expanded (a billion-laughs value has 10^9)

@@ -71,7 +71,7 @@ def planted_checkpoint(d: Path) -> list[str]:
 
 
 def locked(d: Path) -> list[str]:
-    from autoal.lock import DirLock
+    from autoal.runs.lock import DirLock
 
     out = copy_run(d)
     HELD.append(DirLock(out).acquire())   # held by this process on another descriptor: flock refuses
@@ -162,7 +162,7 @@ CASES = [
     Case("config: no seeds", lambda d: config(d, "seeds: []\n"), "seeds must not be empty"),
     Case("config: initial_method", lambda d: config(d, "initial_method: best\n"), "initial_method must be"),
     Case("config: search.threshold", lambda d: config(d, "search:\n  threshold: otsu\n"), "search.threshold"),
-    Case("config: actors many", lambda d: config(d, "actors: many\n"), "actors must be an integer or auto"),
+    Case("config: actors many", lambda d: config(d, "actors: many\n"), "scoring_tasks must be an integer or auto"),
     Case("config: ood class not in the pool", lambda d: config(d, "ood_classes: [42]\n"), "ood_classes [42]"),
     # pools
     Case("pool: NaN features", lambda d: pool(d, x=[[np.nan, 0, 0, 0]] + [[0.5] * 4] * 59), "NaN"),

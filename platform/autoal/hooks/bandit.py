@@ -21,17 +21,16 @@ class ALBLHook(RoundHook):
             strategy.bandit.horizon = cfg.rounds * cfg.batch
 
     def after_select(self, ctx: RoundContext, stats: PoolStats, picks: np.ndarray,
-                     labels: np.ndarray) -> dict[str, list[dict]]:
+                     labels: np.ndarray, detail: dict) -> dict[str, list[dict]]:
         """Reward: was the round's model, which has not trained on the picks, right about them?
         Telemetry: each arm's probability this round and how many picks it advised
         (uniform: the picks no strategy arm advised)."""
         predicted = stats.probs[stats.rows(picks)].argmax(axis=1)
-        last = self.strategy.last
-        reward = self.strategy.learn(predicted == labels)
-        hits = last["hit"][:, :-1] > 0
+        reward = self.strategy.learn(predicted == labels, detail)
+        hits = detail["hit"][:, :-1] > 0
         advised = [*hits.sum(axis=0), (~hits.any(axis=1)).sum()]
         return {"albl_arms": [dict(arm=arm, probability=float(p), advised=int(n), reward=reward)
-                              for arm, p, n in zip(self.strategy.arm_names, last["probabilities"], advised)]}
+                              for arm, p, n in zip(self.strategy.arm_names, detail["probabilities"], advised)]}
 
     def state_dict(self) -> dict:
         return self.strategy.state_dict()

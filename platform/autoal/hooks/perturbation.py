@@ -11,7 +11,7 @@ from torch import nn
 from torch.func import functional_call
 
 from autoal.hooks.round import RoundContext, RoundHook, ScorerExtra
-from autoal.training import ModelSpec
+from autoal.nets.models import ModelSpec
 
 
 class PerturbedModels(nn.Module):

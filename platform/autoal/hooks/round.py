@@ -17,7 +17,7 @@ import numpy as np
 from torch import nn
 
 from autoal.config import ExperimentConfig
-from autoal.pool import Pool
+from autoal.data.pool import Pool
 from autoal.strategies import PoolStats, Strategy
 
 
@@ -71,8 +71,9 @@ class RoundHook:
         return x, y
 
     def after_select(self, ctx: RoundContext, stats: PoolStats, picks: np.ndarray,
-                     labels: np.ndarray) -> dict[str, list[dict]]:
-        """Work once the batch is labeled; returns telemetry rows by table name."""
+                     labels: np.ndarray, detail: dict) -> dict[str, list[dict]]:
+        """Work once the batch is labeled (`detail`: what the strategy's `choose` returned with the
+        picks); returns telemetry rows by table name."""
         return {}
 
     def state_dict(self) -> dict | None:

@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoal import distributed, models, training
+from autoal.compute import distributed, training
+from autoal.nets import models
 from autoal.config import ExperimentConfig
-from autoal.distributed import World, portable_state, tensors
+from autoal.compute.distributed import World, portable_state, tensors
 from autoal.hooks.round import RoundContext, RoundHook, ScorerExtra
 from autoal.strategies import Strategy
 from autoal.strategies.adversarial import online_uncertainty

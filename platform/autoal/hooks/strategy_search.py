@@ -1,4 +1,4 @@
-"""AutoAL's round hook: runs the strategy search (autoal.search) on Ray Train before each
+"""AutoAL's round hook: runs the strategy search (autoal.search.loop) on Ray Train before each
 query, keeps SearchNet warm and every past cycle's search rows (the replay) across rounds,
 checkpointed with the round, and hands the scorer SearchNet, whose mixture
 weights reach the `autoal` strategy as `search_weights`."""
@@ -9,12 +9,12 @@ import time
 
 import numpy as np
 
-from autoal import distributed, scoring
+from autoal.compute import distributed, scoring
 from autoal.config import ExperimentConfig
 from autoal.errors import AutoALError
 from autoal.hooks.round import RoundContext, RoundHook, ScorerExtra
-from autoal.search import MIN_PER_WORKER, SearchPayload, search_loop
-from autoal.searchnet import SearchScorer
+from autoal.search.loop import MIN_PER_WORKER, SearchPayload, search_loop
+from autoal.search.searchnet import SearchScorer
 from autoal.strategies import PoolStats, Strategy
 
 
@@ -52,14 +52,14 @@ class AutoALHook(RoundHook):
         return ScorerExtra(build=build, state=self.search_state, field=self.provides)
 
     def after_select(self, ctx: RoundContext, stats: PoolStats, picks: np.ndarray,
-                     labels: np.ndarray) -> dict[str, list[dict]]:
+                     labels: np.ndarray, detail: dict) -> dict[str, list[dict]]:
         """Each candidate's mean mixture weight over the pool and over the batch (the paper's
         Fig. 5), and how much of the batch the unweighted vote count would have picked too."""
         pi = stats.search_weights
         batch = pi[stats.rows(picks)]
         weights = [dict(candidate=name, weight_pool=float(pi[:, j].mean()), weight_batch=float(batch[:, j].mean()))
                    for j, name in enumerate(self.strategy.candidate_names)]
-        overlap = len(np.intersect1d(picks, self.strategy.last["vote"])) / len(picks)
+        overlap = len(np.intersect1d(picks, detail["vote"])) / len(picks)
         return {"strategy_weights": weights, "search": [dict(self.telemetry, vote_overlap=overlap)]}
 
     def state_dict(self) -> dict:
@@ -72,5 +72,5 @@ class AutoALHook(RoundHook):
 def task_embedding(ctx: RoundContext) -> np.ndarray:
     """The round's task model's embeddings of L: the frozen input of a SearchNet without backbone."""
     stats = scoring.score(ctx.spec, ctx.task_state, np.arange(len(ctx.labeled_x)), ctx.labeled_x,
-                          frozenset({"embedding"}), mc_samples=ctx.cfg.mc_samples, actors=0, gpus=ctx.cfg.gpus)
+                          frozenset({"embedding"}), mc_samples=ctx.cfg.mc_samples, tasks=0, gpus=ctx.cfg.gpus)
     return stats.embedding.astype(np.float32)

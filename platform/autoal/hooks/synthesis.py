@@ -34,12 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoal import distributed, models, training
+from autoal.compute import distributed, training
+from autoal.nets import models
 from autoal.config import ExperimentConfig
-from autoal.distributed import World, portable_state, tensors
+from autoal.compute.distributed import World, portable_state, tensors
 from autoal.hooks.round import RoundContext, RoundHook
 from autoal.hooks.state_adversary import HIDDEN, VAE
-from autoal.pool import OOD
+from autoal.data.pool import OOD
 from autoal.strategies import PoolStats, Strategy
 
 LATENT = 32
@@ -143,7 +144,7 @@ class BGADLHook(RoundHook):
         self.y: np.ndarray | None = None
 
     def after_select(self, ctx: RoundContext, stats: PoolStats, picks: np.ndarray,
-                     labels: np.ndarray) -> dict[str, list[dict]]:
+                     labels: np.ndarray, detail: dict) -> dict[str, list[dict]]:
         """Train the VAE-ACGAN on the labeled set with the new batch, then generate from the batch.
         Telemetry: one row per queried sample that seeded synthetic ones."""
         known = labels != OOD                      # an OOD answer has no class to condition on

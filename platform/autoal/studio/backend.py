@@ -24,13 +24,13 @@ import numpy as np
 import pandas as pd
 import ray
 
-from autoal import label_files
+from autoal.data.pool import OOD, UNLABELED, Pool
 from autoal.errors import AutoALError
-from autoal.journal import journaled
-from autoal.labeling import MODEL, RUN, LabelProject
-from autoal.pool import OOD, UNLABELED, Pool
+from autoal.labeling import files as label_files
+from autoal.labeling.project import MODEL, RUN, LabelProject
+from autoal.runs.directory import parquet_bytes, read_table
+from autoal.runs.journal import journaled
 from autoal.safe_io import one_line, own_dir, shown
-from autoal.store import parquet_bytes, read_table
 from autoal.studio.protocol import (DELETE_ACTION, TaskIndex, answer_of, predict_tasks, prediction, schema,
                                     webhook_event)
 from autoal.studio.round_task import RoundInputs, RoundOutcome, start

@@ -30,8 +30,8 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
-from autoal import label_files
 from autoal.errors import AutoALError
+from autoal.labeling import files as label_files
 from autoal.safe_io import shown
 
 BODY_BYTES = 16 << 20     # a /predict of a few thousand tasks with URLs; a webhook is kilobytes

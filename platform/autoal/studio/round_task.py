@@ -2,22 +2,25 @@
 
 The backend holds the project's lock for its whole life (one writer: webhooks append to the
 ledger while a round trains), so a round is split in two: `train_round` (a Ray task, in any
-process of the cluster, on a GPU when the config asks for one) trains on the labels known when
-it started, ranks the unlabeled pool by the project's strategy and predicts every sample, and
-writes nothing; the backend then commits its `RoundOutcome` (autoal.studio.backend). A backend
-killed mid-round loses only the computation: the ledger is untouched and the last committed
-round is served again after a restart.
+process of the cluster, on a GPU when the config asks for one) plays the round engine's round on
+the labels known when it started, with a `Record` in place of the project's store, ranks the
+unlabeled pool by the project's strategy and predicts every sample, and writes nothing; the backend
+then commits its `RoundOutcome` (autoal.studio.backend). A backend killed mid-round loses only the
+computation: the ledger is untouched and the last committed round is served again after a restart.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import ray
 
-from autoal import config, distributed, hooks, runtime, scoring, training
-from autoal.experiment import Experiment, derive_seed, initial_pool
-from autoal.pool import UNLABELED, Pool
+from autoal import config, hooks
+from autoal.compute import distributed, runtime, scoring
+from autoal.data.pool import UNLABELED, Pool
+from autoal.engine.rounds import RoundEngine, derive_seed, initial_pool, initial_row
+from autoal.labeling.project import RUN
+from autoal.nets.models import ModelSpec
 from autoal.studio.protocol import ranked_scores
 
 
@@ -26,7 +29,7 @@ class RoundInputs:
     """What a round needs, copied out of the open project when it starts."""
 
     cfg: config.ExperimentConfig
-    model_spec: training.ModelSpec
+    model_spec: ModelSpec
     pool: Pool                    # the project's train split with every label known so far
     test: tuple                   # (x, y) of the test split; empty: accuracy is not measured
     labeled: np.ndarray           # ids to train on (seeds, then answers), as LabelProject.trainable
@@ -59,55 +62,56 @@ class RoundOutcome:
         return scores
 
 
-class _Telemetry:
-    """Stands in for the project's store inside the task: keeps what a hook would write."""
+class Record:
+    """The project's store as the round engine sees it inside the task: it hands out the hook's saved
+    state and keeps what the round would write, for the backend to commit."""
 
-    def __init__(self):
-        self.tables: dict[str, list[dict]] = {}
+    def __init__(self, hook_state: dict | None):
+        self.saved, self.hook_state, self.result, self.telemetry = hook_state, None, None, {}
+
+    def load_state(self, strategy: str, seed: int, round_: int):
+        return self.saved
+
+    def save_state(self, strategy: str, seed: int, round_: int, state) -> None:
+        self.hook_state = state
+
+    def append_result(self, row: dict) -> None:
+        self.result = row
 
     def append_rows(self, table: str, rows: list[dict]) -> None:
-        self.tables.setdefault(table, []).extend(rows)
+        self.telemetry.setdefault(table, []).extend(rows)
 
 
 def train_round(inputs: RoundInputs) -> RoundOutcome:
     """Train on the known labels, rank the unlabeled pool by the strategy, predict every sample."""
     runtime.quiet()
-    cfg, pool, seed, round_ = inputs.cfg, inputs.pool, inputs.seed, inputs.round_
+    cfg, pool, seed, round_, name = inputs.cfg, inputs.pool, inputs.seed, inputs.round_, inputs.strategy
     unlabeled = pool.ids[pool.y == UNLABELED]
-    rows = pool.rows(inputs.labeled)
-    result = dict(dataset=cfg.dataset, strategy="label", seed=seed, round=round_, n_labeled=len(rows),
-                  accuracy=float("nan"), accuracy_estimated=not len(inputs.test[1]), query_strategy=inputs.strategy,
-                  train_loss=float("nan"), train_s=0.0, hook_s=0.0, score_s=0.0, select_s=0.0)
-    if len(np.unique(pool.y[rows])) < 2 or not len(unlabeled):   # no model yet: the initial pool's rule
-        k = min(cfg.batch, len(unlabeled))
-        mask = pool.y == UNLABELED
-        candidates = Pool(pool.name, pool.ids[mask], pool.x[mask], pool.y[mask], pool.split[mask], pool.classes)
-        picks = initial_pool(candidates, replace(cfg, initial=k), derive_seed(seed, round_)) if k else unlabeled
-        result["query_strategy"] = f"initial:{cfg.initial_method}"
+    columns = dict(strategy=RUN, accuracy_estimated=not len(inputs.test[1]), query_strategy=name)
+    if len(np.unique(pool.y[pool.rows(inputs.labeled)])) < 2 or not len(unlabeled):   # no model yet
+        picks = initial_pool(pool.take(pool.y == UNLABELED), min(cfg.batch, len(unlabeled)), cfg.initial_method,
+                             derive_seed(seed, round_)) if len(unlabeled) else unlabeled
         ranking = np.concatenate([picks, np.setdiff1d(unlabeled, picks)])
-        return RoundOutcome(round_, ranking, len(picks), np.full(len(pool), -1), np.full(len(pool), np.nan), result)
-    round_hook = hooks.create(inputs.strategy, cfg)
+        return RoundOutcome(round_, ranking, len(picks), np.full(len(pool), -1), np.full(len(pool), np.nan),
+                            initial_row(cfg, seed, round_, len(inputs.labeled), columns))
+    round_hook = hooks.create(name, cfg)
     k = len(unlabeled) if round_hook.strategy.per_sample else min(cfg.batch, len(unlabeled))
-    telemetry = _Telemetry()
-    experiment = Experiment(replace(cfg, batch=k), pool, pool.subset("test"), inputs.model_spec, telemetry,
-                            log=lambda line: None)
+    record, fitted = Record(inputs.hook_state), {}
+    engine = RoundEngine(cfg, pool, inputs.model_spec, record)
+    engine.resume(round_hook, name, seed, round_)
     with distributed.workers(cfg.workers, cfg.gpus, warm=cfg.warm_workers, log=lambda line: None):
-        test = inputs.test if len(inputs.test[1]) else (pool.x[rows], pool.y[rows])
-        fit = experiment.fit(round_hook.train_set(pool.x[rows], pool.y[rows]), ray.put(test), seed, round_,
-                             name=f"studio-r{round_}", **round_hook.fit_options())
-        result.update(accuracy=fit.accuracy if len(inputs.test[1]) else float("nan"), train_loss=fit.train_loss)
-        if inputs.hook_state is not None:
-            round_hook.load_state_dict(inputs.hook_state)
-        asked = pool.ids[pool.y != UNLABELED]
-        picks = experiment.query(inputs.strategy, round_hook, fit.state, asked, rows, seed, round_, result)
-    probs = scoring.score(inputs.model_spec, fit.state, pool.ids, pool.x, frozenset({"probs"}),
+        _, picks = engine.play(name, round_hook, seed, round_, inputs.labeled, k=k,
+                               exclude=pool.ids[pool.y != UNLABELED],
+                               test=inputs.test if len(inputs.test[1]) else lambda rows: float("nan"),
+                               commit=lambda picked, fit: fitted.update(state=fit.state), columns=columns)
+    probs = scoring.score(inputs.model_spec, fitted["state"], pool.ids, pool.x, frozenset({"probs"}),
                           mc_samples=cfg.mc_samples, gpus=cfg.gpus,
-                          actors=scoring.actors_for(cfg.actors, len(pool))).probs
+                          tasks=scoring.tasks_for(cfg.scoring_tasks, len(pool))).probs
     confidence = probs.max(1)
     rest = np.setdiff1d(unlabeled, picks)
     rest = rest[np.lexsort((rest, confidence[pool.rows(rest)]))]   # least confident first, ties by id
-    return RoundOutcome(round_, np.concatenate([picks, rest]), len(picks), probs.argmax(1), confidence, result,
-                        fit.state, round_hook.state_dict(), telemetry.tables)
+    return RoundOutcome(round_, np.concatenate([picks, rest]), len(picks), probs.argmax(1), confidence,
+                        record.result, fitted["state"], record.hook_state, record.telemetry)
 
 
 def start(inputs: RoundInputs) -> ray.ObjectRef:

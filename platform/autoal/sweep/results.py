@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from autoal import metrics
-from autoal.store import ExperimentDir
+from autoal.runs import metrics
+from autoal.runs.directory import ExperimentDir
 from autoal.sweep.spec import SweepSpec, show
 
 # Axes whose values are already columns of every results row.

@@ -46,9 +46,11 @@ from ray.tune.schedulers import create_scheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from autoal import config, metrics, runtime
+from autoal import config
+from autoal.compute import runtime
+from autoal.runs import metrics
 from autoal.errors import AutoALError
-from autoal.lock import DirLock
+from autoal.runs.lock import DirLock
 from autoal.report import sweep_report
 from autoal.safe_io import atomic_write, own_dir, private_dir
 from autoal.sweep.spec import (EXECUTION_KEYS, NAME_CHARS, SCHEDULERS, SPACES, SPEC_FILE, SweepSpec, load_spec,
@@ -149,7 +151,7 @@ def experiment_rounds(cfg: dict, params: dict, exp_dir: str, name: str, checkpoi
     checkpoint begins at Tune iteration 0 and reports them again; one restored from
     a checkpoint continues its iteration count and only counts them into its AUBC.
     """
-    from autoal.experiment import Experiment
+    from autoal.engine.experiment import Experiment
 
     root = Path(exp_dir)
     if snapshots:   # the scratch space lies in /tmp, where others may plant files

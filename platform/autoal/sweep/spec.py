@@ -16,7 +16,9 @@ from typing import Any, Callable, get_origin, get_type_hints
 
 import yaml
 
-from autoal import config, datasets
+from autoal import config
+from autoal.data import datasets
+from autoal.data.sources import split_spec
 from autoal.errors import AutoALError
 from autoal.safe_io import CONFIG_BYTES, clip, load_yaml, one_line, read_text, shown
 from autoal.strategies.autoal import CANDIDATES as PAPER_CANDIDATES  # nested pools: size n is the first n
@@ -27,7 +29,7 @@ SPEC_KEYS = ("name", "base", "axes", "resources", "scheduler", "max_concurrent_t
 EXECUTION_KEYS = ("resources", "max_concurrent_trials")
 # Nested Ray Train worker groups and Ray Data actor pools inside trials are slow on
 # small machines and Ray Data aggregations hang in trial placement groups.
-TRIAL_DEFAULTS = {"actors": 0, "workers": 0}
+TRIAL_DEFAULTS = {"scoring_tasks": 0, "workers": 0}
 NAME_CHARS = re.compile(r"[^\w.=+,-]")   # what a trial or file name may not hold
 
 
@@ -198,7 +200,7 @@ def from_dict(data: dict) -> SweepSpec:
     base = data.get("base") or {}
     if not isinstance(base, dict):
         raise AutoALError("base must be a mapping of experiment config fields")
-    spec = SweepSpec(name=name, base={**TRIAL_DEFAULTS, **base}, axes=_check_axes(data.get("axes")),
+    spec = SweepSpec(name=name, base={**TRIAL_DEFAULTS, **config.renamed(base)}, axes=_check_axes(data.get("axes")),
                      resources=_check_resources(data.get("resources") or {}),
                      scheduler=_check_scheduler(data.get("scheduler")),
                      max_concurrent_trials=_positive_int(data, "max_concurrent_trials", None),
@@ -319,7 +321,7 @@ def _check_configs(spec: SweepSpec) -> None:
     for cfg in configs:
         for name in cfg.strategies:
             hooks.create(name, cfg)
-        if cfg.dataset.partition(":")[0].strip().lower() not in sources:
+        if split_spec(cfg.dataset)[0].lower() not in sources:
             raise AutoALError(f"unknown dataset {shown(cfg.dataset)}; sources: {', '.join(sorted(sources))}")
         if cfg.gpus > 0 and cfg.workers == 0 and spec.resources["gpu"] == 0:
             raise AutoALError("the experiment uses gpus in the trial process (workers: 0) but resources.gpu is 0")

@@ -13,29 +13,33 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import ray
 import torch
 from ray.data.extensions import ArrowTensorArray
 
-from autoal import distributed
+from autoal.compute import distributed
 from autoal.config import AUTO
-from autoal.strategies import PoolStats, get
-from autoal.strategies.base import SCORER, positions, provided_by
-from autoal.training import ModelSpec
+from autoal.data.ids import is_lazy, positions
+from autoal.data.lazy import IdSet, LazyFeatures, filesystem
+from autoal.nets.models import ModelSpec
+from autoal.strategies import PoolStats
+from autoal.strategies.base import SCORER, Strategy, provided_by, top_k
 
 POOL_FIELDS = provided_by(SCORER)   # what the task model's pass computes; a hook's extra model adds one more
-# `actors: auto` scores pools smaller than this in the driver: a Ray Data pass's start-up on new
+# `scoring_tasks: auto` scores pools smaller than this in the driver: a Ray Data pass's start-up on new
 # workers (5-10 s on 2 cores) costs more than scoring them (benchmarks/fused_scoring.py --actors 1).
-AUTO_ACTORS_FROM = 20_000
+AUTO_TASKS_FROM = 20_000
 BLOCK_ROWS = 65_536   # rows a ranked pass reduces to their top k at once
 
 
-def actors_for(actors: int | str, n: int) -> int:
-    """The scoring actors for a pass over `n` samples: `actors`, or for `auto` none below
-    AUTO_ACTORS_FROM samples and one from there."""
-    if actors == AUTO:
-        return 0 if n < AUTO_ACTORS_FROM else 1
-    return int(actors)
+def tasks_for(tasks: int | str, n: int) -> int:
+    """The scoring tasks for a pass over `n` samples: `tasks`, or for `auto` none below
+    AUTO_TASKS_FROM samples and one from there."""
+    if tasks == AUTO:
+        return 0 if n < AUTO_TASKS_FROM else 1
+    return int(tasks)
 
 
 def device_for(gpus: float) -> torch.device:
@@ -69,10 +73,10 @@ def _resolve(value):
 @dataclass(frozen=True)
 class Rank:
     """Keep only the top `k` rows of each block by `strategy`'s per-sample score (ties to the
-    smaller id): merged, they hold the pool's exact top k. `fields` are kept with them."""
+    smaller id): merged, they hold the pool's exact top k. `fields` are kept with them. The
+    strategy is the round's own object, built once with its options (Ray pickles it to the tasks)."""
 
-    strategy: str
-    options: dict
+    strategy: Strategy
     k: int
     fields: frozenset[str] = frozenset()
 
@@ -95,7 +99,6 @@ class PoolScorer:
             self.extra_net.load_state_dict(self.extra.state)
             self.extra_net.to(self.device).eval()
         self.needs, self.mc_samples, self.rank, self.chunk = needs, mc_samples, rank, chunk
-        self.ranker = get(rank.strategy, **rank.options) if rank is not None else None
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -105,8 +108,8 @@ class PoolScorer:
         arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
         if self.rank is None:
             return {"id": ids, **arrays}
-        scores = np.asarray(self.ranker.score(PoolStats(ids=ids, **arrays)), dtype=np.float64)
-        top = np.lexsort((ids, -scores))[:self.rank.k]
+        scores = np.asarray(self.rank.strategy.score(PoolStats(ids=ids, **arrays)), dtype=np.float64)
+        top = top_k(ids, self.rank.k, scores)
         return {"id": ids[top], "score": scores[top], **{k: v[top] for k, v in arrays.items() if k in self.rank.fields}}
 
     def stats(self, x: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -139,41 +142,66 @@ def pool_dataset(ids: np.ndarray, x: np.ndarray, blocks: int) -> "ray.data.Datas
     return ray.data.from_arrow(table).repartition(blocks)
 
 
+def parquet_dataset(view: LazyFeatures) -> "ray.data.Dataset":
+    """A lazy view's rows as a Ray dataset of {id, x} (x float32 [n, *shape]), read lazily, one
+    task per row group (a pool in one file still streams through many workers); the tasks
+    learn which rows are the view's from an IdSet, not a list of its ids."""
+    fs, path = filesystem(view.location)
+    pieces = [{"file": fragment.path, "row_group": group}
+              for fragment in pads.dataset(path, filesystem=fs, format="parquet").get_fragments()
+              for group in range(fragment.metadata.num_row_groups)]
+    members, location, shape = ray.put(IdSet.of(view.ids)), view.location, view.sample_shape
+
+    def read(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        fs, _ = filesystem(location)
+        ids, xs = [], []
+        for file, group in zip(batch["file"], batch["row_group"]):
+            with fs.open_input_file(str(file)) as f:
+                table = pq.ParquetFile(f).read_row_group(int(group), columns=["id", "x"])
+            group_ids, group_xs = ray.get(members).rows_of(table, shape)
+            ids.append(group_ids)
+            xs.append(group_xs)
+        return {"id": np.concatenate(ids), "x": np.concatenate(xs)}
+
+    return ray.data.from_items(pieces, override_num_blocks=len(pieces)).map_batches(
+        read, batch_size=1, batch_format="numpy")
+
+
 def score(spec: ModelSpec, state: dict, ids: np.ndarray, x, needs: frozenset[str], *, mc_samples: int,
-          actors: int = 1, gpus: float = 0.0, batch_size: int = 256, extra=None, rank: Rank | None = None,
+          tasks: int = 1, gpus: float = 0.0, chunk: int = 256, extra=None, rank: Rank | None = None,
           block_rows: int = BLOCK_ROWS) -> PoolStats:
     """PoolStats for the samples (ids, x), index-aligned with `ids`; with `rank`, only the pool's
     top `rank.k` rows (with `rank.fields`), in rank order: each block of `block_rows` rows keeps
     its top k, and the driver merges them.
 
-    `x` is an array or a lazy Parquet view (autoal.parquet_pool.LazyFeatures), whose rows stream
-    from the files. actors >= 1 streams the pool through that many Ray Data tasks at a time (each
-    with `gpus` GPUs); actors == 0 scores in this process (small pools, tests). `extra`
+    `x` is an array or a lazy Parquet view (autoal.data.lazy.LazyFeatures), whose rows stream
+    from the files. tasks >= 1 streams the pool through that many Ray Data tasks at a time (each
+    with `gpus` GPUs); tasks == 0 scores in this process (small pools, tests). `extra`
     (hooks.ScorerExtra) adds one more model's output as a field.
     """
     served = POOL_FIELDS | ({extra.field} if extra is not None else set())
     if not set(needs) <= served:
         raise ValueError(f"the scoring pass cannot compute {', '.join(sorted(set(needs) - served))}")
-    needs = (frozenset(needs) | (get(rank.strategy).needs if rank is not None else frozenset())) & POOL_FIELDS
-    lazy = not isinstance(x, np.ndarray)
-    if actors == 0:
-        scorer = PoolScorer(asdict(spec), state, needs, mc_samples, gpus, extra, rank, batch_size)
-        block = block_rows if rank is not None else batch_size
-        batches = (x.dataset().iter_batches(batch_format="numpy", batch_size=block) if lazy else
+    needs = (frozenset(needs) | (rank.strategy.needs if rank is not None else frozenset())) & POOL_FIELDS
+    lazy = is_lazy(x)
+    if tasks == 0:
+        scorer = PoolScorer(asdict(spec), state, needs, mc_samples, gpus, extra, rank, chunk)
+        block = block_rows if rank is not None else chunk
+        batches = (parquet_dataset(x).iter_batches(batch_format="numpy", batch_size=block) if lazy else
                    ({"id": ids[s:s + block], "x": x[s:s + block]} for s in range(0, len(ids), block)))
         parts = (scorer(batch) for batch in batches)
     else:
         state_ref, extra_ref = ray.put(state), ray.put(extra)  # referenced here until the pass ends
-        data = x.dataset() if lazy else pool_dataset(
-            ids, x, blocks=max(actors, min(len(ids) // batch_size, 4 * actors), 1))
+        data = parquet_dataset(x) if lazy else pool_dataset(
+            ids, x, blocks=max(tasks, min(len(ids) // chunk, 4 * tasks), 1))
         scored = data.map_batches(
-            _score_batch, compute=ray.data.TaskPoolStrategy(size=actors),
-            batch_size=block_rows if rank is not None else batch_size,   # ranked: top k of each block
+            _score_batch, compute=ray.data.TaskPoolStrategy(size=tasks),
+            batch_size=block_rows if rank is not None else chunk,   # ranked: top k of each block
             batch_format="numpy", num_cpus=1, num_gpus=gpus,
             max_calls=0,   # a GPU task's process otherwise exits after one block (Ray's default for GPU tasks),
                            # paying a CUDA context and a model load per block
             fn_kwargs=dict(key=state_ref.hex(), spec=asdict(spec), state=state_ref, needs=needs,
-                           mc_samples=mc_samples, gpus=gpus, extra=extra_ref, rank=rank, chunk=batch_size))
+                           mc_samples=mc_samples, gpus=gpus, extra=extra_ref, rank=rank, chunk=chunk))
         parts = scored.iter_batches(batch_format="numpy", batch_size=None)
     return _merged_top(parts, rank.k) if rank is not None else _stats_in_order(parts, ids)
 
@@ -186,13 +214,13 @@ def _merged_top(parts, k: int) -> PoolStats:
         if not len(part["id"]):
             continue
         rows = part if top is None else {key: np.concatenate([top[key], part[key]]) for key in top}
-        keep = np.lexsort((rows["id"], -rows["score"]))[:k]
+        keep = top_k(rows["id"], k, rows["score"])
         top = {key: value[keep] for key, value in rows.items()}
     return PoolStats(ids=top["id"], **{key: v for key, v in top.items() if key not in ("id", "score")})
 
 
 def _stats_in_order(parts, ids: np.ndarray) -> PoolStats:
-    """Place the actors' out-of-order outputs onto `ids`, batch by batch, into arrays allocated
+    """Place the tasks' out-of-order outputs onto `ids`, batch by batch, into arrays allocated
     once (no list of the parts is kept: the pass's result is the only copy)."""
     order = np.argsort(ids)
     fields, seen = {}, np.zeros(len(ids), dtype=bool)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from sklearn.mixture import GaussianMixture
 
-from autoal.models import loss_ranking
+from autoal.nets.models import loss_ranking
 
 GMM_SAMPLES = 4096     # draws from the fitted mixture to read the threshold quantile off
 TEMPERATURE = 0.1      # of the sigmoid, in standard deviations of r: neither a step nor flat

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from autoal.datasets import _parse_file
+from autoal.data.sources import parse_file
 from autoal.errors import AutoALError
 from autoal.safe_io import folder_files, shown
-from autoal.pool import UNLABELED, Pool
+from autoal.data.pool import UNLABELED, Pool
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
@@ -88,9 +88,9 @@ def read_folder(arg: str | None, classes: tuple[str, ...] | None = None) -> tupl
     the train split; an undecodable file is an error naming it."""
     root, size = parse_spec(arg)
     names, paths, ids, y = index_folder(root, classes)
-    gray = all(_parse_file(p, "image", _mode) in GRAY_MODES for p in paths)
+    gray = all(parse_file(p, "image", _mode) in GRAY_MODES for p in paths)
     decode = _decoder("L" if gray else "RGB", size)
-    x = np.stack([_parse_file(p, "image", decode) for p in paths])
+    x = np.stack([parse_file(p, "image", decode) for p in paths])
     pool = Pool(f"images:{root.name}", ids, x, y, np.full(len(paths), "train"), len(names))
     return pool, np.array([str(p) for p in paths])
 

@@ -6,7 +6,7 @@ append-only: rows are added, never changed. A round counts as done once its
 results row exists; ledger rows of a round beyond that (written just before a
 kill) are dropped on load and re-derived identically.
 
-One process at a time writes a directory: `open` takes its lock (autoal.lock)
+One process at a time writes a directory: `open` takes its lock (autoal.runs.lock)
 and `close` releases it. Strategy state is loaded with torch's weights_only
 unpickler, which builds nothing but tensors and plain containers: a file
 planted in a shared experiment directory cannot run code on the machine that
@@ -26,8 +26,8 @@ import yaml
 
 from autoal.config import EXECUTION_FIELDS, ExperimentConfig, from_dict
 from autoal.errors import AutoALError
-from autoal.journal import Journal
-from autoal.lock import LOCK_FILE, DirLock
+from autoal.runs.journal import Journal
+from autoal.runs.lock import LOCK_FILE, DirLock
 from autoal.safe_io import CONFIG_BYTES, atomic_write, load_yaml, own_dir, read_bytes
 
 __all__ = ["ExperimentDir", "atomic_write", "parquet_bytes", "read_table"]

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from autoal import metrics
+from autoal.runs import metrics
 
 ALPHA = 0.05
 DIFFERENCE_COLUMNS = ("dataset", "a", "b", "seeds", "mean", "ci_low", "ci_high", "p_t", "p_wilcoxon", "verdict")

@@ -105,8 +105,9 @@ def _show(resources: dict[str, float]) -> str:
 
 def check_resources(workers: int, actors: int, gpus: float, log: Callable[[str], None] = print,
                     wait_s: float | None = None) -> None:
-    """Refuse a request the cluster cannot meet; on an autoscaling cluster that could grow to meet
-    it, ask the autoscaler and wait up to `wait_s` (AUTOAL_RESOURCE_WAIT_S, default 600 s)."""
+    """Start or join Ray if the request needs it (workers or actors), then refuse what the cluster cannot
+    meet; on an autoscaling cluster that could grow to meet it, ask the autoscaler and wait up to
+    `wait_s` (AUTOAL_RESOURCE_WAIT_S, default 600 s)."""
     if gpus > 0 and (workers == 0 or actors == 0):
         import torch
 
@@ -116,6 +117,9 @@ def check_resources(workers: int, actors: int, gpus: float, log: Callable[[str],
                               f"({'workers' if workers == 0 else 'actors'}: 0) and sees no CUDA GPU; "
                               "use --gpus 0, or workers/actors on GPU nodes")
     need = {k: v for k, v in demand(workers, actors, gpus).items() if v > 0}
+    if not need:   # everything in this process: Ray is not started (5-30 s on a loaded 2-core machine)
+        return
+    init_ray()
     short = _short(need, ray.cluster_resources())
     if not short:
         return

@@ -36,10 +36,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from autoal import objective, scoring, training
+from autoal.compute import scoring, training
+from autoal.search import objective
 from autoal.config import SearchConfig
-from autoal.distributed import World, portable_state, tensors
-from autoal.searchnet import SearchNet
+from autoal.compute.distributed import World, portable_state, tensors
+from autoal.search.searchnet import SearchNet
 from autoal.strategies.autoal import AutoAL
 
 MIN_PER_WORKER = 4     # labeled samples per worker: halves of L give every rank batches of >= 2 (BatchNorm)
@@ -90,7 +91,7 @@ def cycle_rows(strategy: AutoAL, spec, sc: SearchConfig, x: torch.Tensor, y: tor
         rows = np.concatenate([val, tr]) if strategy.needs_labeled else val
         torch.manual_seed(seed)  # MC dropout: every rank draws the same masks
         stats = scoring.score(spec, net.state_dict(), np.arange(len(rows)), x[rows].numpy(), needs,
-                              mc_samples=mc_samples, actors=0, gpus=gpus)
+                              mc_samples=mc_samples, tasks=0, gpus=gpus)
         val_stats = stats.take(np.arange(len(val)))
         labeled = stats.take(np.arange(len(val), len(rows))) if strategy.needs_labeled else None
         q = min(max(math.ceil(sc.rho * len(val)), 1), len(val))

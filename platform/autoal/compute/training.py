@@ -12,21 +12,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from autoal import distributed, models
-from autoal.distributed import World, portable_state, tensors, torch_state
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to rebuild a TaskNet in another process."""
-
-    name: str
-    shape: tuple[int, ...]
-    classes: int
-    dropout: float
-
-    def build(self) -> models.TaskNet:
-        return models.build(self.name, self.shape, self.classes, self.dropout)
+from autoal.compute import distributed
+from autoal.nets import models
+from autoal.nets.models import ModelSpec
+from autoal.compute.distributed import World, portable_state, tensors, torch_state
 
 
 @dataclass(frozen=True)

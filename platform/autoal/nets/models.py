@@ -6,6 +6,7 @@ Backbones are registered by name; `auto` picks one from the data's shape.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -201,3 +202,16 @@ def loss_ranking(pred: torch.Tensor, target: torch.Tensor, margin: float = 1.0) 
     t1, t2 = target[:half].detach(), target[half:2 * half].detach()
     sign = torch.sign(t1 - t2)
     return F.relu(-sign * (p1 - p2) + margin).mean()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a TaskNet in another process."""
+
+    name: str
+    shape: tuple[int, ...]
+    classes: int
+    dropout: float
+
+    def build(self) -> "TaskNet":
+        return build(self.name, self.shape, self.classes, self.dropout)

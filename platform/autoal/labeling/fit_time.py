@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from autoal.config import ExperimentConfig
-from autoal.distributed import THREADS, World
-from autoal.training import ModelSpec, epochs_for, shard_batches
+from autoal.compute.distributed import THREADS, World
+from autoal.nets.models import ModelSpec
+from autoal.compute.training import epochs_for, shard_batches
 
 LONG_S = 15.0   # a wait worth announcing
 

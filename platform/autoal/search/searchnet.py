@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autoal import models
-from autoal.objective import mixture
+from autoal.nets import models
+from autoal.search.objective import mixture
 
 HIDDEN = 64            # width of the head
 

@@ -1,47 +1,46 @@
-"""A labeling project: the AL loop of `autoal run` with a person as the oracle.
+"""A labeling project: the round engine (engine.rounds) with a person as the oracle: query files
+out, answers in, and without a test split the accuracy estimated by cross-validation.
 
-The directory is an experiment directory (store.ExperimentDir: config.yaml,
+The directory is an experiment directory (runs.directory.ExperimentDir: config.yaml,
 the append-only ledger, results, strategy state) plus
   project.yaml                 pool spec, class names, test spec, default strategy, CV folds
   queries.parquet              every query asked: round, id, strategy, predicted, confidence
   queries/round-NNN.csv|html|json   each batch, for the person and for Label Studio
   queries/label-studio.xml     the Label Studio labeling config
   state/task-model/seed<s>/round<N>.pt   the task model that chose round N's queries (state dict)
-Labels the pool already carries (class folders, labeled Parquet rows) are
-seeds read from the pool; the ledger holds the person's answers, each under
-the round of its query (a skip is label -2, out-of-distribution -1).
+Labels the pool already carries (class folders, labeled Parquet rows) are seeds read from the pool;
+the ledger holds the person's answers, each under the round of its query (skip -2, out-of-distribution -1).
 
 `next` at round r trains on every known label, writes results row r and the
 round r+1 files, and commits by appending its queries to queries.parquet
-(one atomic write); `import` is one atomic ledger write. Both record every
-file they create in a journal first (autoal.journal); opening a project rolls
-back what the journal of a killed command names, and nothing else, so a crash
-or kill leaves the project as it was before the command and a user's own files
-in the project are never touched.
+(one atomic write); `import` is one atomic ledger write. Both record every file they create in a
+journal first (runs.journal); opening a project rolls back what the journal of a killed command
+names, and nothing else, so a crash or kill leaves the project as it was before the command and a
+user's own files in the project are never touched.
 """
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import ray
 import yaml
 
-from autoal import backbones, config, distributed, fit_time, hooks, label_files, models, runtime, scoring, training
+from autoal import config, hooks
+from autoal.compute import distributed, runtime, scoring, training
+from autoal.labeling import fit_time, files as label_files
+from autoal.nets import backbones, models
 from autoal.errors import AutoALError
-from autoal.experiment import Experiment, derive_seed, initial_pool
-from autoal.label_pool import ProjectSpec, absolute_spec, embed_project, load_pool, parse_classes, with_embeddings
-from autoal.journal import Journal, journaled
-from autoal.pool import OOD, UNLABELED, Pool, write_parquet
+from autoal.engine.rounds import RoundEngine, derive_seed, initial_pool, initial_row
+from autoal.labeling.pool import ProjectSpec, absolute_spec, embed_project, load_pool, parse_classes, with_embeddings
+from autoal.runs.journal import Journal, journaled
+from autoal.data.pool import OOD, UNLABELED, Pool
 from autoal.safe_io import CONFIG_BYTES, atomic_write, load_yaml, own_dir, read_bytes, read_text, shown
-from autoal.store import CHECKPOINT_BYTES, ExperimentDir, parquet_bytes, read_table
+from autoal.runs.directory import ExperimentDir, parquet_bytes, read_table
 
-ROUND_FILE = re.compile(r"round(\d+)$")  # state/.../roundN.pt
 MODEL = "task-model"  # store state key of each round's task model: state/task-model/seed<s>/round<r>.pt
 RUN = "label"  # the ledger's and results' `strategy` key: one run, whatever strategy asks each round
 PROTECTED_TABLES = ("ledger", "queries")  # tables whose rows a rollback never touches
@@ -71,7 +70,7 @@ class LabelProject:
         pool = with_embeddings(pool, self.embeddings("pool"), sources, spec)
         self.pool, self.sources = pool.subset("train"), sources[train]
         self.test = self._test_split(pool.subset("test"))
-        self.model_spec = training.ModelSpec(models.resolve(cfg.model, pool.shape), pool.shape, len(spec.classes),
+        self.model_spec = models.ModelSpec(models.resolve(cfg.model, pool.shape), pool.shape, len(spec.classes),
                                              cfg.dropout)
 
     def _test_split(self, test: Pool) -> tuple[np.ndarray, np.ndarray]:
@@ -223,8 +222,7 @@ class LabelProject:
         cfg, seed, round_, start = self.cfg, self.seed, self.committed, time.perf_counter()
         name = strategy or self.spec.strategy
         round_hook = self.round_hook(name)
-        k = cfg.batch if batch is None else batch
-        if k <= 0:
+        if (k := cfg.batch if batch is None else batch) <= 0:
             raise AutoALError(f"--batch must be positive, got {k}")
         known = Pool(self.pool.name, self.pool.ids, self.pool.x, self.known, self.pool.split, self.pool.classes)
         asked = np.union1d(self.pool.ids[self.known != UNLABELED], self.queries["id"].to_numpy(np.int64))
@@ -232,75 +230,67 @@ class LabelProject:
         unasked = np.setdiff1d(self.pool.ids, asked)
         if not len(unasked):
             raise AutoALError(f"nothing left to ask: all {len(self.pool)} samples are labeled or queried")
-        k = min(k, len(unasked))
-        with journaled(self.store, round_ + 1):   # committed once queries.parquet holds round r+1
-            runtime.init_ray()
-            experiment = Experiment(replace(cfg, batch=k), known, known.subset("test"), self.model_spec, self.store,
-                                    log)
-            labeled = self.trainable()
-            rows = known.rows(labeled)
-            result = dict(dataset=cfg.dataset, strategy=RUN, seed=seed, round=round_, n_labeled=len(rows),
-                          accuracy=float("nan"), accuracy_estimated=not len(self.test[1]), query_strategy=name,
-                          train_loss=float("nan"), train_s=0.0, hook_s=0.0, score_s=0.0, select_s=0.0)
-            if len(np.unique(self.known[rows])) >= 2:
-                with distributed.workers(cfg.workers, cfg.gpus, warm=cfg.warm_workers, log=log):
-                    picks, predicted, confidence = self._model_round(experiment, round_hook, name, labeled, rows,
-                                                                     asked, result)
-            else:  # no model before two classes have labels: the initial pool's rule picks
-                mask = np.isin(known.ids, unasked)
-                candidates = Pool(known.name, known.ids[mask], known.x[mask], known.y[mask], known.split[mask],
-                                  known.classes)
-                picks = initial_pool(candidates, replace(cfg, initial=k), derive_seed(seed, round_))
-                predicted, confidence = np.full(len(picks), ""), np.full(len(picks), np.nan)
-                result["query_strategy"] = f"initial:{cfg.initial_method}"
+        k, files, asking = min(k, len(unasked)), [], {}
+
+        def ask(picks: np.ndarray, fit: training.FitResult | None) -> None:   # the oracle: files for the person
+            asking.update(zip(("predicted", "confidence"), self._guesses(picks, fit, round_)))
             at = self.pool.rows(picks)
-            batch_frame = pd.DataFrame({"id": picks, "source": self.sources[at], "predicted": predicted,
-                                        "confidence": confidence})
-            files = label_files.write_round(own_dir(self.root, "queries"), round_ + 1, batch_frame,
-                                            None if self.pixels is None else self.pixels[at], self.store.write)
-            self.store.append_result(result)
-            log(f"round {round_}: trained on {len(rows)} labels, accuracy {result['accuracy']:.4f}"
+            frame = pd.DataFrame({"id": picks, "source": self.sources[at], **asking})
+            files.extend(label_files.write_round(own_dir(self.root, "queries"), round_ + 1, frame,
+                                                 None if self.pixels is None else self.pixels[at], self.store.write))
+
+        with journaled(self.store, round_ + 1):   # committed once queries.parquet holds round r+1
+            labeled = self.trainable()
+            columns = dict(strategy=RUN, accuracy_estimated=not len(self.test[1]), query_strategy=name)
+            if len(np.unique(self.known[known.rows(labeled)])) >= 2:
+                result, picks = self._model_round(RoundEngine(cfg, known, self.model_spec, self.store), round_hook,
+                                                  name, labeled, asked, k, ask, columns, log)
+            else:  # no model before two classes have labels: the initial pool's rule picks
+                picks = initial_pool(known.take(np.isin(known.ids, unasked)), k, cfg.initial_method,
+                                     derive_seed(seed, round_))
+                ask(picks, None)
+                result = initial_row(cfg, seed, round_, len(labeled), columns)
+                self.store.append_result(result)
+            log(f"round {round_}: trained on {len(labeled)} labels, accuracy {result['accuracy']:.4f}"
                 f"{' (estimate)' if result['accuracy_estimated'] else ''}; asked {len(picks)} queries by "
                 f"{result['query_strategy']} in {time.perf_counter() - start:.1f} s")
             self.store.append_rows("queries", [dict(strategy=RUN, seed=seed, round=round_ + 1, id=int(i),
                                                     query_strategy=result["query_strategy"], predicted=p,
                                                     confidence=float(c))
-                                               for i, p, c in zip(picks, predicted, confidence)])  # the commit
+                                               for i, p, c in zip(picks, asking["predicted"], asking["confidence"])])
         self._load_progress()
         return files
 
-    def _model_round(self, experiment: Experiment, round_hook, name: str, labeled: np.ndarray, rows: np.ndarray,
-                     asked: np.ndarray, result: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Fit, measure, score and select: (picks, predicted class names, confidences)."""
-        seed, round_, x, y = self.seed, self.committed, experiment.train.x, experiment.train.y
+    def _model_round(self, engine: RoundEngine, round_hook, name: str, labeled: np.ndarray, asked: np.ndarray,
+                     k: int, ask, columns: dict, log) -> tuple[dict, np.ndarray]:
+        """The engine's round: the person is the oracle; no test split: accuracy by cross-validation."""
+        cfg, seed, round_ = self.cfg, self.seed, self.committed
+        runtime.check_resources(cfg.workers, scoring.tasks_for(cfg.scoring_tasks, len(self.pool)), cfg.gpus, log)
         folds = 0 if len(self.test[1]) else self.spec.cv_folds
-        fit_time.announce(self.model_spec, self.cfg, len(rows), folds, bool(self.spec.embed), experiment.log)
-        t0 = time.perf_counter()
-        test = self.test if len(self.test[1]) else (x[rows], y[rows])
-        fit = experiment.fit(round_hook.train_set(x[rows], y[rows]), ray.put(test), seed, round_,
-                             name=f"label-r{round_}", **round_hook.fit_options())
-        result.update(accuracy=fit.accuracy if len(self.test[1]) else self._cv_accuracy(experiment, rows),
-                      train_loss=fit.train_loss, train_s=time.perf_counter() - t0)
-        saved = self.store.load_state(name, seed, round_)
-        if saved is not None:
-            round_hook.load_state_dict(saved)
-        picks = experiment.query(name, round_hook, fit.state, asked, rows, seed, round_, result)
-        state = round_hook.state_dict()
-        if state is not None:
-            self.store.save_state(name, seed, round_ + 1, state)
-        self.store.save_state(MODEL, seed, round_ + 1, fit.state)
-        probs = scoring.score(self.model_spec, fit.state, picks, x[experiment.train.rows(picks)],
-                              frozenset({"probs"}), mc_samples=self.cfg.mc_samples, actors=0).probs
-        return picks, np.asarray(self.spec.classes)[probs.argmax(1)], probs.max(1)
+        fit_time.announce(self.model_spec, cfg, len(labeled), folds, bool(self.spec.embed), log)
+        engine.resume(round_hook, name, seed, round_)
+        with distributed.workers(cfg.workers, cfg.gpus, warm=cfg.warm_workers, log=log):
+            return engine.play(name, round_hook, seed, round_, labeled, k=k, exclude=asked,
+                               test=self.test if len(self.test[1]) else self._cv_accuracy, commit=ask,
+                               columns=columns)
 
-    def _cv_accuracy(self, experiment: Experiment, rows: np.ndarray) -> float:
+    def _guesses(self, picks: np.ndarray, fit: training.FitResult | None, round_: int) -> tuple[np.ndarray, np.ndarray]:
+        """The model's class name and confidence for each pick (none before a model), its state kept."""
+        if fit is None:
+            return np.full(len(picks), ""), np.full(len(picks), np.nan)
+        self.store.save_state(MODEL, self.seed, round_ + 1, fit.state)
+        probs = scoring.score(self.model_spec, fit.state, picks, self.pool.x[self.pool.rows(picks)],
+                              frozenset({"probs"}), mc_samples=self.cfg.mc_samples, tasks=0).probs
+        return np.asarray(self.spec.classes)[probs.argmax(1)], probs.max(1)
+
+    def _cv_accuracy(self, rows: np.ndarray) -> float:
         """Accuracy estimated by k-fold cross-validation on the labels (NaN with cv_folds 0)."""
         from sklearn.model_selection import KFold
 
         folds = min(self.spec.cv_folds, len(rows))
         if folds < 2:
             return float("nan")
-        cfg, x, y = self.cfg, experiment.train.x, experiment.train.y
+        cfg, x, y = self.cfg, self.pool.x, self.known
         split = KFold(folds, shuffle=True, random_state=derive_seed(self.seed, self.committed, 4)).split(rows)
         return training.cross_validate(self.model_spec, (x[rows], y[rows]), list(split),
                                        seed=derive_seed(self.seed, self.committed, 1), epochs=cfg.epochs, lr=cfg.lr,
@@ -334,7 +324,7 @@ class LabelProject:
                 "skipped": int((answered == UNLABELED).sum())}
 
     def status(self) -> str:
-        from autoal import plots
+        from autoal.runs import plots
 
         open_by_round = self.open_queries().groupby("round").size()
         lines = [f"project {self.root}: pool {self.spec.pool} ({len(self.pool)} samples), "
@@ -355,25 +345,3 @@ class LabelProject:
         lines += [f"accuracy: {last['accuracy']:.4f} at round {int(last['round'])} with {int(last['n_labeled'])} "
                   f"labels, {what}", f"learning curve: {curve}"]
         return "\n".join(lines)
-
-    def export(self, out: str | Path) -> Path:
-        """The labeled samples (and test split) as a Parquet pool at OUT/pool, the latest model at OUT/model.pt."""
-        out = Path(out)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise AutoALError(f"{out} exists and is not empty; choose a new directory")
-        keep = self.known != UNLABELED
-        test_x, test_y = self.test
-        start = int(self.pool.ids.max()) + 1
-        pool = Pool(self.pool.name, np.concatenate([self.pool.ids[keep], np.arange(start, start + len(test_y))]),
-                    np.concatenate([self.pool.x[keep], test_x]), np.concatenate([self.known[keep], test_y]),
-                    np.array(["train"] * int(keep.sum()) + ["test"] * len(test_y)), self.pool.classes)
-        write_parquet(pool, out / "pool")
-        latest = sorted((p for p in self.store.state_path(MODEL, self.seed, 0).parent.glob("round*.pt")
-                         if ROUND_FILE.match(p.stem)), key=lambda p: int(ROUND_FILE.match(p.stem)[1]))
-        if latest:
-            atomic_write(out / "model.pt", read_bytes(latest[-1], CHECKPOINT_BYTES, "checkpoint", follow=False))
-        atomic_write(out / "model.yaml", yaml.safe_dump(dict(
-            asdict(self.model_spec), shape=list(self.model_spec.shape), class_names=list(self.spec.classes),
-            round=int(ROUND_FILE.match(latest[-1].stem)[1]) if latest else None), sort_keys=False).encode())
-        return out
-

@@ -15,15 +15,16 @@ import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable
 
 import numpy as np
 
+from autoal.data.sources import parse_file, split_spec
 from autoal.errors import AutoALError
 from autoal.safe_io import shown
-from autoal.pool import Pool, from_arrays, read_parquet, write_parquet
+from autoal.data.pool import Pool, from_arrays
+from autoal.data.parquet import read_parquet, write_parquet
 
-T = TypeVar("T")
 Loader = Callable[[str | None, Path, bool], Pool]
 
 
@@ -50,14 +51,14 @@ def sources() -> list[tuple[str, str]]:
 
 def load(spec: str, data_root: str | Path, download: bool = False) -> Pool:
     """The pool named by `spec`; files live under `data_root`, fetched there only if `download`."""
-    name, sep, arg = spec.strip().partition(":")
+    name, arg = split_spec(spec)
     src = _SOURCES.get(name.lower())
     if src is None:
         raise AutoALError(f"unknown data source {shown(name)} in {shown(spec)}; known sources: {', '.join(_SOURCES)}")
     root = Path(data_root).expanduser()
     if root.exists() and not root.is_dir():
         raise AutoALError(f"data root {root} is a file; --data-root names the directory dataset files live in")
-    return src.load(arg if sep else None, root, download)
+    return src.load(arg, root, download)
 
 
 def prepare(spec: str, data_root: str | Path, out_dir: str | Path, download: bool = False, log=None) -> Path:
@@ -71,22 +72,6 @@ def prepare(spec: str, data_root: str | Path, out_dir: str | Path, download: boo
 def _no_arg(name: str, arg: str | None) -> None:
     if arg is not None:
         raise AutoALError(f"data source {shown(name)} takes no argument; use '{name}', not '{name}:{arg}'")
-
-
-def _parse_file(path: Path, what: str, parse: Callable[[Path], T]) -> T:
-    """Run a file parser, reporting a damaged file by name.
-
-    Unpickling, .mat and .npz readers raise many unrelated types on bad bytes
-    (UnpicklingError, EOFError, BadZipFile, MatReadError, ValueError, ...), so
-    this one boundary catches Exception; MemoryError is a real limit, not damage.
-    """
-    try:
-        return parse(path)
-    except MemoryError:
-        raise
-    except Exception as exc:
-        raise AutoALError(f"{path} is not a readable {what} ({type(exc).__name__}: {exc}); "
-                          "re-download it or replace the file") from None
 
 
 def _check_labels(path: Path, key: str, labels: np.ndarray, n: int, classes: int) -> np.ndarray:
@@ -171,7 +156,7 @@ def _read_pickle(path: Path) -> object:
 
 
 def _read_cifar_batch(path: Path, label_key: str, classes: int) -> tuple[np.ndarray, np.ndarray]:
-    entry = _parse_file(path, "CIFAR python batch", _read_pickle)
+    entry = parse_file(path, "CIFAR python batch", _read_pickle)
     if not isinstance(entry, dict):
         raise AutoALError(f"{path}: expected a pickled dict, found {type(entry).__name__}")
     # Python 2 str keys load as str; batches written by Python 3 code have bytes keys (b'data').
@@ -218,7 +203,7 @@ _source("cifar100", "CIFAR-100 via torchvision: 60000 32x32 RGB images, 100 fine
 def _read_svhn(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import scipy.io
 
-    mat = _parse_file(path, "SVHN .mat file", scipy.io.loadmat)
+    mat = parse_file(path, "SVHN .mat file", scipy.io.loadmat)
     absent = [k for k in ("X", "y") if k not in mat]
     if absent:
         raise AutoALError(f"{path}: SVHN .mat file lacks {absent}")
@@ -301,7 +286,7 @@ def _medmnist(arg: str | None, root: Path, download: bool) -> Pool:
                               lambda: cls(split="test", root=str(root), size=size, download=True))
     _missing(f"medmnist:{flag}", [path], f"place {path.name} from {info['url' if size == 28 else f'url_{size}']} "
                                          f"in {root}")
-    arrays = _parse_file(path, "MedMNIST .npz archive", _read_npz)
+    arrays = parse_file(path, "MedMNIST .npz archive", _read_npz)
     absent = [k for k in _NPZ_KEYS if k not in arrays]
     if absent:
         raise AutoALError(f"{path}: MedMNIST archive lacks {absent}; expected keys {list(_NPZ_KEYS)}")
@@ -331,7 +316,7 @@ def _parquet(arg: str | None, root: Path, download: bool) -> Pool:
 @_source("images", "images:<dir>[@<size>]: image files, in <dir>/<class>/ subfolders (labels) or loose "
                    "(unlabeled, for `autoal label`)")
 def _images(arg: str | None, root: Path, download: bool) -> Pool:
-    from autoal.images import read_folder
+    from autoal.data.images import read_folder
 
     return read_folder(arg)[0]
 

@@ -10,9 +10,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from autoal import backbones, datasets, images, label_files
+from autoal.data import datasets, images
+from autoal.data.parquet import pool_schema, read_parquet, shard_table
+from autoal.data.pool import Pool
+from autoal.data.sources import split_spec
 from autoal.errors import AutoALError
-from autoal.pool import Pool, pool_schema, read_parquet, shard_table
+from autoal.labeling import files as label_files
+from autoal.nets import backbones
 from autoal.safe_io import atomic_write, own_dir, shown
 
 
@@ -40,7 +44,7 @@ def parse_classes(text: str) -> tuple[str, ...]:
 
 def load_pool(spec: str, classes: tuple[str, ...], data_root: str) -> tuple[Pool, np.ndarray]:
     """The pool of `spec` with labels numbered by `classes`, and each sample's source file ('' if none)."""
-    name, _, arg = spec.partition(":")
+    name, arg = split_spec(spec)
     if name == "images":  # class folders are matched to the classes by name
         return images.read_folder(arg, classes)
     pool = datasets.load(spec, data_root)
@@ -52,7 +56,7 @@ def load_pool(spec: str, classes: tuple[str, ...], data_root: str) -> tuple[Pool
 
 def embed_project(spec: ProjectSpec, folder: Path, cfg) -> None:
     """Embed the project's pool (and test pool) with its backbone, into folder/pool and folder/test."""
-    from autoal.embed import embed
+    from autoal.compute.embed import embed
 
     for which, source in (("pool", spec.pool), ("test", spec.test)):
         if source:
@@ -87,7 +91,7 @@ def with_embeddings(pool: Pool, location: Path | None, sources: np.ndarray, spec
 
 def _embed_added(pool: Pool, rows: np.ndarray, files: np.ndarray, spec: ProjectSpec, folder: Path) -> np.ndarray:
     """Embeddings of image files added since `label init`, kept in `folder` for later commands."""
-    from autoal.embed import FileShard
+    from autoal.compute.embed import FileShard
 
     print(f"embedding {len(rows)} image files added since `label init` with {spec.embed}", flush=True)
     embedder = backbones.Embedder(spec.embed, backbones.state_dict(spec.embed, spec.weights))
@@ -102,5 +106,5 @@ def _embed_added(pool: Pool, rows: np.ndarray, files: np.ndarray, spec: ProjectS
 
 def absolute_spec(spec: str) -> str:
     """`images:` and `parquet:` specs with an absolute path, so the project works from any directory."""
-    name, sep, arg = spec.partition(":")
+    name, arg = split_spec(spec)
     return f"{name}:{Path(arg).expanduser().resolve()}" if name in ("images", "parquet") and arg else spec

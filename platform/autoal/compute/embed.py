@@ -1,5 +1,5 @@
 """`autoal embed`: a dataset or an image folder through a pretrained backbone, once, into a
-Parquet pool of embeddings (the pool format of autoal.pool: id, y and split as in the source,
+Parquet pool of embeddings (the pool format of autoal.data.pool: id, y and split as in the source,
 x the embedding), which `autoal run --dataset parquet:OUT` and `autoal label` learn on in seconds.
 
 The source is cut into shards fixed by the source alone (image files or array rows
@@ -26,10 +26,12 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from autoal import backbones
+from autoal.nets import backbones
 from autoal.errors import AutoALError
-from autoal.parquet_pool import features, filesystem, schema_metadata
-from autoal.pool import UNLABELED, pool_schema, row_group_rows, shard_table
+from autoal.data.lazy import features, filesystem
+from autoal.data.parquet import pool_schema, row_group_rows, schema_metadata, shard_table
+from autoal.data.sources import split_spec
+from autoal.data.pool import UNLABELED
 
 DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
 MANIFEST = "_embed.json"   # the arguments that fix the output; a re-run must match them (readers skip _ files)
@@ -47,7 +49,7 @@ class FileShard:
     def embed(self, embedder: backbones.Embedder, batch_size: int):
         from PIL import Image
 
-        from autoal.datasets import _parse_file
+        from autoal.data.sources import parse_file
 
         def decode(path):
             with Image.open(path) as image:
@@ -55,7 +57,7 @@ class FileShard:
 
         out = []
         for start in range(0, len(self.paths), batch_size):
-            batch = [_parse_file(path, "image", decode) for path in self.paths[start:start + batch_size]]
+            batch = [parse_file(path, "image", decode) for path in self.paths[start:start + batch_size]]
             out.append(embedder.images(batch))
         return self.ids, np.concatenate(out), self.y, np.full(len(self.ids), "train")
 
@@ -116,9 +118,9 @@ def plan(source: str, data_root: str, download: bool = False, shard_rows: int = 
     """The shards of `source` (a dataset spec); `classes` names an image folder's classes."""
     import ray
 
-    from autoal import datasets, images
+    from autoal.data import datasets, images
 
-    kind, _, arg = source.partition(":")
+    kind, arg = split_spec(source)
     if classes and kind != "images":
         raise AutoALError(f"--classes names the classes of an image folder; {source} carries its own")
     if kind == "images":
@@ -248,7 +250,7 @@ def embed(source: str, out: str, backbone: str, *, weights: str | None = None, d
     import ray
     import ray.data   # before runtime quiets Ray's loggers: importing it configures them
 
-    from autoal import runtime
+    from autoal.compute import runtime
 
     if dtype not in DTYPES:
         raise AutoALError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")

@@ -3,7 +3,7 @@
 Like git's index.lock or PostgreSQL's postmaster.pid, it refuses a second
 writer: two runs on one `--out` would each rewrite the ledger from their own
 copy, and the last writer would erase the other's rounds. The lock is `flock`
-on `<dir>/.autoal.lock`, so the kernel drops it when its holder exits in any
+on `<dir>/.autoal.runs.lock`, so the kernel drops it when its holder exits in any
 way, kill -9 included: a killed run never blocks the next one. While held, the
 file names the holder (host, pid, start time) for the refusal message; a clean
 release empties it, so a non-empty file found unlocked is the trace of a run
@@ -26,7 +26,7 @@ from pathlib import Path
 from autoal.errors import AutoALError
 from autoal.safe_io import read_bytes
 
-LOCK_FILE = ".autoal.lock"
+LOCK_FILE = ".autoal.runs.lock"
 
 
 class DirLock:

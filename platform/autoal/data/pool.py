@@ -1,32 +1,15 @@
-"""A pool: stable int64 ids, features, labels, split; and its Parquet format.
-
-Parquet pool format (one directory of `part-*.parquet` shards):
-  id int64, x list<float32> (flattened features), y int64 (-1: out of
-  distribution; null: unknown, for pools a person labels; both in the train
-  split only), split string ("train" / "test"); schema
-  metadata: `shape` (JSON list, per-sample shape, e.g. [1, 28, 28]),
-  `classes` (number of classes), `name`.
-"""
+"""A pool: stable int64 ids, features, labels, split (its Parquet format is in data.parquet)."""
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
+from autoal.data.ids import SPLITS, ascending, is_lazy, positions, split_codes
 from autoal.errors import AutoALError
 from autoal.safe_io import shown
-from autoal.modes import as_created
-from autoal.strategies.base import positions
 
-SPLITS = ("train", "test")
 OOD = -1  # the label of an out-of-distribution sample: the oracle's "none of the classes"
 UNLABELED = -2  # the label is unknown (null in Parquet): nobody has answered for this sample yet
 
@@ -43,9 +26,7 @@ def split_column(values, name: str) -> pd.Categorical:
     if isinstance(values, pd.Categorical) and list(values.categories) == list(SPLITS):
         return values
     values = np.asarray(values)
-    codes = np.full(len(values), -1, dtype=np.int8)
-    for code, split in enumerate(SPLITS):
-        codes[values == split] = code
+    codes = split_codes(values)
     if (codes < 0).any():
         raise unknown_splits(name, np.unique(values[codes < 0].astype(str)).tolist())
     return pd.Categorical.from_codes(codes, categories=list(SPLITS))
@@ -85,11 +66,11 @@ class Pool:
         if self.classes < 2:
             raise AutoALError(f"pool {shown(self.name)}: needs at least 2 classes, has {self.classes}")
         object.__setattr__(self, "split", split_column(self.split, self.name))
-        if n > 1 and not (self.ids[1:] > self.ids[:-1]).all():   # ascending ids are unique
+        if not ascending(self.ids):   # ascending ids are unique
             ordered = np.sort(self.ids)
             if (ordered[1:] == ordered[:-1]).any():
                 raise AutoALError(f"pool {shown(self.name)}: ids are not unique")
-        if isinstance(self.x, np.ndarray) and not np.isfinite(self.x).all():   # lazy features: checked when read
+        if not is_lazy(self.x) and not np.isfinite(self.x).all():   # lazy features: checked when read
             bad = int((~np.isfinite(self.x.reshape(n, -1))).any(axis=1).sum())
             raise AutoALError(f"pool {shown(self.name)}: {bad} samples have NaN or infinite features")
         y = np.asarray(self.y)
@@ -97,7 +78,7 @@ class Pool:
         if out.any():
             raise labels_outside(self.name, int(out.sum()), int(y[out][0]), self.classes)
         object.__setattr__(self, "y", y.astype(label_dtype(self.classes), copy=False))
-        if hasattr(self.x, "with_ids"):   # a lazy view's ids are the pool's: one array, not two
+        if is_lazy(self.x):   # a lazy view's ids are the pool's: one array, not two
             if not np.array_equal(self.x.ids, self.ids):
                 raise ValueError("a lazy pool's features are not in the order of its ids")
             object.__setattr__(self, "x", self.x.with_ids(self.ids))
@@ -129,7 +110,7 @@ class Pool:
         """The ids and x of the samples at `index`: what a scoring pass takes (a lazy x shares
         the ids and reads none of the samples)."""
         ids = self.ids[index]
-        return ids, self.x.with_ids(ids) if hasattr(self.x, "with_ids") else self.x[index]
+        return ids, self.x.with_ids(ids) if is_lazy(self.x) else self.x[index]
 
     def subset(self, split: str) -> "Pool":
         return self.take(np.asarray(self.split == split))
@@ -185,85 +166,3 @@ def from_arrays(name: str, x_train, y_train, x_test, y_test, classes: int | None
     split = np.array(["train"] * len(x_train) + ["test"] * len(x_test))
     classes = int(y.max()) + 1 if classes is None else classes
     return Pool(name, np.arange(len(x), dtype=np.int64), x, y, split, classes)
-
-
-SHARD_BYTES = 64 * 2**20        # features per Parquet file: a few Ray Data blocks, many files for many readers
-ROW_GROUPS_PER_SHARD = 4        # row groups per file: the unit a reader can skip or split at
-
-
-def shard_rows(width: int) -> int:
-    """Rows per Parquet file for samples of `width` float32 features: SHARD_BYTES of features."""
-    return max(1024, SHARD_BYTES // (4 * max(width, 1)))
-
-
-def write_parquet(pool: Pool, out_dir: str | os.PathLike, log=None) -> Path:
-    """Write the pool as Parquet shards sized for streaming; the directory appears complete or not at all.
-    A lazy pool (Parquet to Parquet: re-sharding) streams from its files, a shard at a time."""
-    rows = shard_rows(int(np.prod(pool.shape)))
-    if hasattr(pool.x, "batches"):
-        features = pool.x.batches(rows)
-    else:
-        features = ((pool.ids[s:s + rows], pool.x[s:s + rows]) for s in range(0, len(pool), rows))
-    chunks = ((ids, x, pool.y[at], pool.split[at]) for ids, x in features for at in [pool.rows(ids)])
-    return write_shards(chunks, out_dir, pool.name, pool.shape, pool.classes, total=len(pool), log=log)
-
-
-def write_shards(chunks, out_dir: str | os.PathLike, name: str, shape: tuple[int, ...], classes: int,
-                 total: int | None = None, log=None) -> Path:
-    """Write chunks (ids, x [n, width], y, split) as one Parquet file each, atomically (the directory
-    appears complete or not at all); `log` gets a line per file written."""
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise AutoALError(f"{out} exists and is not an empty directory; choose a new directory")
-    schema = pool_schema(name, shape, classes)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    as_created(tmp, directory=True)
-    written = 0
-    try:
-        for shard, (ids, x, y, split) in enumerate(chunks):
-            table = shard_table(schema, ids, x, y, split)
-            pq.write_table(table, tmp / f"part-{shard:05d}.parquet", row_group_size=row_group_rows(len(ids)))
-            written += len(ids)
-            if log:
-                log(f"wrote part-{shard:05d}.parquet: {written:,}" + (f" of {total:,} rows ({written / total:.0%})"
-                                                                        if total else " rows"))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
-
-
-def pool_schema(name: str, shape: tuple[int, ...], classes: int, x_type: pa.DataType = pa.float32()) -> pa.Schema:
-    """The Arrow schema of a pool's shards; `x_type` float16 halves an embedding pool (readers
-    widen it to float32)."""
-    metadata = {b"shape": json.dumps(list(shape)).encode(), b"classes": str(classes).encode(), b"name": name.encode()}
-    return pa.schema([("id", pa.int64()), ("x", pa.list_(x_type)), ("y", pa.int64()), ("split", pa.string())],
-                     metadata=metadata)
-
-
-def shard_table(schema: pa.Schema, ids, x, y, split) -> pa.Table:
-    """One shard's rows in the pool format: x flattened per row, an UNLABELED y as null."""
-    x_type = schema.field("x").type.value_type
-    x = np.ascontiguousarray(x, dtype=x_type.to_pandas_dtype()).reshape(len(ids), -1)
-    xs = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel(), x_type), x.shape[1])
-    return pa.table([pa.array(ids, pa.int64()), xs.cast(pa.list_(x_type)),
-                     pa.array(y, pa.int64(), mask=np.asarray(y) == UNLABELED),
-                     pa.array(np.asarray(split).astype(str))], schema=schema)
-
-
-def row_group_rows(rows: int) -> int:
-    """Rows per row group of a shard of `rows` rows."""
-    return max(1, -(-rows // ROW_GROUPS_PER_SHARD))
-
-
-def read_parquet(location: str | os.PathLike, lazy: bool = False) -> Pool:
-    """A Parquet pool written by `write_parquet` (or by a user in that format), checked row by row.
-    `lazy`: its features stay in the files (autoal.parquet_pool.LazyFeatures); else they are read."""
-    from autoal.parquet_pool import open_pool
-
-    pool = open_pool(str(location))
-    return pool if lazy else replace(pool, x=np.asarray(pool.x))

@@ -1,0 +1,1 @@
+"""The networks: the task models, their heads, and the pretrained backbones (torch)."""

@@ -1,0 +1,1 @@
+"""AutoAL's strategy search: SearchNet, its objective and the per-round search loop."""
