@@ -115,8 +115,8 @@ def newest(task: dict) -> dict:
 class Backend:
     """`autoal serve` in its own process (and its own local Ray, which ends with it)."""
 
-    def __init__(self, project: Path, log: Path, *args: str):
-        self.port = free_port()
+    def __init__(self, project: Path, log: Path, *args: str, port: int | None = None):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         self.log = log
@@ -247,7 +247,7 @@ def test_autoal_serves_a_real_label_studio(tmp_path):
         send_answers(backend, first[30:40], truth, 20_000)
         wait_until(lambda: backend.health().get("training"), 30, "the round to start")
         stop(backend.process, signal.SIGKILL)
-        backend = Backend(project, tmp_path / "serve-2.log")
+        backend = Backend(project, tmp_path / "serve-2.log", port=backend.port)   # Label Studio knows this one
         health = wait_until(lambda: backend.health().get("round") is not None and backend.health(), 300,
                             "the restarted backend")
         assert health["round"] == served + 1 and health["answers"] == 40

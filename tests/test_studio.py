@@ -2,6 +2,7 @@
 rounds, webhooks and faults on a real labeling project (digits, classes 0-2, 3 seeds each)."""
 import http.server
 import json
+import socket
 import threading
 from pathlib import Path
 
@@ -10,8 +11,8 @@ import pandas as pd
 import pytest
 
 from autoal import cli, label_files
-from autoal.studio import protocol as studio_protocol
 from autoal.errors import AutoALError
+from autoal.studio import protocol as studio_protocol
 from autoal.studio.backend import StudioBackend, Unavailable
 from autoal.studio.client import StudioClient
 from autoal.studio.protocol import BODY_BYTES, TaskIndex, parse_body, webhook_event
@@ -212,7 +213,7 @@ def test_predict_before_the_first_round_is_unavailable(ray_local, tmp_path):
     assert json.dumps(results)
 
 
-def test_serve_refuses_bad_arguments_in_one_line_before_starting_ray(capsys, tmp_path, monkeypatch):
+def test_serve_refuses_bad_arguments_in_one_line_before_starting_ray(capsys, tmp_path, monkeypatch, project):
     monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
     (tmp_path / "key").write_text("")
     connect = ["--connect", "3", "--label-studio"]
@@ -223,6 +224,11 @@ def test_serve_refuses_bad_arguments_in_one_line_before_starting_ray(capsys, tmp
             ([*connect, "http://ls"], "needs an API key"),
             ([*connect, "http://ls", "--api-key-file", str(tmp_path / "key")], "needs an API key")):
         test_cli.fails(capsys, ["serve", str(tmp_path), *argv], message)
+    with socket.socket() as taken:   # a port in use
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        test_cli.fails(capsys, ["serve", str(project["root"]), "--port", str(taken.getsockname()[1])],
+                       "choose another --port")
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", "secret-key-1234")
     assert "secret" not in test_cli.fails(capsys, ["serve", str(tmp_path), *connect, "ls:8080"], "not an http(s) URL")
 

@@ -11,6 +11,7 @@ request autoal cannot take gets a 4xx (503 before the first round) with one line
 
 import os
 import signal
+import socket
 import threading
 from pathlib import Path
 
@@ -89,12 +90,16 @@ def run(root: str, host: str, port: int, retrain_every: int, studio: StudioClien
     if retrain_every < 1:
         raise AutoALError(f"--retrain-every must be at least 1, got {retrain_every}")
     LabelProject.open(root).close()   # a bad project (or one in use) is one line now, not a replica's traceback
+    _check_port(host, port)
     runtime.init_ray()
-    serve.start(http_options={"host": host, "port": port}, logging_config={"enable_access_log": False})
     stop = threading.Event()
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, lambda *_: stop.set())
     try:
+        try:
+            serve.start(http_options={"host": host, "port": port}, logging_config={"enable_access_log": False})
+        except (RuntimeError, ray.exceptions.RayError) as exc:   # the port taken meanwhile, by Ray itself too
+            raise AutoALError(f"cannot serve on {host}:{port}: {one_line(exc, 120)}; choose another --port") from None
         handle = serve.run(StudioDeployment.bind(str(Path(root).resolve()), retrain_every, studio), name=APP,
                            route_prefix="/")
         url = f"http://{'localhost' if host in ('0.0.0.0', '::') else host}:{port}"
@@ -109,3 +114,13 @@ def run(root: str, host: str, port: int, retrain_every: int, studio: StudioClien
     finally:   # on a cluster (RAY_ADDRESS) only this application goes; a local Ray ends with everything in it
         serve.delete(APP) if os.environ.get("RAY_ADDRESS") else ray.shutdown()
     log("autoal: stopped")
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse a taken address in one line before Ray starts (its HTTP proxy would fail with a traceback)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise AutoALError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port") from None
