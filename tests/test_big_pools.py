@@ -10,7 +10,7 @@ import torch
 
 from autoal import config
 from autoal.compute import scoring
-from autoal.data import datasets, parquet as parquet_pool
+from autoal.data import datasets, lazy, parquet as parquet_pool
 from autoal.errors import AutoALError
 from autoal.engine.experiment import Experiment
 from autoal.nets.models import keyed_uniform
@@ -170,7 +170,7 @@ def test_the_driver_keeps_a_compact_index_and_one_copy_of_the_ids(tmp_path):
                                  np.arange(0, 10**12, 10**8, dtype=np.int64),        # sparse: sorted ids
                                  np.array([-5, 3, 7], dtype=np.int64)])
 def test_id_sets_ship_dense_ids_as_a_bitmap_and_answer_membership_exactly(ids):
-    members = parquet_pool.IdSet.of(np.random.default_rng(0).permutation(ids))
+    members = lazy.IdSet.of(np.random.default_rng(0).permutation(ids))
     assert (members.bits is not None) == (ids[-1] - ids[0] < 64 * len(ids))
     if members.bits is not None:
         assert members.bits.nbytes <= len(ids) // 8 + 1 or len(ids) < 64

@@ -329,16 +329,16 @@ def test_prepare_then_parquet_round_trip(tmp_path):
 def test_prepare_reshards_a_parquet_pool_streaming_it(tmp_path, monkeypatch):
     """Parquet to Parquet (re-sharding a pool written with other shard sizes) never reads the
     source's features whole; unknown labels stay null, and every row comes across."""
-    from autoal.data import parquet as parquet_pool, pool as pool_module
+    from autoal.data import lazy, parquet
 
     n, x = 3000, RNG.random((3000, 5)).astype(np.float32)
     split = np.where(np.arange(n) < 2500, "train", "test")
     y = np.where((np.arange(n) % 10 == 0) & (split == "train"), -2, np.arange(n) % 3)
     ids = RNG.permutation(10**6)[:n].astype(np.int64)
-    src = pool_module.write_shards(((ids[s:s + 700], x[s:s + 700], y[s:s + 700], split[s:s + 700])
-                                    for s in range(0, n, 700)), tmp_path / "src", "src", (5,), 3)
-    monkeypatch.setattr(pool_module, "shard_rows", lambda width: 1000)
-    monkeypatch.setattr(parquet_pool.LazyFeatures, "__array__", lambda *a, **k: pytest.fail("read whole"))
+    src = parquet.write_shards(((ids[s:s + 700], x[s:s + 700], y[s:s + 700], split[s:s + 700])
+                                for s in range(0, n, 700)), tmp_path / "src", "src", (5,), 3)
+    monkeypatch.setattr(parquet, "shard_rows", lambda width: 1000)
+    monkeypatch.setattr(lazy.LazyFeatures, "__array__", lambda *a, **k: pytest.fail("read whole"))
     out = datasets.prepare(f"parquet:{src}", tmp_path, tmp_path / "dst")
     assert sorted(p.name for p in out.iterdir()) == [f"part-0000{i}.parquet" for i in range(3)]
     monkeypatch.undo()

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from autoal import config
-from autoal.engine import experiment
+from autoal.engine import experiment, rounds
 from autoal.runs import metrics
 from autoal.engine.experiment import Experiment
 
@@ -77,7 +77,7 @@ def test_resume_after_a_kill_gives_the_ledger_of_an_uninterrupted_run(ray_local,
 
 
 def test_rerunning_a_finished_experiment_does_no_work(ray_local, finished, monkeypatch):
-    monkeypatch.setattr(experiment.training, "fit", lambda *a, **k: pytest.fail("retrained a finished run"))
+    monkeypatch.setattr(rounds.training, "fit", lambda *a, **k: pytest.fail("retrained a finished run"))
     results = run(finished)
     assert len(results) == 18
 
@@ -85,9 +85,9 @@ def test_rerunning_a_finished_experiment_does_no_work(ray_local, finished, monke
 def test_kcenter_initial_pool_is_spread_out(ray_local):
     cfg = config.load(None, {**TINY, "initial_method": "kcenter"})
     train = experiment.datasets.load("digits", "unused").subset("train")
-    chosen = experiment.initial_pool(train, cfg, seed=0)
+    chosen = rounds.initial_pool(train, cfg.initial, cfg.initial_method, seed=0)
     assert len(np.unique(chosen)) == 20
-    rng_pick = experiment.initial_pool(train, config.load(None, TINY), seed=0)
+    rng_pick = rounds.initial_pool(train, cfg.initial, "random", seed=0)
     spread = lambda ids: np.min([np.linalg.norm(train.x[train.rows([a])] - train.x[train.rows([b])])
                                  for i, a in enumerate(ids) for b in ids[i + 1:]])
     assert spread(chosen) > spread(rng_pick)

@@ -108,7 +108,7 @@ def test_an_alias_bomb_is_refused_in_under_a_second(tmp_path):
 
 def test_a_killed_driver_leaves_no_ray_process_after_10_s(tmp_path):
     """kill -9 of a driver that started its own Ray: its reaper ends the agents and workers."""
-    code = ("import ray, time; from autoal import runtime; runtime.init_ray(); "
+    code = ("import ray, time; from autoal.compute import runtime; runtime.init_ray(); "
             "ray.get([ray.remote(lambda: 1).remote() for _ in range(2)]); "
             "print(ray._private.worker._global_node.all_processes['raylet'][0].process.pid, flush=True); "
             "time.sleep(600)")
