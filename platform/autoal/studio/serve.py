@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from autoal.compute import runtime
 from autoal.errors import AutoALError
-from autoal.safe_io import one_line
+from autoal.safe_io import MESSAGE_CHARS, one_line
 from autoal.studio.backend import StudioBackend, Unavailable
 from autoal.studio.client import StudioClient
 from autoal.studio.protocol import BODY_BYTES, TooLarge, parse_body
@@ -35,7 +35,7 @@ app = FastAPI(title="autoal Label Studio ML backend")
 @app.exception_handler(AutoALError)
 def _refused(request: Request, exc: AutoALError) -> PlainTextResponse:
     status = 503 if isinstance(exc, Unavailable) else 413 if isinstance(exc, TooLarge) else 400
-    return PlainTextResponse(f"autoal: error: {one_line(exc)}\n", status_code=status)
+    return PlainTextResponse(f"autoal: error: {one_line(exc, MESSAGE_CHARS - 15)}\n", status_code=status)
 
 
 async def _body(request: Request) -> dict:
