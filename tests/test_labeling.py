@@ -34,8 +34,9 @@ CLASSES = ("zero", "one", "two")
 CONFIG = "epochs: 5\nmin_steps: 40\nbatch: 10\nscoring_tasks: 0\nmc_samples: 3\n"
 
 
-def write_digit_folder(root: Path, n: int = 90, seeds_per_class: int = 3) -> dict[str, str]:
-    """PNG/JPEG digits under root; returns each file's relative path -> true class name."""
+def write_digit_folder(root: Path, n: int = 90, seeds_per_class: int = 3, size: int = 16,
+                       suffixes: tuple[str, ...] = ("jpg", "png")) -> dict[str, str]:
+    """JPEG/PNG digits under root (size x size); returns each file's relative path -> true class name."""
     x, y = load_digits(return_X_y=True)
     truth, seeded = {}, {c: 0 for c in CLASSES}
     for k, i in enumerate(np.flatnonzero(y < 3)[:n]):
@@ -43,8 +44,8 @@ def write_digit_folder(root: Path, n: int = 90, seeds_per_class: int = 3) -> dic
         folder = root / name if seeded[name] < seeds_per_class else root
         seeded[name] += folder != root
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"digit{i:04d}.{'png' if k % 2 else 'jpg'}"
-        Image.fromarray((x[i].reshape(8, 8) * 255 / 16).astype(np.uint8)).resize((16, 16)).save(path)
+        path = folder / f"digit{i:04d}.{suffixes[k % len(suffixes)]}"
+        Image.fromarray((x[i].reshape(8, 8) * 255 / 16).astype(np.uint8)).resize((size, size)).save(path)
         truth[path.relative_to(root).as_posix()] = name
     return truth
 

@@ -1,4 +1,5 @@
-"""`autoal`: run experiments, sweeps and reports; label data; list strategies and datasets; prepare pools.
+"""`autoal`: run experiments, sweeps and reports; label data (files or a Label Studio backend); list strategies
+and datasets; prepare pools.
 
 User errors (AutoALError) and failed file operations (OSError: a read-only or
 full disk, a path under a file) print one line and exit 2, never a traceback.
@@ -175,6 +176,31 @@ def _label_export(args) -> None:
         print(f"labeled pool and latest model in {export(project, args.out)}")
 
 
+def _serve(args) -> None:
+    from autoal.studio.client import StudioClient, api_key
+    from autoal.studio.serve import run
+
+    if (args.connect is None) != (args.label_studio is None):
+        raise AutoALError("--connect PROJECT_ID and --label-studio URL go together: the Label Studio project "
+                          "to connect to, and where its server is")
+    studio = None if args.connect is None else StudioClient(args.label_studio, api_key(args.api_key_file),
+                                                            args.connect)
+    run(args.dir, args.host, args.port, args.retrain_every, studio, log=lambda line: print(line, flush=True))
+
+
+def _serve_parser(sub) -> None:
+    srv = sub.add_parser("serve", help="serve a labeling project as a Label Studio ML backend (Ray Serve)")
+    srv.add_argument("dir", help="a project made by `autoal label init`")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    srv.add_argument("--port", type=int, default=9090)
+    srv.add_argument("--retrain-every", type=int, default=10, metavar="N", help="train a new round after N answers")
+    srv.add_argument("--label-studio", metavar="URL", help="the Label Studio server, e.g. http://localhost:8080")
+    srv.add_argument("--connect", type=int, metavar="PROJECT_ID",
+                     help="add this backend and its webhook to that Label Studio project through its API")
+    srv.add_argument("--api-key-file", help="Label Studio's API key (default: $LABEL_STUDIO_API_KEY)")
+    srv.set_defaults(func=_serve)
+
+
 def _label_parser(sub) -> None:
     """`autoal label init|next|import|status|export`: a person answers the queries."""
     label = sub.add_parser("label", help="label your own data: a person answers each round's queries")
@@ -276,6 +302,7 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--storage", help="Tune storage path or URI (default: <out>/tune)")
     sw.set_defaults(func=_sweep)
     _label_parser(sub)
+    _serve_parser(sub)
     return p
 
 

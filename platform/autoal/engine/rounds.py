@@ -43,6 +43,14 @@ def initial_pool(pool: Pool, k: int, method: str, seed: int) -> np.ndarray:
     return np.sort(rng.choice(pool.ids, size=k, replace=False))
 
 
+def initial_row(cfg: ExperimentConfig, seed: int, round_: int, n_labeled: int, columns: dict) -> dict:
+    """The results row of a round without a model (fewer than two classes labeled): `initial_pool` picked."""
+    row = dict(dataset=cfg.dataset, strategy=None, seed=seed, round=round_, n_labeled=n_labeled, n_synthetic=0,
+               accuracy=float("nan"), train_loss=float("nan"), train_s=0.0, hook_s=0.0, score_s=0.0, select_s=0.0)
+    row.update(columns, query_strategy=f"initial:{cfg.initial_method}")
+    return row
+
+
 @dataclass
 class RoundEngine:
     """A pool (with every label known so far), its task model's spec and the directory the rounds

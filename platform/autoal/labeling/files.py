@@ -151,7 +151,7 @@ def _read_label_studio(path: Path, text: str) -> pd.DataFrame:
             raise AutoALError(f"answers file {path}: task {number} has no data.autoal_id; export the "
                               "tasks that autoal wrote (queries/round-NNN.json) from Label Studio")
         try:
-            answer = _label_studio_answer(task.get("annotations") or [])
+            answer = label_studio_answer(task.get("annotations") or [])
         except TypeError as exc:
             raise AutoALError(f"answers file {path}: task {number} is not in Label Studio's export form ({exc})") \
                 from None
@@ -165,7 +165,7 @@ def _list_of_dicts(value, what: str) -> list[dict]:
     return value
 
 
-def _label_studio_answer(annotations) -> str:
+def label_studio_answer(annotations) -> str:
     """The latest completed annotation's choice; else `skip` if the task was skipped; else ''."""
     annotations = _list_of_dicts(annotations, "annotations")
     for annotation in reversed(annotations):

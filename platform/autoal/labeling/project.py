@@ -34,7 +34,7 @@ from autoal.compute import distributed, runtime, scoring, training
 from autoal.labeling import fit_time, files as label_files
 from autoal.nets import backbones, models
 from autoal.errors import AutoALError
-from autoal.engine.rounds import RoundEngine, derive_seed, initial_pool
+from autoal.engine.rounds import RoundEngine, derive_seed, initial_pool, initial_row
 from autoal.labeling.pool import ProjectSpec, absolute_spec, embed_project, load_pool, parse_classes, with_embeddings
 from autoal.runs.journal import Journal, journaled
 from autoal.data.pool import OOD, UNLABELED, Pool
@@ -170,7 +170,7 @@ class LabelProject:
         path = self.root / "queries.parquet"
         self.queries = read_table(path) if os.path.lexists(path) else pd.DataFrame(
             {"round": pd.Series(dtype="int64"), "id": pd.Series(dtype="int64")})
-        self.answers = self.store.labeled(RUN, self.seed)
+        self.answers = self.store.labeled(RUN, self.seed).drop_duplicates("id", keep="last")  # newest answer counts
         asked = np.union1d(self.queries["id"].to_numpy(np.int64), self.answers["id"].to_numpy(np.int64))
         gone = np.setdiff1d(asked, self.pool.ids)
         if len(gone):
@@ -249,10 +249,7 @@ class LabelProject:
                 picks = initial_pool(known.take(np.isin(known.ids, unasked)), k, cfg.initial_method,
                                      derive_seed(seed, round_))
                 ask(picks, None)
-                result = dict(dataset=cfg.dataset, strategy=RUN, seed=seed, round=round_, n_labeled=len(labeled),
-                              n_synthetic=0, accuracy=float("nan"), train_loss=float("nan"), train_s=0.0, hook_s=0.0,
-                              score_s=0.0, select_s=0.0)
-                result.update(columns, query_strategy=f"initial:{cfg.initial_method}")
+                result = initial_row(cfg, seed, round_, len(labeled), columns)
                 self.store.append_result(result)
             log(f"round {round_}: trained on {len(labeled)} labels, accuracy {result['accuracy']:.4f}"
                 f"{' (estimate)' if result['accuracy_estimated'] else ''}; asked {len(picks)} queries by "
