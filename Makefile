@@ -10,6 +10,9 @@ LS_STAMP := $(LS_VENV)/.installed
 LABEL_STUDIO ?= label-studio==1.23.2
 CHROMIUM ?= /usr/bin/chromium
 
+# the set-ups (autoal's venv, Label Studio's, Chromium) download and install side by side
+MAKEFLAGS += --jobs=3
+
 export RAY_USAGE_STATS_ENABLED ?= 0
 export RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS ?= 0
 export RAY_DATA_PARQUET_FOOTER_NUM_ACTORS ?= 1

@@ -33,7 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 LS_VENV = ROOT / ".venv-ls"
 TOKEN = "autoal-test-token-0123456789"
 USER, PASSWORD = "autoal@example.com", "autoal-test-password"
-SCREENSHOT = ROOT / "docs" / "label-studio-data-manager.png"
+# where the Data Manager screenshot goes: the README's is refreshed with
+# AUTOAL_SCREENSHOT=docs/label-studio-data-manager.png; by default a test's temporary directory
+SCREENSHOT = os.environ.get("AUTOAL_SCREENSHOT")
 
 pytestmark = pytest.mark.skipif(not (LS_VENV / ".installed").exists(),
                                 reason="Label Studio is not installed: `make .venv-ls/.installed` (make test does)")
@@ -234,7 +236,7 @@ def test_autoal_serves_a_real_label_studio(tmp_path):
         assert (project / "ledger.parquet").read_bytes() == before
 
         # the Data Manager sorted by prediction score, in a real browser
-        screenshot(studio, ls_project)
+        screenshot(studio, ls_project, Path(SCREENSHOT) if SCREENSHOT else tmp_path / "data-manager.png")
 
         # Label Studio goes down while a round trains: the backend keeps serving
         served = health["round"]
@@ -261,8 +263,8 @@ def test_autoal_serves_a_real_label_studio(tmp_path):
         studio.stop()
 
 
-def screenshot(studio: LabelStudio, ls_project: int) -> None:
-    """Log in as the person would, open the Data Manager sorted by prediction score, save it under docs/."""
+def screenshot(studio: LabelStudio, ls_project: int, out: Path) -> None:
+    """Log in as the person would, open the Data Manager sorted by prediction score, save it to `out`."""
     if not chromium.CHROMIUM.exists():
         pytest.fail("no /usr/bin/chromium: `make test` installs it (apt-get install chromium)")
     session = requests.Session()
@@ -281,6 +283,6 @@ def screenshot(studio: LabelStudio, ls_project: int) -> None:
         "columnsWidth": {"tasks:predictions_results": 520, "tasks:predictions_model_versions": 260}}})
     cookies = [{"name": c.name, "value": c.value, "url": studio.url} for c in session.cookies]
     chromium.screenshot(f"{studio.url}/projects/{ls_project}/data?tab={view['id']}", cookies,
-                        "document.body.innerText.includes('autoal-round')", SCREENSHOT)
-    with Image.open(SCREENSHOT) as image:
+                        "document.body.innerText.includes('autoal-round')", out)
+    with Image.open(out) as image:
         assert image.size[0] >= 1200 and len(np.unique(np.asarray(image.convert("L")))) > 16   # rendered, not blank
