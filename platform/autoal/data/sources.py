@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from autoal.errors import AutoALError
+from autoal.safe_io import clip
 
 T = TypeVar("T")
 
@@ -28,5 +29,6 @@ def parse_file(path: Path, what: str, parse: Callable[[Path], T]) -> T:
     except MemoryError:
         raise
     except Exception as exc:
-        raise AutoALError(f"{path} is not a readable {what} ({type(exc).__name__}: {exc}); "
-                          "re-download it or replace the file") from None
+        # each part clipped alone: a long path must not cut the cause out of the line
+        raise AutoALError(f"{clip(str(path), 120)} is not a readable {what} ({type(exc).__name__}: "
+                          f"{clip(str(exc), 120)}); re-download it or replace the file") from None
