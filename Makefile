@@ -9,6 +9,10 @@ LS_VENV ?= .venv-ls
 LS_STAMP := $(LS_VENV)/.installed
 LABEL_STUDIO ?= label-studio==1.23.2
 CHROMIUM ?= /usr/bin/chromium
+# pytest workers, each a test session with its own local Ray (tests/conftest.py); a file stays on one
+# worker, so its module fixtures are made once. One worker leaves a core idle while tests wait on
+# subprocesses, Ray start-ups and Label Studio.
+TEST_WORKERS ?= 2
 
 # the set-ups (autoal's venv, Label Studio's, Chromium) download and install side by side
 MAKEFLAGS += --jobs=3
@@ -41,7 +45,7 @@ run: $(STAMP)
 	$(VENV)/bin/autoal run jobs/main.yaml --out runs/main
 
 test: $(STAMP) $(LS_STAMP) $(CHROMIUM)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf runs
