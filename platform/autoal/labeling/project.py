@@ -31,7 +31,7 @@ import yaml
 
 from autoal import config, hooks
 from autoal.compute import distributed, runtime, scoring, training
-from autoal.labeling import fit_time, files as label_files
+from autoal.labeling import estimate, fit_time, files as label_files
 from autoal.nets import backbones, models
 from autoal.errors import AutoALError
 from autoal.engine.rounds import RoundEngine, derive_seed, initial_pool, initial_row
@@ -64,14 +64,26 @@ class LabelProject:
 
     def __init__(self, root: Path, spec: ProjectSpec, cfg: config.ExperimentConfig):
         self.root, self.spec, self.cfg, self.seed = root, spec, cfg, cfg.seeds[0]
-        pool, sources = load_pool(spec.pool, spec.classes, cfg.data_root)
-        train = pool.split == "train"
-        self.pixels = pool.x[train] if pool.is_image else None   # for the person's contact sheets
-        pool = with_embeddings(pool, self.embeddings("pool"), sources, spec)
-        self.pool, self.sources = pool.subset("train"), sources[train]
+        pool = self._read_pool()
         self.test = self._test_split(pool.subset("test"))
         self.model_spec = models.ModelSpec(models.resolve(cfg.model, pool.shape), pool.shape, len(spec.classes),
                                              cfg.dropout)
+
+    def _read_pool(self) -> Pool:
+        """The pool as its files are now (image files added since `label init` included); keeps its train split."""
+        pool, sources = load_pool(self.spec.pool, self.spec.classes, self.cfg.data_root)
+        train = pool.split == "train"
+        self.pixels = pool.x[train] if pool.is_image else None   # for the person's contact sheets
+        pool = with_embeddings(pool, self.embeddings("pool"), sources, self.spec)
+        self.pool, self.sources = pool.subset("train"), sources[train]
+        return pool
+
+    def reread_pool(self) -> None:
+        """Read the pool again after image files were added to its folder (tasks `autoal serve` fetched)."""
+        self._read_pool()
+        if self.pool.shape != self.model_spec.shape:
+            raise AutoALError(f"pool {shown(self.spec.pool)} changed shape to {list(self.pool.shape)}")
+        self._load_progress()
 
     def _test_split(self, test: Pool) -> tuple[np.ndarray, np.ndarray]:
         """(x, y) of the pool's test split plus the --test pool, every sample labeled."""
@@ -285,18 +297,8 @@ class LabelProject:
 
     def _cv_accuracy(self, rows: np.ndarray) -> float:
         """Accuracy estimated by k-fold cross-validation on the labels (NaN with cv_folds 0)."""
-        from sklearn.model_selection import KFold
-
-        folds = min(self.spec.cv_folds, len(rows))
-        if folds < 2:
-            return float("nan")
-        cfg, x, y = self.cfg, self.pool.x, self.known
-        split = KFold(folds, shuffle=True, random_state=derive_seed(self.seed, self.committed, 4)).split(rows)
-        return training.cross_validate(self.model_spec, (x[rows], y[rows]), list(split),
-                                       seed=derive_seed(self.seed, self.committed, 1), epochs=cfg.epochs, lr=cfg.lr,
-                                       weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
-                                       min_steps=cfg.min_steps, workers=cfg.workers, gpus=cfg.gpus,
-                                       name=f"label-r{self.committed}-cv")
+        return estimate.cv_accuracy(self.model_spec, self.cfg, self.pool.x, self.known, rows,
+                                    folds=self.spec.cv_folds, seed=self.seed, round_=self.committed)
 
     # --- answers, status, export --------------------------------------------------
 

@@ -103,11 +103,11 @@ def run(root: str, host: str, port: int, retrain_every: int, studio: StudioClien
         handle = serve.run(StudioDeployment.bind(str(Path(root).resolve()), retrain_every, studio), name=APP,
                            route_prefix="/")
         url = f"http://{'localhost' if host in ('0.0.0.0', '::') else host}:{port}"
-        if studio is not None:   # now, so that the first round's predictions go to Label Studio when it ends
+        if studio is not None and studio.project is not None:   # now, so that the first round's predictions go to Label Studio when it ends
             log(f"autoal: {studio.connect(url)}")
         health = handle.wait_round.remote(ready_timeout_s).result()
         log(f"autoal: serving {root} at {url} ({health['model_version']}, retraining every {retrain_every} answers)")
-        if studio is not None and health["told"] != health["round"]:   # it ended before the connection
+        if studio is not None and studio.project is not None and health["told"] != health["round"]:   # it ended before the connection
             studio.refresh_predictions(health["model_version"], log)
         while not stop.wait(1.0):
             pass
