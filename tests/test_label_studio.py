@@ -3,8 +3,8 @@
 The test starts Label Studio itself (from .venv-ls, which `make test` installs with a migrated
 SQLite database to copy; its dependencies clash with Ray's), on a free port, with a user and a
 legacy API token made for it; then, as a labeling team would: a project with an image
-classification config, 200 digit PNGs uploaded, `autoal serve --connect`, 20 annotations through
-the API. Then the faults: Label Studio stopped while a round trains, and the backend killed with
+classification config, 200 digit PNGs uploaded (and 6 more that only Label Studio holds, which
+autoal fetches with the API key), `autoal serve --connect`, 20 annotations through the API. Then the faults: Label Studio stopped while a round trains, and the backend killed with
 SIGKILL mid-round and restarted. Every process it starts, it stops.
 """
 import json
@@ -27,6 +27,7 @@ import chromium
 from autoal import cli
 from autoal.data import images
 from autoal.labeling import files as label_files
+from autoal.studio.protocol import fetched_name
 from test_labeling import CLASSES, CONFIG, write_digit_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,6 +113,20 @@ def upload_name(task: dict) -> str:
     return task["data"]["image"].rsplit("/", 1)[1].split("-", 1)[1]   # /data/upload/<p>/<8 hex>-<name>
 
 
+def write_extra(folder: Path, n: int, size: int = 32) -> dict[str, str]:
+    """n digit PNGs of the project's classes that are not in its folder: name -> class."""
+    from sklearn.datasets import load_digits
+
+    folder.mkdir()
+    x, y = load_digits(return_X_y=True)
+    truth = {}
+    for k, i in enumerate(np.flatnonzero(y < 3)[-n:]):
+        Image.fromarray((x[i].reshape(8, 8) * 255 / 16).astype(np.uint8)).resize((size, size)).save(
+            folder / f"extra{k}.png")
+        truth[f"extra{k}.png"] = CLASSES[y[i]]
+    return truth
+
+
 def newest(task: dict) -> dict:
     return max(task["predictions"], key=lambda p: int(p["model_version"].rsplit("-", 1)[1]))
 
@@ -170,13 +185,14 @@ def test_autoal_serves_a_real_label_studio(tmp_path):
         # the labeling team's side: a project, 200 images uploaded
         truth = {Path(path).name: name for path, name in write_digit_folder(
             tmp_path / "digits", n=200, seeds_per_class=2, size=32, suffixes=("png",)).items()}
+        truth.update(write_extra(tmp_path / "extra", 6))   # uploaded to Label Studio only
         config = label_files.label_studio_config(CLASSES)
         ls_project = studio.api("POST", "/api/projects/", json={"title": "digits", "label_config": config})["id"]
-        paths = sorted((tmp_path / "digits").rglob("*.png"))
+        paths = sorted((tmp_path / "digits").rglob("*.png")) + sorted((tmp_path / "extra").glob("*.png"))
         for start in range(0, len(paths), 50):   # Django takes at most 100 files a request
             files = {f"file{k}": (p.name, p.read_bytes(), "image/png") for k, p in enumerate(paths[start:start + 50])}
             studio.api("POST", f"/api/projects/{ls_project}/import", files=files)
-        assert len(studio.tasks(ls_project)) == 200
+        assert len(studio.tasks(ls_project)) == 206
 
         # autoal's side: a labeling project on the same files, served and connected
         (tmp_path / "config.yaml").write_text(CONFIG)
@@ -192,6 +208,10 @@ def test_autoal_serves_a_real_label_studio(tmp_path):
                            120, "predictions of every task")
         assert {newest(t)["model_version"] for t in tasks} == {"autoal-round-1"}
         assert all(0 < newest(t)["score"] <= 1 for t in tasks)
+        extra = [t for t in tasks if upload_name(t).startswith("extra")]   # fetched into the pool, predicted
+        assert len(extra) == 6 and all(newest(t)["result"][0]["value"]["choices"][0] in CLASSES for t in extra)
+        assert sorted(p.name for p in (tmp_path / "digits").glob("label-studio-*.png")) == sorted(
+            fetched_name(t["data"]["image"]) for t in extra)
         first = sorted(tasks, key=lambda t: (newest(t)["score"], t["id"]))
         first_order = [t["id"] for t in first]
 
@@ -201,7 +221,9 @@ def test_autoal_serves_a_real_label_studio(tmp_path):
             studio.api("POST", f"/api/tasks/{t['id']}/annotations/", json={"result": choice(truth, t)})
         health = backend.wait_served(3)        # a round after 10 answers, another after 20
         pool, sources = images.read_folder(f"{tmp_path / 'digits'}@16", CLASSES)
-        pool_id = {Path(s).name: int(i) for i, s in zip(pool.ids, sources)}
+        by_name = {Path(s).name: int(i) for i, s in zip(pool.ids, sources)}
+        pool_id = {upload_name(t): by_name[upload_name(t) if upload_name(t) in by_name else
+                                           fetched_name(t["data"]["image"])] for t in tasks}
         rows = ledger(project)
         assert health["answers"] == 20 and len(rows) == 20
         assert sorted(rows["id"]) == sorted(pool_id[upload_name(t)] for t in labeled)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from autoal import cli
 from autoal.errors import AutoALError
-from autoal.labeling import files as label_files
+from autoal.labeling import estimate, files as label_files
 from autoal.studio import fetch, protocol as studio_protocol
 from autoal.studio.backend import StudioBackend, Unavailable
 from autoal.studio.client import StudioClient
@@ -116,6 +116,12 @@ def test_backend_serves_rounds_stores_answers_and_retrains(project):
         backend.wait_round()
         first = backend.health()
         assert first["model_version"] == "autoal-round-1" and not first["training"]
+        # no test split: the round records the cross-validation estimate that `label next` records
+        project_ = backend.project
+        recorded = pd.read_parquet(root / "results.parquet").set_index("round").loc[0]
+        assert recorded["accuracy_estimated"] and recorded["accuracy"] == pytest.approx(estimate.cv_accuracy(
+            project_.model_spec, project_.cfg, project_.pool.x, project_.known, np.flatnonzero(project_.known >= 0),
+            folds=3, seed=project_.seed, round_=0))
         sources = backend.project.sources
         tasks = [task(s, n) for n, s in enumerate(sources) if Path(s).parent == project["digits"]]
         response = backend.predict({"tasks": tasks})
