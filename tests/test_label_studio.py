@@ -4,8 +4,9 @@ The test starts Label Studio itself (from .venv-ls, which `make test` installs w
 SQLite database to copy; its dependencies clash with Ray's), on a free port, with a user and a
 legacy API token made for it; then, as a labeling team would: a project with an image
 classification config, 200 digit PNGs uploaded (and 6 more that only Label Studio holds, which
-autoal fetches with the API key), `autoal serve --connect`, 20 annotations through the API. Then the faults: Label Studio stopped while a round trains, and the backend killed with
-SIGKILL mid-round and restarted. Every process it starts, it stops.
+autoal fetches with the API key), `autoal serve --connect`, 20 annotations through the API. Then
+the faults: Label Studio stopped while a round trains, and the backend killed with SIGKILL
+mid-round and restarted. Every process it starts, it stops.
 """
 import json
 import os
@@ -37,6 +38,7 @@ USER, PASSWORD = "autoal@example.com", "autoal-test-password"
 # where the Data Manager screenshot goes: the README's is refreshed with
 # AUTOAL_SCREENSHOT=docs/label-studio-data-manager.png; by default a test's temporary directory
 SCREENSHOT = os.environ.get("AUTOAL_SCREENSHOT")
+RETRAIN = 20   # answers a round: one retrain for the 20 annotations (Label Studio takes ~25 s to store a round)
 
 pytestmark = pytest.mark.skipif(not (LS_VENV / ".installed").exists(),
                                 reason="Label Studio is not installed: `make .venv-ls/.installed` (make test does)")
@@ -87,6 +89,8 @@ class LabelStudio:
             [str(LS_VENV / "bin" / "label-studio"), "start", "--no-browser", "--port", str(self.port),
              "--data-dir", str(data), "--username", USER, "--password", PASSWORD, "--user-token", TOKEN,
              "--enable-legacy-api-token"], stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def wait_up(self) -> None:
         wait_until(self.up, 300, "Label Studio to start")
 
     def up(self) -> bool:
@@ -141,7 +145,7 @@ class Backend:
         self.log = log
         self.process = subprocess.Popen(
             [sys.executable, "-m", "autoal.cli", "serve", str(project), "--port", str(self.port),
-             "--retrain-every", "10", *args], stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+             "--retrain-every", str(RETRAIN), *args], stdout=open(log, "ab"), stderr=subprocess.STDOUT,
             env=dict(env, LABEL_STUDIO_API_KEY=TOKEN), start_new_session=True)
 
     def output(self) -> str:
@@ -179,13 +183,19 @@ def ledger(project: Path) -> pd.DataFrame:
 
 
 def test_autoal_serves_a_real_label_studio(tmp_path):
-    studio = LabelStudio(tmp_path / "label-studio")
+    studio = LabelStudio(tmp_path / "label-studio")   # starting while the files and autoal's project are made
     backend = None
     try:
-        # the labeling team's side: a project, 200 images uploaded
         truth = {Path(path).name: name for path, name in write_digit_folder(
             tmp_path / "digits", n=200, seeds_per_class=2, size=32, suffixes=("png",)).items()}
         truth.update(write_extra(tmp_path / "extra", 6))   # uploaded to Label Studio only
+        (tmp_path / "config.yaml").write_text(CONFIG)
+        project = tmp_path / "project"
+        assert cli.main(["label", "init", str(project), "--pool", f"images:{tmp_path / 'digits'}@16", "--classes",
+                         ",".join(CLASSES), "--config", str(tmp_path / "config.yaml"), "--strategy", "margin"]) == 0
+
+        # the labeling team's side: a project, 200 images uploaded
+        studio.wait_up()
         config = label_files.label_studio_config(CLASSES)
         ls_project = studio.api("POST", "/api/projects/", json={"title": "digits", "label_config": config})["id"]
         paths = sorted((tmp_path / "digits").rglob("*.png")) + sorted((tmp_path / "extra").glob("*.png"))
@@ -195,10 +205,6 @@ def test_autoal_serves_a_real_label_studio(tmp_path):
         assert len(studio.tasks(ls_project)) == 206
 
         # autoal's side: a labeling project on the same files, served and connected
-        (tmp_path / "config.yaml").write_text(CONFIG)
-        project = tmp_path / "project"
-        assert cli.main(["label", "init", str(project), "--pool", f"images:{tmp_path / 'digits'}@16", "--classes",
-                         ",".join(CLASSES), "--config", str(tmp_path / "config.yaml"), "--strategy", "margin"]) == 0
         backend = Backend(project, tmp_path / "serve.log", "--label-studio", studio.url, "--connect", str(ls_project))
         wait_until(lambda: "connected to Label Studio" in backend.output(), 300, "autoal serve --connect")
         assert TOKEN not in backend.output()
@@ -219,7 +225,7 @@ def test_autoal_serves_a_real_label_studio(tmp_path):
         labeled = first[:20]
         for t in labeled:
             studio.api("POST", f"/api/tasks/{t['id']}/annotations/", json={"result": choice(truth, t)})
-        health = backend.wait_served(3)        # a round after 10 answers, another after 20
+        health = backend.wait_served(2)        # a round after 20 answers
         pool, sources = images.read_folder(f"{tmp_path / 'digits'}@16", CLASSES)
         by_name = {Path(s).name: int(i) for i, s in zip(pool.ids, sources)}
         pool_id = {upload_name(t): by_name[upload_name(t) if upload_name(t) in by_name else
@@ -263,22 +269,22 @@ def test_autoal_serves_a_real_label_studio(tmp_path):
         # Label Studio goes down while a round trains: the backend keeps serving
         served = health["round"]
         studio.stop()
-        send_answers(backend, first[20:30], truth, 10_000)   # webhooks Label Studio sent before it went down
+        send_answers(backend, first[20:40], truth, 10_000)   # webhooks Label Studio sent before it went down
         health = backend.wait_served(served + 1)
-        assert health["answers"] == 30
+        assert health["answers"] == 40
         wait_until(lambda: "predictions not refreshed" in backend.output(), 60, "the refresh failure logged")
         assert backend.process.poll() is None
 
         # killed (SIGKILL) mid-round and restarted: no answer lost, the last finished round served
-        send_answers(backend, first[30:40], truth, 20_000)
+        send_answers(backend, first[40:60], truth, 20_000)
         wait_until(lambda: backend.health().get("training"), 30, "the round to start")
         stop(backend.process, signal.SIGKILL)
         backend = Backend(project, tmp_path / "serve-2.log", port=backend.port)   # Label Studio knows this one
         health = wait_until(lambda: backend.health().get("round") is not None and backend.health(), 300,
                             "the restarted backend")
-        assert health["round"] == served + 1 and health["answers"] == 40
-        assert len(ledger(project)) == 40
-        backend.wait_served(served + 2)   # the lost round trains again
+        assert health["round"] == served + 1 and health["answers"] == 60
+        assert len(ledger(project)) == 60
+        assert health["training"]   # the lost round trains again (tests/test_studio.py waits for it to finish)
     finally:
         if backend is not None:
             stop(backend.process)

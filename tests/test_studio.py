@@ -100,7 +100,8 @@ def project(ray_local, tmp_path_factory):
     (base / "config.yaml").write_text(CONFIG)
     root = base / "project"
     assert cli.main(["label", "init", str(root), "--pool", f"images:{base / 'digits'}@16", "--classes",
-                     ",".join(CLASSES), "--config", str(base / "config.yaml"), "--strategy", "margin"]) == 0
+                     ",".join(CLASSES), "--config", str(base / "config.yaml"), "--strategy", "margin",
+                     "--cv-folds", "2"]) == 0   # each round's estimate: 2 more fits
     return dict(root=root, truth={Path(k).name: v for k, v in truth.items()}, digits=base / "digits")
 
 
@@ -121,7 +122,7 @@ def test_backend_serves_rounds_stores_answers_and_retrains(project):
         recorded = pd.read_parquet(root / "results.parquet").set_index("round").loc[0]
         assert recorded["accuracy_estimated"] and recorded["accuracy"] == pytest.approx(estimate.cv_accuracy(
             project_.model_spec, project_.cfg, project_.pool.x, project_.known, np.flatnonzero(project_.known >= 0),
-            folds=3, seed=project_.seed, round_=0))
+            folds=2, seed=project_.seed, round_=0))
         sources = backend.project.sources
         tasks = [task(s, n) for n, s in enumerate(sources) if Path(s).parent == project["digits"]]
         response = backend.predict({"tasks": tasks})
@@ -230,6 +231,7 @@ def test_serve_refuses_bad_arguments_in_one_line_before_starting_ray(capsys, tmp
     for argv, message in (
             ([], "is not a labeling project"),
             (["--retrain-every", "0"], "--retrain-every must be at least 1"),
+            (["--gpus", "-1"], "--gpus must be 0 or more"),
             (["--connect", "3"], "--connect PROJECT_ID needs --label-studio URL"),
             ([*connect, "http://ls"], "needs an API key"),
             ([*connect, "http://ls", "--api-key-file", str(tmp_path / "key")], "needs an API key")):

@@ -184,7 +184,8 @@ def _serve(args) -> None:
         raise AutoALError("--connect PROJECT_ID needs --label-studio URL: where the Label Studio server is")
     studio = None if args.label_studio is None else StudioClient(args.label_studio, api_key(args.api_key_file),
                                                                  args.connect)
-    run(args.dir, args.host, args.port, args.retrain_every, studio, log=lambda line: print(line, flush=True))
+    run(args.dir, args.host, args.port, args.retrain_every, studio, log=lambda line: print(line, flush=True),
+        gpus=args.gpus)
 
 
 def _serve_parser(sub) -> None:
@@ -198,6 +199,8 @@ def _serve_parser(sub) -> None:
     srv.add_argument("--connect", type=int, metavar="PROJECT_ID",
                      help="add this backend and its webhook to that Label Studio project through its API")
     srv.add_argument("--api-key-file", help="Label Studio's API key (default: $LABEL_STUDIO_API_KEY)")
+    srv.add_argument("--gpus", type=float, default=0.0, help="GPUs for the backend's replica, which predicts "
+                     "fetched images (rounds train on the project config's gpus)")
     srv.set_defaults(func=_serve)
 
 

@@ -56,8 +56,8 @@ def model_version(round_: int | None) -> str:
 class StudioBackend:
     """The ML backend's behaviour, without HTTP: autoal.studio.serve puts it behind Ray Serve."""
 
-    def __init__(self, root: str | Path, retrain_every: int = 10, studio=None, log=print):
-        self.retrain_every, self.studio, self.log = retrain_every, studio, log
+    def __init__(self, root: str | Path, retrain_every: int = 10, studio=None, log=print, gpus: float = 0.0):
+        self.retrain_every, self.studio, self.log, self.gpus = retrain_every, studio, log, gpus
         self.project = LabelProject.open(root)
         project = self.project
         self.index = TaskIndex(project.pool.ids, project.sources)
@@ -189,7 +189,7 @@ class StudioBackend:
         if not len(new) or state is None:   # no round, or one before any model: the next round predicts them
             return
         probs = scoring.score(project.model_spec, state, new, project.pool.x[project.pool.rows(new)],
-                              frozenset({"probs"}), mc_samples=project.cfg.mc_samples, tasks=0).probs
+                              frozenset({"probs"}), mc_samples=project.cfg.mc_samples, tasks=0, gpus=self.gpus).probs
         confidence = probs.max(1)
         scores = (np.searchsorted(self.open_confidence, confidence) + 1) / (len(self.open_confidence) + 1)
         classes = project.spec.classes
@@ -242,7 +242,8 @@ class StudioBackend:
         with self.lock:
             self._commit(outcome)
             self.trained_rows = rows
-        if self.studio is not None and self.studio.project is not None and self.studio.refresh_predictions(model_version(self.served), self.log):
+        connected = self.studio is not None and self.studio.project is not None
+        if connected and self.studio.refresh_predictions(model_version(self.served), self.log):
             self.told = self.served
         with self.lock:   # only now, so that a caller waiting for the round does not tell Label Studio twice
             self.inflight = None
