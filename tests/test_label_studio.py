@@ -108,6 +108,16 @@ class LabelStudio:
     def tasks(self, project: int) -> list[dict]:
         return self.api("GET", f"/api/tasks/?project={project}&page_size=1000&fields=all")["tasks"]
 
+    def poll_tasks(self, project: int) -> list[dict]:
+        """The tasks, or none while Label Studio's SQLite is locked by its own write (it stores a round's
+        predictions in one transaction, which on a loaded machine outlasts SQLite's 5 s busy wait)."""
+        response = requests.get(f"{self.url}/api/tasks/?project={project}&page_size=1000&fields=all",
+                                headers=self.headers, timeout=120)
+        if response.status_code >= 500:
+            return []
+        assert response.ok, f"GET /api/tasks/: {response.status_code} {response.text[:300]}"
+        return response.json()["tasks"]
+
     def stop(self) -> None:
         stop(self.process)
         self.log.close()
@@ -210,7 +220,7 @@ def test_autoal_serves_a_real_label_studio(tmp_path):
         assert TOKEN not in backend.output()
 
         # every task gets a prediction with a score; ascending score is the strategy's order
-        tasks = wait_until(lambda: (t := studio.tasks(ls_project)) and all(t_["predictions"] for t_ in t) and t,
+        tasks = wait_until(lambda: (t := studio.poll_tasks(ls_project)) and all(t_["predictions"] for t_ in t) and t,
                            120, "predictions of every task")
         assert {newest(t)["model_version"] for t in tasks} == {"autoal-round-1"}
         assert all(0 < newest(t)["score"] <= 1 for t in tasks)
@@ -245,7 +255,7 @@ def test_autoal_serves_a_real_label_studio(tmp_path):
         assert len(ledger(project)) == 20
 
         # the new round's predictions reach Label Studio; their order differs from round 1's
-        tasks = wait_until(lambda: (t := studio.tasks(ls_project)) and all(
+        tasks = wait_until(lambda: (t := studio.poll_tasks(ls_project)) and all(
             newest(t_)["model_version"] == f"autoal-round-{health['round']}" for t_ in t) and t, 120,
             "the new round's predictions")
         assert all(len(t["predictions"]) == len({p["model_version"] for p in t["predictions"]}) for t in tasks)
