@@ -68,7 +68,8 @@ def image_png(raw: bytes, gray: bool) -> bytes:
 
 def fetch_images(studio: StudioClient, tasks: list[tuple[str, object]], folder: Path, gray: bool, log) -> int:
     """Download each (image reference, task id) into `folder`; returns how many were added. A task that
-    fails (Label Studio down, the key refused, not an image, over a limit) is one logged line."""
+    fails (Label Studio down, the key refused, not an image, over a limit, the folder not writable) is
+    one logged line."""
     added, deadline = 0, time.monotonic() + BUDGET_S
     for image, task_id in tasks:
         path = folder / fetched_name(image)
@@ -82,6 +83,6 @@ def fetch_images(studio: StudioClient, tasks: list[tuple[str, object]], folder: 
             raw = studio.download(source_url(image, task_id, studio), MAX_BYTES, SECONDS)
             atomic_write(path, image_png(raw, gray))
             added += 1
-        except AutoALError as exc:
+        except (AutoALError, OSError) as exc:   # OSError: the folder refused the file
             log(f"{what}: image not fetched from Label Studio, no prediction: {one_line(exc, 200)}")
     return added
