@@ -32,14 +32,14 @@ SETTINGS = {   # name: (threads, deterministic kernels)
 }
 
 
-def fit_seconds(cfg, train, test, spec, n: int, threads: int, deterministic: bool) -> tuple[float, float]:
+def fit_seconds(cfg, train, test, recipe, n: int, threads: int, deterministic: bool) -> tuple[float, float]:
     """Seconds of one fit on n labels under the setting, and its test accuracy."""
     distributed.THREADS = threads
     distributed.deterministic = (lambda: torch.use_deterministic_algorithms(True, warn_only=True)) if deterministic \
         else (lambda: torch.use_deterministic_algorithms(False))
     rows = np.random.default_rng(n).choice(len(train), n, replace=False)
     t0 = time.perf_counter()
-    fit = training.fit(spec, (train.features(rows), train.labels(rows)), test, seed=derive_seed(0, n, 1),
+    fit = training.fit(recipe, (train.features(rows), train.labels(rows)), test, seed=derive_seed(0, n, 1),
                        epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
                        min_steps=cfg.min_steps)
     return time.perf_counter() - t0, fit.accuracy
@@ -51,16 +51,16 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[40, 100, 180])
     args = parser.parse_args()
     cfg = config.load("jobs/main.yaml")
-    train, test, spec = load_data(cfg)
+    train, test, recipe = load_data(cfg)
     everything = np.arange(len(test))
     test_set = (test.features(everything), test.labels(everything))
-    print(f"model {spec.name}, epochs {cfg.epochs}, min_steps {cfg.min_steps}, mini-batch {cfg.batch_size}; "
+    print(f"model {recipe.name}, epochs {cfg.epochs}, min_steps {cfg.min_steps}, mini-batch {cfg.batch_size}; "
           f"torch {torch.__version__}, {os.cpu_count()} CPUs; load {open('/proc/loadavg').read().split()[:3]}")
     seconds = {name: {n: [] for n in args.sizes} for name in SETTINGS}
     for _ in range(args.repeats):   # interleaved, so drifting load touches every setting alike
         for n in args.sizes:
             for name, (threads, deterministic) in SETTINGS.items():
-                seconds[name][n].append(fit_seconds(cfg, train, test_set, spec, n, threads, deterministic)[0])
+                seconds[name][n].append(fit_seconds(cfg, train, test_set, recipe, n, threads, deterministic)[0])
     print(f"{'setting':32}" + "".join(f"{n:>8} labels" for n in args.sizes) + "   main job (135 fits)")
     for name, by_n in seconds.items():
         medians = [statistics.median(by_n[n]) for n in args.sizes]

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from autoal.compute import distributed
 from autoal.nets import models
-from autoal.nets.models import ModelSpec
+from autoal.nets.models import ModelRecipe
 from autoal.compute.distributed import World, portable_state, tensors, torch_state
 
 
@@ -87,7 +87,7 @@ def train_epochs(model, optimizer, x: torch.Tensor, y: torch.Tensor, world: Worl
 class TrainPayload:
     """One fit of the task model: its data, and `fit`'s options."""
 
-    spec: ModelSpec
+    recipe: ModelRecipe
     train: tuple[np.ndarray, np.ndarray]   # (x, y), or an object ref to them
     test: tuple[np.ndarray, np.ndarray]
     seed: int
@@ -104,7 +104,7 @@ class TrainPayload:
 def train(p: TrainPayload, x: torch.Tensor, y: torch.Tensor, world: World, seed: int) -> tuple[models.TaskNet, float]:
     """A TaskNet (classifier + loss-prediction module) trained from scratch on (x, y), and its last
     epoch's loss."""
-    net = p.spec.build()
+    net = p.recipe.build()
     model = world.prepare(net)
     optimizer = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     epochs = epochs_for(len(x), p.batch_size, p.epochs, p.min_steps, world)
@@ -132,24 +132,24 @@ def folds_loop(p: TrainPayload, world: World) -> float:
     return correct / sum(len(held_at) for _, held_at in p.folds)
 
 
-def fit(spec: ModelSpec, train: tuple[np.ndarray, np.ndarray], test_ref, *, seed: int, epochs: int,
+def fit(recipe: ModelRecipe, train: tuple[np.ndarray, np.ndarray], test_ref, *, seed: int, epochs: int,
         lr: float, weight_decay: float, batch_size: int, min_steps: int = 0, workers: int = 0,
         gpus: float = 0.0, name: str = "task", loss_weight: float = 1.0, joint_fraction: float = 0.0) -> FitResult:
     """Train on `train` (x, y); evaluate on `test_ref` = (x, y), an object ref (put once per experiment).
     The loss-prediction module's ranking loss has weight `loss_weight` and reaches the
     backbone during the first `joint_fraction` of the epochs (0: never, the default)."""
-    payload = TrainPayload(spec, train, test_ref, seed, epochs, lr, weight_decay, batch_size, min_steps,
+    payload = TrainPayload(recipe, train, test_ref, seed, epochs, lr, weight_decay, batch_size, min_steps,
                            loss_weight, joint_fraction)
     result = distributed.run(train_loop, payload, workers=workers, gpus=gpus, name=name)
     return FitResult(torch_state(result["state"]), result["accuracy"], result["train_loss"])
 
 
-def cross_validate(spec: ModelSpec, train: tuple[np.ndarray, np.ndarray], folds: list, *, seed: int, epochs: int,
+def cross_validate(recipe: ModelRecipe, train: tuple[np.ndarray, np.ndarray], folds: list, *, seed: int, epochs: int,
                    lr: float, weight_decay: float, batch_size: int, min_steps: int = 0, workers: int = 0,
                    gpus: float = 0.0, name: str = "cv") -> float:
     """Accuracy by cross-validation on `train` over `folds` (train positions, held-out positions):
     every fold's model trains in one run, so the estimate costs one fit's start-up, not k."""
-    payload = TrainPayload(spec, train, train, seed, epochs, lr, weight_decay, batch_size, min_steps, 1.0, 0.0,
+    payload = TrainPayload(recipe, train, train, seed, epochs, lr, weight_decay, batch_size, min_steps, 1.0, 0.0,
                            tuple(folds))
     return float(distributed.run(folds_loop, payload, workers=workers, gpus=gpus, name=name))
 

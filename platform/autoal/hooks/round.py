@@ -38,7 +38,7 @@ class RoundContext:
     cfg: ExperimentConfig
     seed: int
     round: int
-    spec: object                 # training.ModelSpec of the task model
+    recipe: object               # models.ModelRecipe of the task model
     task_state: dict             # this round's trained task model
     labeled_x: np.ndarray        # the labeled samples the task model trains on (out-of-distribution ones left out)
     labeled_y: np.ndarray

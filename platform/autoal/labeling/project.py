@@ -70,7 +70,7 @@ class LabelProject:
         pool = with_embeddings(pool, self.embeddings("pool"), sources, spec)
         self.pool, self.sources = pool.subset("train"), sources[train]
         self.test = self._test_split(pool.subset("test"))
-        self.model_spec = models.ModelSpec(models.resolve(cfg.model, pool.shape), pool.shape, len(spec.classes),
+        self.model_recipe = models.ModelRecipe(models.resolve(cfg.model, pool.shape), pool.shape, len(spec.classes),
                                              cfg.dropout)
 
     def _test_split(self, test: Pool) -> tuple[np.ndarray, np.ndarray]:
@@ -243,7 +243,7 @@ class LabelProject:
             labeled = self.trainable()
             columns = dict(strategy=RUN, accuracy_estimated=not len(self.test[1]), query_strategy=name)
             if len(np.unique(self.known[known.rows(labeled)])) >= 2:
-                result, picks = self._model_round(RoundEngine(cfg, known, self.model_spec, self.store), round_hook,
+                result, picks = self._model_round(RoundEngine(cfg, known, self.model_recipe, self.store), round_hook,
                                                   name, labeled, asked, k, ask, columns, log)
             else:  # no model before two classes have labels: the initial pool's rule picks
                 picks = initial_pool(known.take(np.isin(known.ids, unasked)), k, cfg.initial_method,
@@ -267,7 +267,7 @@ class LabelProject:
         cfg, seed, round_ = self.cfg, self.seed, self.committed
         runtime.check_resources(cfg.workers, scoring.tasks_for(cfg.scoring_tasks, len(self.pool)), cfg.gpus, log)
         folds = 0 if len(self.test[1]) else self.spec.cv_folds
-        fit_time.announce(self.model_spec, cfg, len(labeled), folds, bool(self.spec.embed), log)
+        fit_time.announce(self.model_recipe, cfg, len(labeled), folds, bool(self.spec.embed), log)
         engine.resume(round_hook, name, seed, round_)
         with distributed.workers(cfg.workers, cfg.gpus, warm=cfg.warm_workers, log=log):
             return engine.play(name, round_hook, seed, round_, labeled, k=k, exclude=asked,
@@ -279,7 +279,7 @@ class LabelProject:
         if fit is None:
             return np.full(len(picks), ""), np.full(len(picks), np.nan)
         self.store.save_state(MODEL, self.seed, round_ + 1, fit.state)
-        probs = scoring.score(self.model_spec, fit.state, picks, self.pool.x[self.pool.rows(picks)],
+        probs = scoring.score(self.model_recipe, fit.state, picks, self.pool.x[self.pool.rows(picks)],
                               frozenset({"probs"}), mc_samples=self.cfg.mc_samples, tasks=0).probs
         return np.asarray(self.spec.classes)[probs.argmax(1)], probs.max(1)
 
@@ -292,7 +292,7 @@ class LabelProject:
             return float("nan")
         cfg, x, y = self.cfg, self.pool.x, self.known
         split = KFold(folds, shuffle=True, random_state=derive_seed(self.seed, self.committed, 4)).split(rows)
-        return training.cross_validate(self.model_spec, (x[rows], y[rows]), list(split),
+        return training.cross_validate(self.model_recipe, (x[rows], y[rows]), list(split),
                                        seed=derive_seed(self.seed, self.committed, 1), epochs=cfg.epochs, lr=cfg.lr,
                                        weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
                                        min_steps=cfg.min_steps, workers=cfg.workers, gpus=cfg.gpus,

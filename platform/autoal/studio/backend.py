@@ -161,7 +161,7 @@ class StudioBackend:
                 return False
             x = project.pool
             pool = Pool(x.name, x.ids, x.x, project.known, x.split, x.classes)
-            inputs = RoundInputs(project.cfg, project.model_spec, pool, project.test, project.trainable(),
+            inputs = RoundInputs(project.cfg, project.model_recipe, pool, project.test, project.trainable(),
                                  project.spec.strategy, project.committed, project.seed,
                                  project.store.load_state(project.spec.strategy, project.seed, project.committed))
             rows = len(project.store.labeled(RUN, project.seed))
