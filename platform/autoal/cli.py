@@ -207,7 +207,7 @@ def _label_parser(sub) -> None:
     commands = label.add_subparsers(dest="label_command", required=True)
     init = commands.add_parser("init", help="start a labeling project on a pool")
     init.add_argument("dir", help="the project directory (new or empty)")
-    init.add_argument("--pool", required=True, help="images:<dir>[@<size>], parquet:<dir>, or any dataset spec")
+    init.add_argument("--pool", required=True, help="images:<dir>[@<size>], parquet:<dir>, or any dataset reference")
     init.add_argument("--classes", required=True, help="class names, comma-separated (class folders use them)")
     init.add_argument("--test", help="a fully labeled pool to measure accuracy on (default: cross-validation)")
     init.add_argument("--config", help="YAML experiment config: model, epochs, batch, scoring_tasks, workers, ...")
@@ -274,7 +274,7 @@ def parser() -> argparse.ArgumentParser:
 
     emb = sub.add_parser("embed", help="embed images through a pretrained backbone into a Parquet pool "
                                        "(resumes an interrupted OUT)")
-    emb.add_argument("source", help="dataset spec: images:<dir>, parquet:<dir>, cifar10, medmnist:<flag>, ...")
+    emb.add_argument("source", help="dataset reference: images:<dir>, parquet:<dir>, cifar10, medmnist:<flag>, ...")
     emb.add_argument("out", help="directory or URI (s3://, gs://) of the embedding pool")
     emb.add_argument("--backbone", default="resnet18", help="resnet18, resnet50, convnext_tiny or vit_b_16")
     emb.add_argument("--weights", help="a local state dict of the backbone (default: torchvision's published "

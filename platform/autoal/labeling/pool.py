@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from autoal.data import datasets, images
 from autoal.data.parquet import pool_schema, read_parquet, shard_table
 from autoal.data.pool import Pool
-from autoal.data.sources import split_spec
+from autoal.data.sources import split_ref
 from autoal.errors import AutoALError
 from autoal.labeling import files as label_files
 from autoal.nets import backbones
@@ -42,14 +42,14 @@ def parse_classes(text: str) -> tuple[str, ...]:
     return classes
 
 
-def load_pool(spec: str, classes: tuple[str, ...], data_root: str) -> tuple[Pool, np.ndarray]:
-    """The pool of `spec` with labels numbered by `classes`, and each sample's source file ('' if none)."""
-    name, arg = split_spec(spec)
+def load_pool(ref: str, classes: tuple[str, ...], data_root: str) -> tuple[Pool, np.ndarray]:
+    """The pool of `ref` with labels numbered by `classes`, and each sample's source file ('' if none)."""
+    name, arg = split_ref(ref)
     if name == "images":  # class folders are matched to the classes by name
         return images.read_folder(arg, classes)
-    pool = datasets.load(spec, data_root)
+    pool = datasets.load(ref, data_root)
     if pool.classes > len(classes):
-        raise AutoALError(f"pool {shown(spec)} has {pool.classes} classes but --classes names {len(classes)}")
+        raise AutoALError(f"pool {shown(ref)} has {pool.classes} classes but --classes names {len(classes)}")
     # a person labels a pool small enough to hold: its features are read here
     return Pool(pool.name, pool.ids, np.asarray(pool.x), pool.y, pool.split, len(classes)), np.full(len(pool), "")
 
@@ -104,7 +104,7 @@ def _embed_added(pool: Pool, rows: np.ndarray, files: np.ndarray, spec: ProjectS
     return x
 
 
-def absolute_spec(spec: str) -> str:
-    """`images:` and `parquet:` specs with an absolute path, so the project works from any directory."""
-    name, arg = split_spec(spec)
-    return f"{name}:{Path(arg).expanduser().resolve()}" if name in ("images", "parquet") and arg else spec
+def absolute_ref(ref: str) -> str:
+    """`images:` and `parquet:` references with an absolute path, so the project works from any directory."""
+    name, arg = split_ref(ref)
+    return f"{name}:{Path(arg).expanduser().resolve()}" if name in ("images", "parquet") and arg else ref

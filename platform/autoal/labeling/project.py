@@ -35,7 +35,7 @@ from autoal.labeling import fit_time, files as label_files
 from autoal.nets import backbones, models
 from autoal.errors import AutoALError
 from autoal.engine.rounds import RoundEngine, derive_seed, initial_pool, initial_row
-from autoal.labeling.pool import ProjectSpec, absolute_spec, embed_project, load_pool, parse_classes, with_embeddings
+from autoal.labeling.pool import ProjectSpec, absolute_ref, embed_project, load_pool, parse_classes, with_embeddings
 from autoal.runs.journal import Journal, journaled
 from autoal.data.pool import OOD, UNLABELED, Pool
 from autoal.safe_io import CONFIG_BYTES, atomic_write, load_yaml, own_dir, read_bytes, read_text, shown
@@ -105,7 +105,7 @@ class LabelProject:
         root = Path(root)
         if cv_folds < 0 or cv_folds == 1:
             raise AutoALError("--cv-folds must be 0 (no estimate) or at least 2")
-        spec = ProjectSpec(absolute_spec(pool), parse_classes(classes), test and absolute_spec(test), strategy,
+        spec = ProjectSpec(absolute_ref(pool), parse_classes(classes), test and absolute_ref(test), strategy,
                            cv_folds, embed, weights and str(Path(weights).expanduser().resolve()))
         spec_text = yaml.safe_dump(dict(asdict(spec), classes=list(spec.classes)), sort_keys=False).encode()
         if root.exists() and (not root.is_dir() or any(root.iterdir())) and not _interrupted_init(root, spec_text):

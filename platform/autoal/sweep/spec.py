@@ -18,7 +18,7 @@ import yaml
 
 from autoal import config
 from autoal.data import datasets
-from autoal.data.sources import split_spec
+from autoal.data.sources import split_ref
 from autoal.errors import AutoALError
 from autoal.safe_io import CONFIG_BYTES, clip, load_yaml, one_line, read_text, shown
 from autoal.strategies.autoal import CANDIDATES as PAPER_CANDIDATES  # nested pools: size n is the first n
@@ -321,7 +321,7 @@ def _check_configs(spec: SweepSpec) -> None:
     for cfg in configs:
         for name in cfg.strategies:
             hooks.create(name, cfg)
-        if split_spec(cfg.dataset)[0].lower() not in sources:
+        if split_ref(cfg.dataset)[0].lower() not in sources:
             raise AutoALError(f"unknown dataset {shown(cfg.dataset)}; sources: {', '.join(sorted(sources))}")
         if cfg.gpus > 0 and cfg.workers == 0 and spec.resources["gpu"] == 0:
             raise AutoALError("the experiment uses gpus in the trial process (workers: 0) but resources.gpu is 0")
