@@ -131,7 +131,7 @@ def _report(args) -> None:
 def _sweep(args) -> None:
     from autoal.sweep.runner import run_sweep
 
-    out = run_sweep(args.spec, args.out, args.storage, log=lambda line: print(line, flush=True))
+    out = run_sweep(args.plan, args.out, args.storage, log=lambda line: print(line, flush=True))
     print(f"sweep results in {out}")
 
 
@@ -296,9 +296,9 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--plots", help="write the plots here (default: next to the results, when writable)")
     rep.set_defaults(func=_report)
 
-    sw = sub.add_parser("sweep", help="run a Ray Tune sweep of experiments from a spec")
-    sw.add_argument("spec")
-    sw.add_argument("--out", help="sweep directory (default: runs/<spec name>)")
+    sw = sub.add_parser("sweep", help="run a Ray Tune sweep of experiments from a plan (a YAML file)")
+    sw.add_argument("plan")
+    sw.add_argument("--out", help="sweep directory (default: runs/<plan name>)")
     sw.add_argument("--storage", help="Tune storage path or URI (default: <out>/tune)")
     sw.set_defaults(func=_sweep)
     _label_parser(sub)
