@@ -38,7 +38,7 @@ def _config_flags(run: argparse.ArgumentParser) -> list[str]:
             kind = dict(type=_number_or_auto) if isinstance(item, types.UnionType) else dict(type=_bool) if item is bool \
                 else dict(type=item)
             many = get_origin(hint) is tuple   # a list flag given twice adds to it; a scalar's last value wins
-            old = [f"--{o}" for o, new in config.RENAMED.items() if new == f.name and not prefix]
+            old = [f"--{prefix}{f.metadata['old'].replace('_', '-')}"] if f.metadata["old"] else []
             run.add_argument("--" + prefix + name.replace("_", "-"), *old, dest=prefix + f.name,
                              metavar="true|false" if item is bool else name.upper(), action=Extend if many else "store",
                              nargs="+" if many else None, help=f.metadata["help"], **kind)

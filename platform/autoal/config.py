@@ -21,11 +21,12 @@ AUTO = "auto"  # a value some fields take instead of a number: decided by the ru
 
 
 def key(default=dataclasses.MISSING, help: str = "", *, factory=dataclasses.MISSING, execution: bool = False,
-        flag: str | None = None):
+        flag: str | None = None, old: str | None = None):
     """A config field: `help` is its flag's help; `execution` marks a field that changes how a run
-    executes, not what it computes (it may differ on resume); `flag` renames its flag."""
+    executes, not what it computes (it may differ on resume); `flag` renames its flag; `old` is the
+    key's former name, still read (with a warning) so that configs written before still run."""
     return field(default=default, default_factory=factory,
-                 metadata=dict(help=help, execution=execution, flag=flag))
+                 metadata=dict(help=help, execution=execution, flag=flag, old=old))
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,8 @@ class ExperimentConfig:
     warm_workers: bool = key(True, "start the training workers once per run and keep them for every fit; "
                                    "false: a new Ray Train worker group per fit (~20 s each)", execution=True)
     scoring_tasks: int | str = key(AUTO, "Ray Data tasks scoring the pool at once; 0 = in the driver; auto: in "
-                                         "the driver for small pools (old name: actors)", execution=True)
+                                         "the driver for small pools (old name: actors)", execution=True,
+                                     old="actors")
     gpus: float = key(0.0, "GPUs per training worker and per scoring worker", execution=True)
     prefilter: int = key(0, "batch strategies select among the top prefilter x batch samples by margin "
                             "(0: the whole pool); bounds a big pool's selection cost")
@@ -244,21 +246,24 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
     return f"{getattr(exc, 'problem', None) or exc}{where}".replace("\n", " ")
 
 
-RENAMED = {"actors": "scoring_tasks"}   # old key -> its name now: configs written before still run
-
-
-def renamed(data: dict[str, Any]) -> dict[str, Any]:
-    """`data` with each old key under its name now, and a warning that says so."""
-    if not isinstance(data, dict) or not RENAMED.keys() & data.keys():
+def renamed(data: dict[str, Any], cls=ExperimentConfig, where: str = "") -> dict[str, Any]:
+    """`data` with each key a field names as its `old` one under its name now, in the sections too,
+    and a warning that says so."""
+    if not isinstance(data, dict):
         return data
     data = dict(data)
-    for old, new in RENAMED.items():
-        if old in data:
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        old, new = f.metadata["old"], f.name
+        if old is not None and old in data:
             if new in data:
-                raise AutoALError(f"bad config: {old} and {new} are both given; {old} is the old name of {new}")
-            warnings.warn(f"autoal: config key {old!r} is now {new!r}; the old name will go", FutureWarning,
-                          stacklevel=2)
+                raise AutoALError(f"bad config: {where}{old} and {where}{new} are both given; "
+                                  f"{where}{old} is the old name of {where}{new}")
+            warnings.warn(f"autoal: config key {where + old!r} is now {where + new!r}; the old name will go",
+                          FutureWarning, stacklevel=2)
             data[new] = data.pop(old)
+        if dataclasses.is_dataclass(hints[new]) and new in data:
+            data[new] = renamed(data[new], hints[new], f"{where}{new}.")
     return data
 
 
