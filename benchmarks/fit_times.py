@@ -40,7 +40,7 @@ def fit_seconds(cfg, train, test, recipe, n: int, threads: int, deterministic: b
     rows = np.random.default_rng(n).choice(len(train), n, replace=False)
     t0 = time.perf_counter()
     fit = training.fit(recipe, (train.features(rows), train.labels(rows)), test, seed=derive_seed(0, n, 1),
-                       epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+                       epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.task_minibatch,
                        min_steps=cfg.min_steps)
     return time.perf_counter() - t0, fit.accuracy
 
@@ -54,7 +54,7 @@ def main() -> None:
     train, test, recipe = load_data(cfg)
     everything = np.arange(len(test))
     test_set = (test.features(everything), test.labels(everything))
-    print(f"model {recipe.name}, epochs {cfg.epochs}, min_steps {cfg.min_steps}, mini-batch {cfg.batch_size}; "
+    print(f"model {recipe.name}, epochs {cfg.epochs}, min_steps {cfg.min_steps}, mini-batch {cfg.task_minibatch}; "
           f"torch {torch.__version__}, {os.cpu_count()} CPUs; load {open('/proc/loadavg').read().split()[:3]}")
     seconds = {name: {n: [] for n in args.sizes} for name in SETTINGS}
     for _ in range(args.repeats):   # interleaved, so drifting load touches every setting alike

@@ -70,7 +70,7 @@ def main() -> None:
             for fraction in args.fractions:
                 fit = training.fit(recipe, (train.x[lab], train.y[lab]), test_ref, seed=derive_seed(seed, 0, 1),
                                    epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                   batch_size=cfg.batch_size, min_steps=cfg.min_steps,
+                                   batch_size=cfg.task_minibatch, min_steps=cfg.min_steps,
                                    loss_weight=lpl.weight, joint_fraction=fraction)
                 task_state = task_state or fit.state
                 row.update(lpl_row(recipe, fit, ctx, cfg, f"lpl f{fraction}"))
@@ -117,7 +117,7 @@ def refit(recipe, cfg, train, lab, test_ref, seed, picks) -> float:
     """Test accuracy of the task model trained on the labeled set plus `picks` (the same init for every batch)."""
     rows = np.concatenate([lab, train.rows(picks)])
     return training.fit(recipe, (train.x[rows], train.y[rows]), test_ref, seed=seed, epochs=cfg.epochs, lr=cfg.lr,
-                        weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, min_steps=cfg.min_steps).accuracy
+                        weight_decay=cfg.weight_decay, batch_size=cfg.task_minibatch, min_steps=cfg.min_steps).accuracy
 
 
 def lpl_row(recipe, fit, ctx: Context, cfg, tag) -> dict:

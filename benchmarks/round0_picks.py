@@ -48,7 +48,7 @@ def main() -> None:
         for fraction in args.fractions:
             fit = training.fit(recipe, (train.x[lab], train.y[lab]), test_ref, seed=derive_seed(seed, 0, 1),
                                epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                               batch_size=cfg.batch_size, min_steps=cfg.min_steps, loss_weight=args.weight,
+                               batch_size=cfg.task_minibatch, min_steps=cfg.min_steps, loss_weight=args.weight,
                                joint_fraction=fraction)
             stats = scoring.score(recipe, fit.state, np.concatenate([unlabeled, labeled]),
                                   train.x[np.concatenate([unl, lab])], {"probs", "pred_loss", "embedding"},

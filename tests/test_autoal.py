@@ -34,7 +34,7 @@ from autoal.strategies.autoal import AutoAL
 
 RECIPE = training.ModelRecipe("mlp", (8,), 2, 0.3)
 FAST = {"search.cycles_first": 1, "search.cycles": 1, "search.fit_epochs": 2, "search.fit_steps": 0,
-        "search.search_epochs": 2, "search.batch_size": 16}
+        "search.search_epochs": 2, "search.search_minibatch": 16}
 
 
 def toy(n_easy: int, n_hard: int, seed: int, d: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -465,7 +465,7 @@ def test_search_trusts_the_candidate_that_picks_informative_samples(ray_local, t
         "options.autoal.candidates": ["kmeans", "margin"], "options.vote.candidates": ["kmeans", "margin"],
         "search.cycles_first": 2, "search.fit_steps": 50,
         "search.prior": 0.0,
-        "search.search_epochs": 20, "search.batch_size": 64, "search.rho": 0.25})
+        "search.search_epochs": 20, "search.search_minibatch": 64, "search.rho": 0.25})
     exp = toy_experiment(cfg, tmp_path / "out", n_easy=300, n_hard=60)
     exp.run()
     weights = pd.read_parquet(tmp_path / "out" / "strategy_weights.parquet")
@@ -487,7 +487,7 @@ def test_replayed_rows_grow_and_a_useless_candidate_falls_below_one_over_k(ray_l
     candidates = ["margin", "kmeans", "random"]
     cfg = toy_cfg(initial=40, batch=20, rounds=3, epochs=10, **{
         "options.autoal.candidates": candidates, "options.vote.candidates": candidates,
-        "search.cycles_first": 2, "search.fit_steps": 50, "search.search_epochs": 20, "search.batch_size": 64})
+        "search.cycles_first": 2, "search.fit_steps": 50, "search.search_epochs": 20, "search.search_minibatch": 64})
     exp = toy_experiment(cfg, tmp_path / "out", n_easy=300, n_hard=60)
     exp.run()
     telemetry = pd.read_parquet(tmp_path / "out" / "search.parquet").set_index("round")

@@ -55,7 +55,7 @@ class SearchConfig:
     gamma: float = key(0.1, "ranking loss weight")
     threshold: str = key("gmm", "gmm (paper) or quantile (exact)")
     lr: float = key(1e-3, "SearchNet's and FitNet's Adam learning rate")
-    batch_size: int = key(64, "SearchNet's and FitNet's mini-batch")
+    search_minibatch: int = key(64, "SearchNet's and FitNet's mini-batch", old="batch_size")
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class ExperimentConfig:
     min_steps: int = key(100, "at least this many optimiser steps per round (more epochs on few labels)")
     lr: float = key(1e-3, "the task model's Adam learning rate")
     weight_decay: float = key(5e-4, "the task model's weight decay")
-    batch_size: int = key(64, "the task model's mini-batch")
+    task_minibatch: int = key(64, "the task model's mini-batch", old="batch_size")
     dropout: float = key(0.3, "dropout of the classifier head (MC dropout)")
     mc_samples: int = key(10, "T, MC-dropout samples of the head")
     workers: int = key(0, "training workers; 0 = train in the driver", execution=True)

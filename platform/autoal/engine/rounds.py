@@ -106,7 +106,7 @@ class RoundEngine:
         `options` are a hook's training options (training.fit's keywords)."""
         cfg = self.cfg
         return training.fit(self.recipe, train_set, test, seed=derive_seed(seed, round_, 1), epochs=cfg.epochs,
-                            lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+                            lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.task_minibatch,
                             min_steps=cfg.min_steps, workers=cfg.workers, gpus=cfg.gpus, name=name, **options)
 
     def query(self, name: str, round_hook: hooks.RoundHook, task_state: dict, exclude: np.ndarray,

@@ -154,7 +154,7 @@ class BGADLHook(RoundHook):
         source_x = ctx.pool.features(ctx.pool.rows(sources))
         data = (np.concatenate([ctx.labeled_x, source_x]).astype(np.float32),
                 np.concatenate([ctx.labeled_y, source_y]).astype(np.int64))
-        payload = GANPayload(ctx.recipe, ctx.rng_seed, s.epochs, self.cfg.min_steps, self.cfg.batch_size, data)
+        payload = GANPayload(ctx.recipe, ctx.rng_seed, s.epochs, self.cfg.min_steps, self.cfg.task_minibatch, data)
         state = distributed.torch_state(distributed.run(vae_acgan_loop, payload, workers=self.cfg.workers,
                                                         gpus=self.cfg.gpus, name=f"bgadl-s{ctx.seed}-r{ctx.round}"))
         x, y = generate(ctx.recipe, state, source_x, source_y, s.samples, ctx.rng_seed)

@@ -43,7 +43,7 @@ def announce(recipe: ModelRecipe, cfg: ExperimentConfig, n: int, cv_folds: int, 
     folds = min(cv_folds, n)
     if cfg.gpus > 0:
         return
-    seconds = expected_seconds(recipe, n, epochs=cfg.epochs, batch_size=cfg.batch_size, min_steps=cfg.min_steps,
+    seconds = expected_seconds(recipe, n, epochs=cfg.epochs, batch_size=cfg.task_minibatch, min_steps=cfg.min_steps,
                                trainings=max(1, folds))   # the fit, and k fold models on (k-1)/k of the labels
     if seconds >= LONG_S:
         log(f"training {recipe.name} on {n} labels{f' and {folds}-fold CV' * (folds >= 2)} is expected to take "

@@ -294,7 +294,7 @@ class LabelProject:
         split = KFold(folds, shuffle=True, random_state=derive_seed(self.seed, self.committed, 4)).split(rows)
         return training.cross_validate(self.model_recipe, (x[rows], y[rows]), list(split),
                                        seed=derive_seed(self.seed, self.committed, 1), epochs=cfg.epochs, lr=cfg.lr,
-                                       weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+                                       weight_decay=cfg.weight_decay, batch_size=cfg.task_minibatch,
                                        min_steps=cfg.min_steps, workers=cfg.workers, gpus=cfg.gpus,
                                        name=f"label-r{self.committed}-cv")
 

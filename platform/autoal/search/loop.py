@@ -62,9 +62,9 @@ def fit_fitnet(recipe: training.ModelRecipe, x: torch.Tensor, y: torch.Tensor, s
     torch.manual_seed(seed)
     net = recipe.build()
     model = world.prepare(net)
-    epochs = training.epochs_for(len(x), sc.batch_size, sc.fit_epochs, sc.fit_steps, world)
+    epochs = training.epochs_for(len(x), sc.search_minibatch, sc.fit_epochs, sc.fit_steps, world)
     training.train_epochs(model, torch.optim.Adam(model.parameters(), lr=sc.lr), x, y, world, epochs=epochs,
-                          batch_size=sc.batch_size, seed=seed)
+                          batch_size=sc.search_minibatch, seed=seed)
     return net
 
 
@@ -185,7 +185,7 @@ def search_loop(p: SearchPayload, world: World) -> dict:
         for epoch in range(replay_epochs(sc.search_epochs, len(new), len(rows))):
             model.train()
             steps = []
-            for i, index in enumerate(training.shard_batches(len(rows), sc.batch_size, cycle_seed, epoch, world)):
+            for i, index in enumerate(training.shard_batches(len(rows), sc.search_minibatch, cycle_seed, epoch, world)):
                 parts = search_terms(model, net.alpha, rows.take(index.to(world.device)), sc, prior,
                                      cycle_seed + 1000 * epoch + i)
                 optimizer.zero_grad()
