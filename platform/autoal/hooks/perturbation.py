@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from autoal.hooks.round import RoundContext, RoundHook, ScorerExtra
+from autoal.hooks.round import RoundContext, RoundHook, ScorerExtra, serves
 from autoal.nets.models import ModelRecipe
 
 
@@ -48,6 +48,7 @@ class PerturbedModels(nn.Module):
         return torch.stack(outs, 1)
 
 
+@serves("noise_stability")
 class NoiseStabilityHook(RoundHook):
     """Hands the fused scoring pass the K perturbed copies of this round's model."""
 

@@ -5,8 +5,10 @@ networks or keep state across rounds (AutoAL's SearchNet and FitNet, ALBL's
 bandit) or change how the task model trains (LPL, BGADL). Their hook runs that
 work, hands the scorer any extra model, keeps state that the experiment
 directory checkpoints, and emits telemetry rows. A hook reads its options from
-its strategy (the strategy's constructor parameters). Every other strategy gets
-the plain `RoundHook`, which does nothing around its selection.
+its strategy (the strategy's constructor parameters). A hook declares the
+strategies it serves where it is written (`@serves("albl")`), so the pairing has
+one place and the strategies, a layer below, never name the platform. Every
+other strategy gets the plain `RoundHook`, which does nothing around its selection.
 """
 from __future__ import annotations
 
@@ -82,3 +84,17 @@ class RoundHook:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+HOOKS: dict[str, type[RoundHook]] = {}   # strategy name -> its hook; filled by `serves`
+
+
+def serves(*strategies: str) -> Callable[[type[RoundHook]], type[RoundHook]]:
+    """Class decorator: this hook runs around these strategies (one hook per strategy)."""
+    def declare(hook: type[RoundHook]) -> type[RoundHook]:
+        for name in strategies:
+            if HOOKS.get(name, hook) is not hook:
+                raise ValueError(f"strategy {name} has two hooks: {HOOKS[name].__name__} and {hook.__name__}")
+        HOOKS.update(dict.fromkeys(strategies, hook))
+        return hook
+    return declare

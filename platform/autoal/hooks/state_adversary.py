@@ -33,7 +33,7 @@ from autoal.compute import distributed, training
 from autoal.nets import models
 from autoal.config import ExperimentConfig
 from autoal.compute.distributed import World, portable_state, tensors
-from autoal.hooks.round import RoundContext, RoundHook, ScorerExtra
+from autoal.hooks.round import RoundContext, RoundHook, ScorerExtra, serves
 from autoal.strategies import Strategy
 from autoal.strategies.adversarial import online_uncertainty
 
@@ -156,6 +156,7 @@ def adversarial_loop(p: AdversarialPayload, world: World) -> dict:
     return portable_state(nets)
 
 
+@serves("vaal", "sraal")
 class AdversarialHook(RoundHook):
     """Trains VAE + discriminator before each query; their rating reaches the scorer."""
 

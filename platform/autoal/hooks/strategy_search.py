@@ -12,12 +12,13 @@ import numpy as np
 from autoal.compute import distributed, scoring
 from autoal.config import ExperimentConfig
 from autoal.errors import AutoALError
-from autoal.hooks.round import RoundContext, RoundHook, ScorerExtra
+from autoal.hooks.round import RoundContext, RoundHook, ScorerExtra, serves
 from autoal.search.loop import MIN_PER_WORKER, SearchPayload, search_loop
 from autoal.search.searchnet import SearchScorer
 from autoal.strategies import PoolStats, Strategy
 
 
+@serves("autoal")
 class AutoALHook(RoundHook):
     """Runs the search before each query; keeps SearchNet and the replayed rows across rounds."""
 

@@ -38,7 +38,7 @@ from autoal.compute import distributed, training
 from autoal.nets import models
 from autoal.config import ExperimentConfig
 from autoal.compute.distributed import World, portable_state, tensors
-from autoal.hooks.round import RoundContext, RoundHook
+from autoal.hooks.round import RoundContext, RoundHook, serves
 from autoal.hooks.state_adversary import HIDDEN, VAE
 from autoal.data.pool import OOD
 from autoal.strategies import PoolStats, Strategy
@@ -135,6 +135,7 @@ def generate(recipe: training.ModelRecipe, state: dict, x: np.ndarray, y: np.nda
     return net(x_rep, y_rep, noise)[0].numpy(), y_rep.numpy()
 
 
+@serves("bgadl")
 class BGADLHook(RoundHook):
     """Generates synthetic samples from each labeled batch; they join later rounds' training sets."""
 
