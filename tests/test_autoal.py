@@ -368,8 +368,8 @@ def test_cycle_rows_belong_to_their_samples(monkeypatch, fitnet):
     fitted = []
     real = search.fit_fitnet
 
-    def recorded(recipe, x, y, sc, seed, world):
-        fitted.append((real(recipe, x, y, sc, seed, world), x))
+    def recorded(recipe, x, y, sc, seed, world, *loss_weight):
+        fitted.append((real(recipe, x, y, sc, seed, world, *loss_weight), x))
         return fitted[-1][0]
 
     monkeypatch.setattr(search, "fit_fitnet", recorded)

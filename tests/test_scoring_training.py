@@ -37,6 +37,23 @@ def fitted(ray_local, digits, recipe):
                         lr=1e-3, weight_decay=5e-4, batch_size=64)
 
 
+def test_a_fit_whose_strategy_reads_no_predicted_loss_trains_every_other_weight_alike(digits, recipe):
+    """Loss weight 0 leaves the loss-prediction module as initialised; it reads detached taps, so the
+    classifier's weights and accuracy are bit for bit those of a fit that trains it."""
+    train, test = digits
+    rows = np.arange(60)
+    trained, frozen = (training.fit(recipe, (train.x[rows], train.y[rows]), (test.x, test.y), seed=0, epochs=4,
+                                    lr=1e-3, weight_decay=5e-4, batch_size=32, loss_weight=w) for w in (1.0, 0.0))
+    torch.manual_seed(0)
+    initial = recipe.build().state_dict()
+    for name, value in frozen.state.items():
+        if name.startswith("loss_head."):
+            assert torch.equal(value, initial[name]) and not torch.equal(value, trained.state[name]), name
+        else:
+            assert torch.equal(value, trained.state[name]), name
+    assert frozen.accuracy == trained.accuracy and frozen.train_loss == trained.train_loss
+
+
 def test_local_mode_training_learns_and_is_reproducible(ray_local, digits, recipe, fitted):
     train, test = digits
     assert fitted.accuracy > 0.7, "200 labeled digits give a decent classifier"

@@ -64,8 +64,9 @@ class RoundHook:
         return None
 
     def fit_options(self) -> dict:
-        """Extra keyword arguments of `training.fit` for this strategy's task model (LPL's joint training)."""
-        return {}
+        """Keyword arguments of `training.fit` for this strategy's task model (LPL's joint training):
+        the loss-prediction module trains only for a strategy that reads predicted loss."""
+        return dict(loss_weight=1.0 if "pred_loss" in self.strategy.needs else 0.0)
 
     def train_set(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The task model's training set from the labeled (x, y): a hook may add synthetic

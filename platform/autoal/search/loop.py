@@ -56,15 +56,16 @@ def folds(n: int, seed: int, fitnet: str) -> list[tuple[np.ndarray, np.ndarray]]
 
 
 def fit_fitnet(recipe: training.ModelRecipe, x: torch.Tensor, y: torch.Tensor, sc: SearchConfig, seed: int,
-               world: World):
+               world: World, loss_weight: float = 1.0):
     """A fresh FitNet trained on (x, y) like the task model (cross-entropy + its loss
-    module's ranking loss, which the `lpl` candidate reads); returns the plain module."""
+    module's ranking loss, which the `lpl` candidate reads; weight 0: none reads it); returns
+    the plain module."""
     torch.manual_seed(seed)
-    net = recipe.build()
+    net = training.task_net(recipe, loss_weight)
     model = world.prepare(net)
     epochs = training.epochs_for(len(x), sc.search_minibatch, sc.fit_epochs, sc.fit_steps, world)
     training.train_epochs(model, torch.optim.Adam(model.parameters(), lr=sc.lr), x, y, world, epochs=epochs,
-                          batch_size=sc.search_minibatch, seed=seed)
+                          batch_size=sc.search_minibatch, seed=seed, loss_weight=loss_weight)
     return net
 
 
@@ -89,7 +90,7 @@ def cycle_rows(strategy: AutoAL, recipe, sc: SearchConfig, x: torch.Tensor, y: t
     parts, correct = [], 0
     needs = strategy.needs & scoring.POOL_FIELDS | {"probs", "embedding"}
     for space, (tr, val) in enumerate(folds(len(x), seed, sc.fitnet)):
-        net = fit_fitnet(recipe, x[tr], y[tr], sc, seed + space, world)
+        net = fit_fitnet(recipe, x[tr], y[tr], sc, seed + space, world, float("pred_loss" in needs))
         rows = np.concatenate([val, tr]) if strategy.needs_labeled else val
         torch.manual_seed(seed)  # MC dropout: every rank draws the same masks
         stats = scoring.score(recipe, net.state_dict(), np.arange(len(rows)), x[rows].numpy(), needs,
