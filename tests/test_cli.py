@@ -154,6 +154,7 @@ def test_every_config_key_is_a_flag():
 @pytest.mark.parametrize("argv,message", [
     (["--set", "search=3", "--set", "search.lam=1"], "cannot set search.lam: search is 3, not a section"),
     (["--set", "lam"], "--set takes KEY=VALUE"),
+    (["--torch-threads", "0"], "torch_threads must be >= 1"),
     (["--set", "options.lpl.weight=-1"], "options.lpl: lpl needs"),
 ])
 def test_bad_overrides(capsys, tmp_path, argv, message):

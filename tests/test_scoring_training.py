@@ -54,6 +54,29 @@ def test_a_fit_whose_strategy_reads_no_predicted_loss_trains_every_other_weight_
     assert frozen.accuracy == trained.accuracy and frozen.train_loss == trained.train_loss
 
 
+@dataclass(frozen=True)
+class Seeded:
+    seed: int
+
+
+def threads_seen(payload: Seeded, world: World) -> int:
+    return torch.get_num_threads()
+
+
+def test_every_fit_takes_the_runs_torch_threads_and_its_workers_reserve_a_cpu_each():
+    """`torch_threads` reaches a fit in the driver through the `workers` block (and nothing
+    outside it), the caller's own count is restored, and a CPU worker reserves a CPU a thread."""
+    from autoal.compute import runtime
+
+    before = torch.get_num_threads()
+    run = lambda: distributed.run(threads_seen, Seeded(0), workers=0, gpus=0.0, name="t")   # noqa: E731
+    with distributed.workers(0, 0.0, threads=2):
+        assert run() == 2 and torch.get_num_threads() == before
+    assert run() == 1
+    assert runtime.demand(2, 1, 0.0, threads=2) == {"CPU": 5.0, "GPU": 0.0}
+    assert runtime.demand(2, 1, 0.5, threads=2) == {"CPU": 1.0, "GPU": 1.5}
+
+
 def test_local_mode_training_learns_and_is_reproducible(ray_local, digits, recipe, fitted):
     train, test = digits
     assert fitted.accuracy > 0.7, "200 labeled digits give a decent classifier"

@@ -81,6 +81,8 @@ class ExperimentConfig:
     dropout: float = key(0.3, "dropout of the classifier head (MC dropout)")
     mc_samples: int = key(10, "T, MC-dropout samples of the head")
     workers: int = key(0, "training workers; 0 = train in the driver", execution=True)
+    torch_threads: int = key(1, "torch CPU threads of every fit, in the driver and on each training worker (which "
+                                "then reserves as many CPUs); part of the results: the count changes the weights")
     warm_workers: bool = key(True, "start the training workers once per run and keep them for every fit; "
                                    "false: a new Ray Train worker group per fit (~20 s each)", execution=True)
     scoring_tasks: int | str = key(AUTO, "Ray Data tasks scoring the pool at once; 0 = in the driver; auto: in "
@@ -104,6 +106,7 @@ class ExperimentConfig:
             (self.mc_samples >= 2, "mc_samples must be >= 2"),
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
             (self.workers >= 0, "workers must be >= 0"),
+            (self.torch_threads >= 1, "torch_threads must be >= 1"),
             (self.scoring_tasks == AUTO or self.scoring_tasks >= 0, "scoring_tasks must be >= 0 or auto"),
             (self.gpus >= 0, "gpus must be >= 0"),
             (self.prefilter >= 0, "prefilter must be >= 0"),

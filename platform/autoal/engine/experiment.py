@@ -76,7 +76,8 @@ class Experiment:
         for name in cfg.strategies:
             hooks.create(name, cfg)
         train, test, recipe = load_data(cfg, download)
-        runtime.check_resources(cfg.workers, scoring.tasks_for(cfg.scoring_tasks, len(train)), cfg.gpus, log)
+        runtime.check_resources(cfg.workers, scoring.tasks_for(cfg.scoring_tasks, len(train)), cfg.gpus, log,
+                                threads=cfg.torch_threads)
         store = ExperimentDir(out).open(cfg)
         if store.lock.stale:
             log(f"autoal: {out} was locked by a run that ended without releasing it "
@@ -91,7 +92,8 @@ class Experiment:
             everything = np.arange(len(self.test))
             self.test_set = (self.test.features(everything), self.test.labels(everything))
             self.engine = RoundEngine(cfg, self.train, self.recipe, self.store)
-            with distributed.workers(cfg.workers, cfg.gpus, warm=cfg.warm_workers, log=self.log):
+            with distributed.workers(cfg.workers, cfg.gpus, warm=cfg.warm_workers, threads=cfg.torch_threads,
+                                     log=self.log):
                 for seed in cfg.seeds:
                     initial = initial_pool(self.train, cfg.initial, cfg.initial_method, seed)
                     for name in cfg.strategies:

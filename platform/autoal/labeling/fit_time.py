@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from autoal.config import ExperimentConfig
-from autoal.compute.distributed import THREADS, World
+from autoal.compute.distributed import World
 from autoal.nets.models import ModelRecipe
 from autoal.compute.training import epochs_for, shard_batches
 
@@ -15,16 +15,16 @@ LONG_S = 15.0   # a wait worth announcing
 
 
 def expected_seconds(recipe: ModelRecipe, n: int, *, epochs: int, batch_size: int, min_steps: int,
-                     trainings: float = 1.0) -> float:
+                     threads: int = 1, trainings: float = 1.0) -> float:
     """How long `trainings` fits on `n` samples will take here: one optimiser step timed in this
-    process on a fit's torch threads (after one step to warm up), times the steps a fit takes."""
+    process on a fit's `threads` torch threads (after one step to warm up), times the steps a fit takes."""
     world = World.local()
     net = recipe.build()
     optimizer = torch.optim.Adam(net.parameters())
     x = torch.rand((min(batch_size, n), *recipe.shape))
     y = torch.randint(0, recipe.classes, (len(x),))
     timings, threads = [], torch.get_num_threads()
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads)
     try:
         for _ in range(2):
             start = time.perf_counter()
@@ -43,8 +43,9 @@ def announce(recipe: ModelRecipe, cfg: ExperimentConfig, n: int, cv_folds: int, 
     folds = min(cv_folds, n)
     if cfg.gpus > 0:
         return
+    # the fit, and k fold models on (k-1)/k of the labels
     seconds = expected_seconds(recipe, n, epochs=cfg.epochs, batch_size=cfg.task_minibatch, min_steps=cfg.min_steps,
-                               trainings=max(1, folds))   # the fit, and k fold models on (k-1)/k of the labels
+                               threads=cfg.torch_threads, trainings=max(1, folds))
     if seconds >= LONG_S:
         log(f"training {recipe.name} on {n} labels{f' and {folds}-fold CV' * (folds >= 2)} is expected to take "
             f"about {seconds / 60:.1f} min on this CPU" + ("" if embedded else

@@ -265,11 +265,12 @@ class LabelProject:
                      k: int, ask, columns: dict, log) -> tuple[dict, np.ndarray]:
         """The engine's round: the person is the oracle; no test split: accuracy by cross-validation."""
         cfg, seed, round_ = self.cfg, self.seed, self.committed
-        runtime.check_resources(cfg.workers, scoring.tasks_for(cfg.scoring_tasks, len(self.pool)), cfg.gpus, log)
+        runtime.check_resources(cfg.workers, scoring.tasks_for(cfg.scoring_tasks, len(self.pool)), cfg.gpus, log,
+                                threads=cfg.torch_threads)
         folds = 0 if len(self.test[1]) else self.settings.cv_folds
         fit_time.announce(self.model_recipe, cfg, len(labeled), folds, bool(self.settings.embed), log)
         engine.resume(round_hook, name, seed, round_)
-        with distributed.workers(cfg.workers, cfg.gpus, warm=cfg.warm_workers, log=log):
+        with distributed.workers(cfg.workers, cfg.gpus, warm=cfg.warm_workers, threads=cfg.torch_threads, log=log):
             return engine.play(name, round_hook, seed, round_, labeled, k=k, exclude=asked,
                                test=self.test if len(self.test[1]) else self._cv_accuracy, commit=ask,
                                columns=columns)

@@ -99,7 +99,8 @@ def train_round(inputs: RoundInputs) -> RoundOutcome:
     record, fitted = Record(inputs.hook_state), {}
     engine = RoundEngine(cfg, pool, inputs.model_recipe, record)
     engine.resume(round_hook, name, seed, round_)
-    with distributed.workers(cfg.workers, cfg.gpus, warm=cfg.warm_workers, log=lambda line: None):
+    with distributed.workers(cfg.workers, cfg.gpus, warm=cfg.warm_workers, threads=cfg.torch_threads,
+                             log=lambda line: None):
         _, picks = engine.play(name, round_hook, seed, round_, inputs.labeled, k=k,
                                exclude=pool.ids[pool.y != UNLABELED],
                                test=inputs.test if len(inputs.test[1]) else lambda rows: float("nan"),
