@@ -121,7 +121,7 @@ def test_backend_serves_rounds_stores_answers_and_retrains(project):
         project_ = backend.project
         recorded = pd.read_parquet(root / "results.parquet").set_index("round").loc[0]
         assert recorded["accuracy_estimated"] and recorded["accuracy"] == pytest.approx(estimate.cv_accuracy(
-            project_.model_spec, project_.cfg, project_.pool.x, project_.known, np.flatnonzero(project_.known >= 0),
+            project_.model_recipe, project_.cfg, project_.pool.x, project_.known, np.flatnonzero(project_.known >= 0),
             folds=2, seed=project_.seed, round_=0))
         sources = backend.project.sources
         tasks = [task(s, n) for n, s in enumerate(sources) if Path(s).parent == project["digits"]]

@@ -10,10 +10,10 @@ import numpy as np
 from autoal.compute import training
 from autoal.config import ExperimentConfig
 from autoal.engine.rounds import derive_seed
-from autoal.nets.models import ModelSpec
+from autoal.nets.models import ModelRecipe
 
 
-def cv_accuracy(spec: ModelSpec, cfg: ExperimentConfig, x: np.ndarray, y: np.ndarray, rows: np.ndarray, *,
+def cv_accuracy(recipe: ModelRecipe, cfg: ExperimentConfig, x: np.ndarray, y: np.ndarray, rows: np.ndarray, *,
                 folds: int, seed: int, round_: int) -> float:
     """The mean held-out accuracy of `folds` models fitted on the other folds of `rows` (positions in
     x and y); NaN with fewer than 2 folds (cv_folds 0, or a single label)."""
@@ -23,7 +23,7 @@ def cv_accuracy(spec: ModelSpec, cfg: ExperimentConfig, x: np.ndarray, y: np.nda
     if folds < 2:
         return float("nan")
     split = KFold(folds, shuffle=True, random_state=derive_seed(seed, round_, 4)).split(rows)
-    return training.cross_validate(spec, (x[rows], y[rows]), list(split), seed=derive_seed(seed, round_, 1),
+    return training.cross_validate(recipe, (x[rows], y[rows]), list(split), seed=derive_seed(seed, round_, 1),
                                    epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                   batch_size=cfg.batch_size, min_steps=cfg.min_steps, workers=cfg.workers,
+                                   batch_size=cfg.task_minibatch, min_steps=cfg.min_steps, workers=cfg.workers,
                                    gpus=cfg.gpus, name=f"label-r{round_}-cv")

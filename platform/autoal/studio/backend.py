@@ -33,7 +33,7 @@ from autoal.compute import scoring
 from autoal.data import images
 from autoal.data.ids import positions
 from autoal.data.pool import OOD, UNLABELED, Pool
-from autoal.data.sources import split_spec
+from autoal.data.sources import split_ref
 from autoal.errors import AutoALError
 from autoal.labeling import files as label_files
 from autoal.labeling.project import MODEL, RUN, LabelProject
@@ -61,14 +61,14 @@ class StudioBackend:
         self.project = LabelProject.open(root)
         project = self.project
         self.index = TaskIndex(project.pool.ids, project.sources)
-        self.codes = {**{c: i for i, c in enumerate(project.spec.classes)},
+        self.codes = {**{c: i for i, c in enumerate(project.settings.classes)},
                       label_files.SKIP: UNLABELED, label_files.OOD_ANSWER: OOD}
         path = project.root / ANNOTATIONS
         frame = read_table(path) if os.path.lexists(path) else pd.DataFrame({"annotation": [], "id": []})
         self.annotations = dict(zip(frame["annotation"].astype("int64"), frame["id"].astype("int64")))
-        self.schema = schema(None, project.spec.classes)   # autoal's own config until Label Studio sends its
-        source, arg = split_spec(project.spec.pool)
-        self.folder = images.parse_spec(arg)[0] if source == "images" else None   # where fetched images go
+        self.schema = schema(None, project.settings.classes)   # autoal's own config until Label Studio sends its
+        source, arg = split_ref(project.settings.pool)
+        self.folder = images.parse_folder(arg)[0] if source == "images" else None   # where fetched images go
         self.lock = threading.RLock()
         self.served, self.table, self.open_confidence = None, {}, np.zeros(0)
         self._serve_newest()
@@ -92,12 +92,13 @@ class StudioBackend:
     def setup(self, body: dict) -> dict:
         """Label Studio connects (and checks on the backend before each prediction): its labeling config
         must label images with the project's classes."""
-        self.schema = schema(body.get("schema"), self.project.spec.classes)
+        self.schema = schema(body.get("schema"), self.project.settings.classes)
         return {"model_version": model_version(self.served)}
 
     def predict(self, body: dict) -> dict:
         tasks = predict_tasks(body)
-        config = schema(body["label_config"], self.project.spec.classes) if body.get("label_config") else self.schema
+        classes = self.project.settings.classes
+        config = schema(body["label_config"], classes) if body.get("label_config") else self.schema
         self._fetch(tasks, config.key)
         with self.lock:
             if self.served is None:
@@ -131,7 +132,7 @@ class StudioBackend:
                         continue
                     if answer not in self.codes:
                         raise AutoALError(f"webhook: label {shown(answer)} is not one of the project's classes "
-                                          f"{', '.join(project.spec.classes)} (or skip, ood)")
+                                          f"{', '.join(project.settings.classes)} (or skip, ood)")
                     label = self.codes[answer]
                     if self.annotations.get(annotation) != sample:
                         links[annotation] = sample
@@ -188,11 +189,11 @@ class StudioBackend:
         state = project.store.load_state(MODEL, project.seed, self.served) if self.served is not None else None
         if not len(new) or state is None:   # no round, or one before any model: the next round predicts them
             return
-        probs = scoring.score(project.model_spec, state, new, project.pool.x[project.pool.rows(new)],
+        probs = scoring.score(project.model_recipe, state, new, project.pool.x[project.pool.rows(new)],
                               frozenset({"probs"}), mc_samples=project.cfg.mc_samples, tasks=0, gpus=self.gpus).probs
         confidence = probs.max(1)
         scores = (np.searchsorted(self.open_confidence, confidence) + 1) / (len(self.open_confidence) + 1)
-        classes = project.spec.classes
+        classes = project.settings.classes
         self.table.update({int(i): (classes[p], float(s)) for i, p, s in zip(new, probs.argmax(1), scores)})
 
     # --- rounds -----------------------------------------------------------------------
@@ -211,9 +212,9 @@ class StudioBackend:
                 return False
             x = project.pool
             pool = Pool(x.name, x.ids, x.x, project.known, x.split, x.classes)
-            inputs = RoundInputs(project.cfg, project.model_spec, pool, project.test, project.trainable(),
-                                 project.spec.strategy, project.committed, project.seed, project.spec.cv_folds,
-                                 project.store.load_state(project.spec.strategy, project.seed, project.committed))
+            inputs = RoundInputs(project.cfg, project.model_recipe, pool, project.test, project.trainable(),
+                                 project.settings.strategy, project.committed, project.seed, project.settings.cv_folds,
+                                 project.store.load_state(project.settings.strategy, project.seed, project.committed))
             rows = len(project.store.labeled(RUN, project.seed))
             self.inflight = (start(inputs), rows)
             self.log(f"round {project.committed}: training on {len(inputs.labeled)} labels in the background")
@@ -251,7 +252,7 @@ class StudioBackend:
 
     def _commit(self, outcome: RoundOutcome) -> None:
         project, store, r = self.project, self.project.store, outcome.round_
-        classes = np.asarray(project.spec.classes)
+        classes = np.asarray(project.settings.classes)
         ids = outcome.ids
         predicted = np.where(outcome.predicted >= 0, classes[np.maximum(outcome.predicted, 0)], "")
         frame = pd.DataFrame({"id": ids, "predicted": predicted, "confidence": outcome.confidence,
@@ -260,7 +261,7 @@ class StudioBackend:
         at = positions(ids, picks)
         with journaled(store, r + 1):   # committed once queries.parquet holds round r + 1, as `label next`
             if outcome.hook_state is not None:
-                store.save_state(project.spec.strategy, project.seed, r + 1, outcome.hook_state)
+                store.save_state(project.settings.strategy, project.seed, r + 1, outcome.hook_state)
             if outcome.model_state is not None:
                 store.save_state(MODEL, project.seed, r + 1, outcome.model_state)
             for table, rows in outcome.telemetry.items():

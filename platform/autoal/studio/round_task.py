@@ -22,7 +22,7 @@ from autoal.data.pool import UNLABELED, Pool
 from autoal.engine.rounds import RoundEngine, derive_seed, initial_pool, initial_row
 from autoal.labeling import estimate
 from autoal.labeling.project import RUN
-from autoal.nets.models import ModelSpec
+from autoal.nets.models import ModelRecipe
 from autoal.studio.protocol import ranked_scores
 
 
@@ -31,7 +31,7 @@ class RoundInputs:
     """What a round needs, copied out of the open project when it starts."""
 
     cfg: config.ExperimentConfig
-    model_spec: ModelSpec
+    model_recipe: ModelRecipe
     pool: Pool                    # the project's train split with every label known so far
     test: tuple                   # (x, y) of the test split; empty: accuracy is estimated by CV
     labeled: np.ndarray           # ids to train on (seeds, then answers), as LabelProject.trainable
@@ -101,16 +101,17 @@ def train_round(inputs: RoundInputs) -> RoundOutcome:
     round_hook = hooks.create(name, cfg)
     k = len(unlabeled) if round_hook.strategy.per_sample else min(cfg.batch, len(unlabeled))
     record, fitted = Record(inputs.hook_state), {}
-    engine = RoundEngine(cfg, pool, inputs.model_spec, record)
+    engine = RoundEngine(cfg, pool, inputs.model_recipe, record)
     engine.resume(round_hook, name, seed, round_)
-    with distributed.workers(cfg.workers, cfg.gpus, warm=cfg.warm_workers, log=lambda line: None):
+    with distributed.workers(cfg.workers, cfg.gpus, warm=cfg.warm_workers, threads=cfg.torch_threads,
+                             log=lambda line: None):
         _, picks = engine.play(name, round_hook, seed, round_, inputs.labeled, k=k,
                                exclude=pool.ids[pool.y != UNLABELED],
                                test=inputs.test if len(inputs.test[1]) else partial(
-                                   estimate.cv_accuracy, inputs.model_spec, cfg, pool.x, pool.y,
+                                   estimate.cv_accuracy, inputs.model_recipe, cfg, pool.x, pool.y,
                                    folds=inputs.cv_folds, seed=seed, round_=round_),
                                commit=lambda picked, fit: fitted.update(state=fit.state), columns=columns)
-    probs = scoring.score(inputs.model_spec, fitted["state"], pool.ids, pool.x, frozenset({"probs"}),
+    probs = scoring.score(inputs.model_recipe, fitted["state"], pool.ids, pool.x, frozenset({"probs"}),
                           mc_samples=cfg.mc_samples, gpus=cfg.gpus,
                           tasks=scoring.tasks_for(cfg.scoring_tasks, len(pool))).probs
     confidence = probs.max(1)
