@@ -1,5 +1,5 @@
 """A screenshot of a logged-in page by headless Chromium (Debian's package), driven over the
-DevTools protocol (CDP) with the `websockets` client that Ray Serve's uvicorn already brings."""
+DevTools protocol (CDP) with the `websockets` client (the test extra)."""
 import base64
 import json
 import os

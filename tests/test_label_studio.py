@@ -3,9 +3,10 @@
 The test starts Label Studio itself (from .venv-ls, which `make test` installs with a migrated
 SQLite database to copy; its dependencies clash with Ray's), on a free port, with a user and a
 legacy API token made for it; then, as a labeling team would: a project with an image
-classification config, 200 digit PNGs uploaded, `autoal serve --connect`, 20 annotations through
-the API. Then the faults: Label Studio stopped while a round trains, and the backend killed with
-SIGKILL mid-round and restarted. Every process it starts, it stops.
+classification config, 200 digit PNGs uploaded (and 6 more that only Label Studio holds, which
+autoal fetches with the API key), `autoal serve --connect`, 20 annotations through the API. Then
+the faults: Label Studio stopped while a round trains, and the backend killed with SIGKILL
+mid-round and restarted. Every process it starts, it stops.
 """
 import json
 import os
@@ -27,6 +28,7 @@ import chromium
 from autoal import cli
 from autoal.data import images
 from autoal.labeling import files as label_files
+from autoal.studio.protocol import fetched_name
 from test_labeling import CLASSES, CONFIG, write_digit_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +38,7 @@ USER, PASSWORD = "autoal@example.com", "autoal-test-password"
 # where the Data Manager screenshot goes: the README's is refreshed with
 # AUTOAL_SCREENSHOT=docs/label-studio-data-manager.png; by default a test's temporary directory
 SCREENSHOT = os.environ.get("AUTOAL_SCREENSHOT")
+RETRAIN = 20   # answers a round: one retrain for the 20 annotations (Label Studio takes ~25 s to store a round)
 
 pytestmark = pytest.mark.skipif(not (LS_VENV / ".installed").exists(),
                                 reason="Label Studio is not installed: `make .venv-ls/.installed` (make test does)")
@@ -86,6 +89,8 @@ class LabelStudio:
             [str(LS_VENV / "bin" / "label-studio"), "start", "--no-browser", "--port", str(self.port),
              "--data-dir", str(data), "--username", USER, "--password", PASSWORD, "--user-token", TOKEN,
              "--enable-legacy-api-token"], stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def wait_up(self) -> None:
         wait_until(self.up, 300, "Label Studio to start")
 
     def up(self) -> bool:
@@ -103,6 +108,16 @@ class LabelStudio:
     def tasks(self, project: int) -> list[dict]:
         return self.api("GET", f"/api/tasks/?project={project}&page_size=1000&fields=all")["tasks"]
 
+    def poll_tasks(self, project: int) -> list[dict]:
+        """The tasks, or none while Label Studio's SQLite is locked by its own write (it stores a round's
+        predictions in one transaction, which on a loaded machine outlasts SQLite's 5 s busy wait)."""
+        response = requests.get(f"{self.url}/api/tasks/?project={project}&page_size=1000&fields=all",
+                                headers=self.headers, timeout=120)
+        if response.status_code >= 500:
+            return []
+        assert response.ok, f"GET /api/tasks/: {response.status_code} {response.text[:300]}"
+        return response.json()["tasks"]
+
     def stop(self) -> None:
         stop(self.process)
         self.log.close()
@@ -110,6 +125,20 @@ class LabelStudio:
 
 def upload_name(task: dict) -> str:
     return task["data"]["image"].rsplit("/", 1)[1].split("-", 1)[1]   # /data/upload/<p>/<8 hex>-<name>
+
+
+def write_extra(folder: Path, n: int, size: int = 32) -> dict[str, str]:
+    """n digit PNGs of the project's classes that are not in its folder: name -> class."""
+    from sklearn.datasets import load_digits
+
+    folder.mkdir()
+    x, y = load_digits(return_X_y=True)
+    truth = {}
+    for k, i in enumerate(np.flatnonzero(y < 3)[-n:]):
+        Image.fromarray((x[i].reshape(8, 8) * 255 / 16).astype(np.uint8)).resize((size, size)).save(
+            folder / f"extra{k}.png")
+        truth[f"extra{k}.png"] = CLASSES[y[i]]
+    return truth
 
 
 def newest(task: dict) -> dict:
@@ -126,7 +155,7 @@ class Backend:
         self.log = log
         self.process = subprocess.Popen(
             [sys.executable, "-m", "autoal.cli", "serve", str(project), "--port", str(self.port),
-             "--retrain-every", "10", *args], stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+             "--retrain-every", str(RETRAIN), *args], stdout=open(log, "ab"), stderr=subprocess.STDOUT,
             env=dict(env, LABEL_STUDIO_API_KEY=TOKEN), start_new_session=True)
 
     def output(self) -> str:
@@ -164,34 +193,41 @@ def ledger(project: Path) -> pd.DataFrame:
 
 
 def test_autoal_serves_a_real_label_studio(tmp_path):
-    studio = LabelStudio(tmp_path / "label-studio")
+    studio = LabelStudio(tmp_path / "label-studio")   # starting while the files and autoal's project are made
     backend = None
     try:
-        # the labeling team's side: a project, 200 images uploaded
         truth = {Path(path).name: name for path, name in write_digit_folder(
             tmp_path / "digits", n=200, seeds_per_class=2, size=32, suffixes=("png",)).items()}
-        config = label_files.label_studio_config(CLASSES)
-        ls_project = studio.api("POST", "/api/projects/", json={"title": "digits", "label_config": config})["id"]
-        paths = sorted((tmp_path / "digits").rglob("*.png"))
-        for start in range(0, len(paths), 50):   # Django takes at most 100 files a request
-            files = {f"file{k}": (p.name, p.read_bytes(), "image/png") for k, p in enumerate(paths[start:start + 50])}
-            studio.api("POST", f"/api/projects/{ls_project}/import", files=files)
-        assert len(studio.tasks(ls_project)) == 200
-
-        # autoal's side: a labeling project on the same files, served and connected
+        truth.update(write_extra(tmp_path / "extra", 6))   # uploaded to Label Studio only
         (tmp_path / "config.yaml").write_text(CONFIG)
         project = tmp_path / "project"
         assert cli.main(["label", "init", str(project), "--pool", f"images:{tmp_path / 'digits'}@16", "--classes",
                          ",".join(CLASSES), "--config", str(tmp_path / "config.yaml"), "--strategy", "margin"]) == 0
+
+        # the labeling team's side: a project, 200 images uploaded
+        studio.wait_up()
+        config = label_files.label_studio_config(CLASSES)
+        ls_project = studio.api("POST", "/api/projects/", json={"title": "digits", "label_config": config})["id"]
+        paths = sorted((tmp_path / "digits").rglob("*.png")) + sorted((tmp_path / "extra").glob("*.png"))
+        for start in range(0, len(paths), 50):   # Django takes at most 100 files a request
+            files = {f"file{k}": (p.name, p.read_bytes(), "image/png") for k, p in enumerate(paths[start:start + 50])}
+            studio.api("POST", f"/api/projects/{ls_project}/import", files=files)
+        assert len(studio.tasks(ls_project)) == 206
+
+        # autoal's side: a labeling project on the same files, served and connected
         backend = Backend(project, tmp_path / "serve.log", "--label-studio", studio.url, "--connect", str(ls_project))
         wait_until(lambda: "connected to Label Studio" in backend.output(), 300, "autoal serve --connect")
         assert TOKEN not in backend.output()
 
         # every task gets a prediction with a score; ascending score is the strategy's order
-        tasks = wait_until(lambda: (t := studio.tasks(ls_project)) and all(t_["predictions"] for t_ in t) and t,
+        tasks = wait_until(lambda: (t := studio.poll_tasks(ls_project)) and all(t_["predictions"] for t_ in t) and t,
                            120, "predictions of every task")
         assert {newest(t)["model_version"] for t in tasks} == {"autoal-round-1"}
         assert all(0 < newest(t)["score"] <= 1 for t in tasks)
+        extra = [t for t in tasks if upload_name(t).startswith("extra")]   # fetched into the pool, predicted
+        assert len(extra) == 6 and all(newest(t)["result"][0]["value"]["choices"][0] in CLASSES for t in extra)
+        assert sorted(p.name for p in (tmp_path / "digits").glob("label-studio-*.png")) == sorted(
+            fetched_name(t["data"]["image"]) for t in extra)
         first = sorted(tasks, key=lambda t: (newest(t)["score"], t["id"]))
         first_order = [t["id"] for t in first]
 
@@ -199,9 +235,11 @@ def test_autoal_serves_a_real_label_studio(tmp_path):
         labeled = first[:20]
         for t in labeled:
             studio.api("POST", f"/api/tasks/{t['id']}/annotations/", json={"result": choice(truth, t)})
-        health = backend.wait_served(3)        # a round after 10 answers, another after 20
+        health = backend.wait_served(2)        # a round after 20 answers
         pool, sources = images.read_folder(f"{tmp_path / 'digits'}@16", CLASSES)
-        pool_id = {Path(s).name: int(i) for i, s in zip(pool.ids, sources)}
+        by_name = {Path(s).name: int(i) for i, s in zip(pool.ids, sources)}
+        pool_id = {upload_name(t): by_name[upload_name(t) if upload_name(t) in by_name else
+                                           fetched_name(t["data"]["image"])] for t in tasks}
         rows = ledger(project)
         assert health["answers"] == 20 and len(rows) == 20
         assert sorted(rows["id"]) == sorted(pool_id[upload_name(t)] for t in labeled)
@@ -217,7 +255,7 @@ def test_autoal_serves_a_real_label_studio(tmp_path):
         assert len(ledger(project)) == 20
 
         # the new round's predictions reach Label Studio; their order differs from round 1's
-        tasks = wait_until(lambda: (t := studio.tasks(ls_project)) and all(
+        tasks = wait_until(lambda: (t := studio.poll_tasks(ls_project)) and all(
             newest(t_)["model_version"] == f"autoal-round-{health['round']}" for t_ in t) and t, 120,
             "the new round's predictions")
         assert all(len(t["predictions"]) == len({p["model_version"] for p in t["predictions"]}) for t in tasks)
@@ -241,22 +279,22 @@ def test_autoal_serves_a_real_label_studio(tmp_path):
         # Label Studio goes down while a round trains: the backend keeps serving
         served = health["round"]
         studio.stop()
-        send_answers(backend, first[20:30], truth, 10_000)   # webhooks Label Studio sent before it went down
+        send_answers(backend, first[20:40], truth, 10_000)   # webhooks Label Studio sent before it went down
         health = backend.wait_served(served + 1)
-        assert health["answers"] == 30
+        assert health["answers"] == 40
         wait_until(lambda: "predictions not refreshed" in backend.output(), 60, "the refresh failure logged")
         assert backend.process.poll() is None
 
         # killed (SIGKILL) mid-round and restarted: no answer lost, the last finished round served
-        send_answers(backend, first[30:40], truth, 20_000)
+        send_answers(backend, first[40:60], truth, 20_000)
         wait_until(lambda: backend.health().get("training"), 30, "the round to start")
         stop(backend.process, signal.SIGKILL)
         backend = Backend(project, tmp_path / "serve-2.log", port=backend.port)   # Label Studio knows this one
         health = wait_until(lambda: backend.health().get("round") is not None and backend.health(), 300,
                             "the restarted backend")
-        assert health["round"] == served + 1 and health["answers"] == 40
-        assert len(ledger(project)) == 40
-        backend.wait_served(served + 2)   # the lost round trains again
+        assert health["round"] == served + 1 and health["answers"] == 60
+        assert len(ledger(project)) == 60
+        assert health["training"]   # the lost round trains again (tests/test_studio.py waits for it to finish)
     finally:
         if backend is not None:
             stop(backend.process)

@@ -1,6 +1,8 @@
 """The Label Studio ML backend without Label Studio: the protocol's shapes, and the backend's
 rounds, webhooks and faults on a real labeling project (digits, classes 0-2, 3 seeds each)."""
+import base64
 import http.server
+import io
 import json
 import socket
 import threading
@@ -9,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from autoal import cli
 from autoal.errors import AutoALError
-from autoal.labeling import files as label_files
-from autoal.studio import protocol as studio_protocol
+from autoal.labeling import estimate, files as label_files
+from autoal.studio import fetch, protocol as studio_protocol
 from autoal.studio.backend import StudioBackend, Unavailable
 from autoal.studio.client import StudioClient
 from autoal.studio.protocol import BODY_BYTES, TaskIndex, parse_body, webhook_event
@@ -97,7 +100,8 @@ def project(ray_local, tmp_path_factory):
     (base / "config.yaml").write_text(CONFIG)
     root = base / "project"
     assert cli.main(["label", "init", str(root), "--pool", f"images:{base / 'digits'}@16", "--classes",
-                     ",".join(CLASSES), "--config", str(base / "config.yaml"), "--strategy", "margin"]) == 0
+                     ",".join(CLASSES), "--config", str(base / "config.yaml"), "--strategy", "margin",
+                     "--cv-folds", "2"]) == 0   # each round's estimate: 2 more fits
     return dict(root=root, truth={Path(k).name: v for k, v in truth.items()}, digits=base / "digits")
 
 
@@ -113,6 +117,12 @@ def test_backend_serves_rounds_stores_answers_and_retrains(project):
         backend.wait_round()
         first = backend.health()
         assert first["model_version"] == "autoal-round-1" and not first["training"]
+        # no test split: the round records the cross-validation estimate that `label next` records
+        project_ = backend.project
+        recorded = pd.read_parquet(root / "results.parquet").set_index("round").loc[0]
+        assert recorded["accuracy_estimated"] and recorded["accuracy"] == pytest.approx(estimate.cv_accuracy(
+            project_.model_recipe, project_.cfg, project_.pool.x, project_.known, np.flatnonzero(project_.known >= 0),
+            folds=2, seed=project_.seed, round_=0))
         sources = backend.project.sources
         tasks = [task(s, n) for n, s in enumerate(sources) if Path(s).parent == project["digits"]]
         response = backend.predict({"tasks": tasks})
@@ -221,7 +231,8 @@ def test_serve_refuses_bad_arguments_in_one_line_before_starting_ray(capsys, tmp
     for argv, message in (
             ([], "is not a labeling project"),
             (["--retrain-every", "0"], "--retrain-every must be at least 1"),
-            (["--connect", "3"], "--connect PROJECT_ID and --label-studio URL go together"),
+            (["--gpus", "-1"], "--gpus must be 0 or more"),
+            (["--connect", "3"], "--connect PROJECT_ID needs --label-studio URL"),
             ([*connect, "http://ls"], "needs an API key"),
             ([*connect, "http://ls", "--api-key-file", str(tmp_path / "key")], "needs an API key")):
         test_cli.fails(capsys, ["serve", str(tmp_path), *argv], message)
@@ -288,3 +299,131 @@ def test_studio_client_authenticates_without_ever_showing_the_key():
     lines = []   # Label Studio down: one line, no exception, no key
     assert not StudioClient(url, "legacy-key-1234", 7).refresh_predictions("autoal-round-3", lines.append)
     assert len(lines) == 1 and "did not answer" in lines[0] and "legacy-key" not in lines[0]
+
+
+# --- task images fetched from Label Studio with its API key ----------------------------------------
+
+KEY = "fetch-key-0123456789"
+
+
+def png(seed: int, size: int = 16) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size), dtype=np.uint8)).save(out, "PNG")
+    return out.getvalue()
+
+
+class FakeStorage(http.server.BaseHTTPRequestHandler):
+    """Label Studio's file routes: a PNG, a body over the limit, a file that is not an image (each only with
+    the key, 401 without), and a presign that redirects to another origin (a cloud storage)."""
+    seen: list = []
+    other = ""   # the storage's origin, where the presign redirects
+
+    def do_GET(self):
+        self.seen.append((self.path, self.headers.get("Authorization")))
+        name = self.path.rsplit("/", 1)[-1]
+        if self.path.startswith("/bucket/"):
+            return self._send(200, png(7))
+        if self.headers.get("Authorization") != f"Token {KEY}":
+            return self._send(401, b'{"detail": "Authentication credentials were not provided."}')
+        if self.path.startswith("/tasks/"):
+            self.send_response(302)
+            self.send_header("Location", f"{self.other}/bucket/x.png?X-Amz-Signature=secret")
+            return self.end_headers()
+        body = {"big.png": b"\0" * 50_000, "text.png": b"not an image at all"}.get(name, png(len(name)))
+        self._send(200 if name != "gone.png" else 404, body)
+
+    def _send(self, status: int, body: bytes):
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def storage():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeStorage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    FakeStorage.seen.clear()
+    FakeStorage.other = f"http://localhost:{server.server_address[1]}"   # same server, another origin
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_task_references_resolve_to_label_studio_urls():
+    client = StudioClient("http://ls:8080", KEY)
+    assert fetch.source_url("/data/upload/3/5f0e9a1c-a.png", 1, client) == "/data/upload/3/5f0e9a1c-a.png"
+    assert fetch.source_url("upload/3/a.png", 1, client) == "/data/upload/3/a.png"
+    assert fetch.source_url("/data/local-files/?d=imgs/a.png", 1, client) == "/data/local-files/?d=imgs/a.png"
+    assert fetch.source_url("http://ls:8080/data/upload/3/a.png", 1, client) == "http://ls:8080/data/upload/3/a.png"
+    assert fetch.source_url("s3://bucket/a.png", 12, client) == \
+        f"/tasks/12/presign/?fileuri={base64.urlsafe_b64encode(b's3://bucket/a.png').decode()}"
+    for foreign in ("http://elsewhere/a.png", "https://ls:8080/a.png", "//elsewhere/a.png", "data:image/png;base64,A",
+                    None, 3):
+        assert fetch.source_url(foreign, 1, client) is None
+    assert fetch.source_url("gs://bucket/a.png", None, client) is None   # a presign needs the task's id
+
+
+def test_downloads_send_the_key_to_label_studio_only_and_are_bounded(storage):
+    client = StudioClient(storage, KEY)
+    assert client.download("/data/upload/1/a.png", 10_000, 5) == png(len("a.png"))
+    assert client.download("/tasks/4/presign/?fileuri=czM6Ly9i", 10_000, 5) == png(7)   # redirected elsewhere
+    assert FakeStorage.seen[-1] == ("/bucket/x.png?X-Amz-Signature=secret", None)       # without the key
+    failures = {}
+    for who, path in ((StudioClient(storage, "wrong-key-5678"), "/data/upload/1/a.png"),
+                      (client, "/data/upload/1/big.png"), (client, "/data/upload/1/gone.png")):
+        with pytest.raises(AutoALError) as refused:
+            who.download(path, 10_000, 5)
+        failures[path.rsplit("/", 1)[1] + ("-401" if who is not client else "")] = str(refused.value)
+    assert "HTTP 401" in failures["a.png-401"] and "over the limit" in failures["big.png"]
+    assert "HTTP 404" in failures["gone.png"]
+    with pytest.raises(AutoALError, match="did not answer"):
+        StudioClient("http://127.0.0.1:9", KEY).download("/data/upload/1/a.png", 10_000, 5)
+    with pytest.raises(AutoALError, match="not an image"):
+        fetch.image_png(b"not an image at all", gray=True)
+    assert Image.open(io.BytesIO(fetch.image_png(png(1, 40), gray=False))).mode == "RGB"
+    assert not any(KEY in m or "wrong-key" in m or "secret" in m for m in failures.values())
+
+
+def test_tasks_only_in_label_studio_are_fetched_into_the_pool_and_predicted(project, storage, monkeypatch):
+    monkeypatch.setattr(fetch, "MAX_BYTES", 10_000)
+    root, lines = project["root"], []
+    digits = project["digits"]
+    backend = StudioBackend(root, retrain_every=1000, studio=StudioClient(storage, KEY), log=lines.append)
+    try:
+        backend.wait_round()
+        size, answers = len(backend.project.pool), len(ledger(root))
+        known = task(backend.project.sources[0], 1)
+        new = {"id": 2, "data": {"image": "/data/upload/1/0a1b2c3d-new.png"}}
+        cloud = {"id": 3, "data": {"image": "s3://bucket/scan.png"}}
+        bad = [{"id": 4, "data": {"image": "/data/upload/1/big.png"}},
+               {"id": 5, "data": {"image": "/data/upload/1/text.png"}},
+               {"id": 6, "data": {"image": "/data/upload/1/gone.png"}}]
+        foreign = {"id": 7, "data": {"image": "http://elsewhere.invalid/x.png"}}
+        results = backend.predict({"tasks": [known, new, cloud, *bad, foreign]})["results"]
+        for r in results[:3]:   # a real prediction: the model's class and a score among the round's tasks
+            assert r["result"][0]["value"]["choices"][0] in CLASSES and 0 < r["score"] <= 1
+        assert all(r["result"] == [] for r in results[3:])
+        assert len(backend.project.pool) == size + 2 and len(ledger(root)) == answers
+        assert sorted(p.name for p in digits.glob("label-studio-*.png")) == sorted(
+            studio_protocol.fetched_name(t["data"]["image"]) for t in (new, cloud))
+        failed = [line for line in lines if "not fetched" in line]
+        assert len(failed) == 3 and [line.split(":")[0] for line in failed] == ["task 4", "task 5", "task 6"]
+        assert not any(KEY in line or "secret" in line for line in lines)
+
+        # an answer to a fetched task goes into the ledger under its new pool id
+        event = annotation_event("ANNOTATION_CREATED", 900, new, "two")
+        assert backend.webhook(event)["stored"] == 1
+        assert ledger(root)["id"].iloc[-1] == backend.index.pool_id(new)
+    finally:
+        backend.close()
+    seen = len(FakeStorage.seen)   # reopened: the fetched files are the pool's, nothing is downloaded again
+    backend = StudioBackend(root, retrain_every=1000, studio=StudioClient(storage, KEY), log=lines.append)
+    try:
+        again = backend.predict({"tasks": [new, cloud]})["results"]
+        assert [r["result"] != [] for r in again] == [True, True] and len(FakeStorage.seen) == seen
+    finally:
+        backend.close()

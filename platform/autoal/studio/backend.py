@@ -12,6 +12,11 @@ Webhook answers differ from an imported file in three ways, since a person in La
 label any task and change their mind: an answer may be to any pool sample, not only a queried
 one; an updated annotation appends its new label (the newest answer of a sample counts); a
 deleted annotation appends "unlabeled". A replayed webhook appends nothing.
+
+A task whose image is only in Label Studio is fetched with its API key into the pool's folder
+(autoal.studio.fetch) when /predict or a webhook names it; the pool is read again, and the served
+round's model predicts the new samples, placed among the round's tasks by its uncertainty (1 - max p)
+until the next round ranks them by the strategy.
 """
 from __future__ import annotations
 
@@ -24,15 +29,20 @@ import numpy as np
 import pandas as pd
 import ray
 
+from autoal.compute import scoring
+from autoal.data import images
+from autoal.data.ids import positions
 from autoal.data.pool import OOD, UNLABELED, Pool
+from autoal.data.sources import split_ref
 from autoal.errors import AutoALError
 from autoal.labeling import files as label_files
 from autoal.labeling.project import MODEL, RUN, LabelProject
 from autoal.runs.directory import parquet_bytes, read_table
 from autoal.runs.journal import journaled
 from autoal.safe_io import one_line, own_dir, shown
-from autoal.studio.protocol import (DELETE_ACTION, TaskIndex, answer_of, predict_tasks, prediction, schema,
-                                    webhook_event)
+from autoal.studio import fetch
+from autoal.studio.protocol import (DELETE_ACTION, TaskIndex, answer_of, fetched_name, predict_tasks, prediction,
+                                    schema, webhook_event)
 from autoal.studio.round_task import RoundInputs, RoundOutcome, start
 
 PREDICTIONS = "predictions"           # predictions/round-NNN.parquet: what round NNN serves
@@ -46,19 +56,21 @@ def model_version(round_: int | None) -> str:
 class StudioBackend:
     """The ML backend's behaviour, without HTTP: autoal.studio.serve puts it behind Ray Serve."""
 
-    def __init__(self, root: str | Path, retrain_every: int = 10, studio=None, log=print):
-        self.retrain_every, self.studio, self.log = retrain_every, studio, log
+    def __init__(self, root: str | Path, retrain_every: int = 10, studio=None, log=print, gpus: float = 0.0):
+        self.retrain_every, self.studio, self.log, self.gpus = retrain_every, studio, log, gpus
         self.project = LabelProject.open(root)
         project = self.project
         self.index = TaskIndex(project.pool.ids, project.sources)
-        self.codes = {**{c: i for i, c in enumerate(project.spec.classes)},
+        self.codes = {**{c: i for i, c in enumerate(project.settings.classes)},
                       label_files.SKIP: UNLABELED, label_files.OOD_ANSWER: OOD}
         path = project.root / ANNOTATIONS
         frame = read_table(path) if os.path.lexists(path) else pd.DataFrame({"annotation": [], "id": []})
         self.annotations = dict(zip(frame["annotation"].astype("int64"), frame["id"].astype("int64")))
-        self.schema = schema(None, project.spec.classes)   # autoal's own config until Label Studio sends its
+        self.schema = schema(None, project.settings.classes)   # autoal's own config until Label Studio sends its
+        source, arg = split_ref(project.settings.pool)
+        self.folder = images.parse_folder(arg)[0] if source == "images" else None   # where fetched images go
         self.lock = threading.RLock()
-        self.served, self.table = None, {}
+        self.served, self.table, self.open_confidence = None, {}, np.zeros(0)
         self._serve_newest()
         ledger = project.store.labeled(RUN, project.seed)
         self.trained_rows = int((ledger["round"] < project.committed).sum()) if self.served is not None else -1
@@ -80,12 +92,14 @@ class StudioBackend:
     def setup(self, body: dict) -> dict:
         """Label Studio connects (and checks on the backend before each prediction): its labeling config
         must label images with the project's classes."""
-        self.schema = schema(body.get("schema"), self.project.spec.classes)
+        self.schema = schema(body.get("schema"), self.project.settings.classes)
         return {"model_version": model_version(self.served)}
 
     def predict(self, body: dict) -> dict:
         tasks = predict_tasks(body)
-        config = schema(body["label_config"], self.project.spec.classes) if body.get("label_config") else self.schema
+        classes = self.project.settings.classes
+        config = schema(body["label_config"], classes) if body.get("label_config") else self.schema
+        self._fetch(tasks, config.key)
         with self.lock:
             if self.served is None:
                 raise Unavailable("no round has finished yet; the first one is training")
@@ -99,6 +113,7 @@ class StudioBackend:
     def webhook(self, body: dict) -> dict:
         """Store the answers of an annotation webhook; returns what was stored."""
         action, items = webhook_event(body)
+        self._fetch([payload["task"] for _, payload in items if payload], self.schema.key)
         with self.lock:
             project = self.project
             latest = dict(zip(project.answers["id"].tolist(), project.answers["label"].tolist()))
@@ -117,7 +132,7 @@ class StudioBackend:
                         continue
                     if answer not in self.codes:
                         raise AutoALError(f"webhook: label {shown(answer)} is not one of the project's classes "
-                                          f"{', '.join(project.spec.classes)} (or skip, ood)")
+                                          f"{', '.join(project.settings.classes)} (or skip, ood)")
                     label = self.codes[answer]
                     if self.annotations.get(annotation) != sample:
                         links[annotation] = sample
@@ -145,6 +160,42 @@ class StudioBackend:
             project._load_progress()
             self.log(f"stored {len(rows)} answers from Label Studio ({len(project.answers)} in the ledger)")
 
+    def _fetch(self, tasks: list, key: str) -> None:
+        """Add the tasks whose image is only in Label Studio to the pool, predicted by the served round."""
+        if self.studio is None or self.folder is None:
+            return
+        wanted = []
+        for t in tasks:
+            data = t.get("data") if isinstance(t, dict) else None
+            image = data.get(key) if isinstance(data, dict) else None
+            if self.index.pool_id(t, key) is None and fetch.source_url(image, t.get("id"), self.studio):
+                wanted.append((image, t.get("id")))
+        fetch.fetch_images(self.studio, wanted, self.folder, self.project.pixels.shape[1] == 1, self.log)
+        if not any(fetched_name(image) not in self.index.names and (self.folder / fetched_name(image)).exists()
+                   for image, _ in wanted):
+            return
+        with self.lock:
+            before = len(self.project.pool)
+            self.project.reread_pool()
+            self.index = TaskIndex(self.project.pool.ids, self.project.sources)
+            self._predict_added()
+            self.log(f"added {len(self.project.pool) - before} images fetched from Label Studio to the pool "
+                     f"({len(self.project.pool)} samples)")
+
+    def _predict_added(self) -> None:
+        """Predict the samples the served round has not (fetched since it started) with its model."""
+        project = self.project
+        new = project.pool.ids[np.array([int(i) not in self.table for i in project.pool.ids], bool)]
+        state = project.store.load_state(MODEL, project.seed, self.served) if self.served is not None else None
+        if not len(new) or state is None:   # no round, or one before any model: the next round predicts them
+            return
+        probs = scoring.score(project.model_recipe, state, new, project.pool.x[project.pool.rows(new)],
+                              frozenset({"probs"}), mc_samples=project.cfg.mc_samples, tasks=0, gpus=self.gpus).probs
+        confidence = probs.max(1)
+        scores = (np.searchsorted(self.open_confidence, confidence) + 1) / (len(self.open_confidence) + 1)
+        classes = project.settings.classes
+        self.table.update({int(i): (classes[p], float(s)) for i, p, s in zip(new, probs.argmax(1), scores)})
+
     # --- rounds -----------------------------------------------------------------------
 
     def pending(self) -> int:
@@ -161,9 +212,9 @@ class StudioBackend:
                 return False
             x = project.pool
             pool = Pool(x.name, x.ids, x.x, project.known, x.split, x.classes)
-            inputs = RoundInputs(project.cfg, project.model_spec, pool, project.test, project.trainable(),
-                                 project.spec.strategy, project.committed, project.seed,
-                                 project.store.load_state(project.spec.strategy, project.seed, project.committed))
+            inputs = RoundInputs(project.cfg, project.model_recipe, pool, project.test, project.trainable(),
+                                 project.settings.strategy, project.committed, project.seed, project.settings.cv_folds,
+                                 project.store.load_state(project.settings.strategy, project.seed, project.committed))
             rows = len(project.store.labeled(RUN, project.seed))
             self.inflight = (start(inputs), rows)
             self.log(f"round {project.committed}: training on {len(inputs.labeled)} labels in the background")
@@ -192,7 +243,8 @@ class StudioBackend:
         with self.lock:
             self._commit(outcome)
             self.trained_rows = rows
-        if self.studio is not None and self.studio.refresh_predictions(model_version(self.served), self.log):
+        connected = self.studio is not None and self.studio.project is not None
+        if connected and self.studio.refresh_predictions(model_version(self.served), self.log):
             self.told = self.served
         with self.lock:   # only now, so that a caller waiting for the round does not tell Label Studio twice
             self.inflight = None
@@ -200,16 +252,16 @@ class StudioBackend:
 
     def _commit(self, outcome: RoundOutcome) -> None:
         project, store, r = self.project, self.project.store, outcome.round_
-        classes = np.asarray(project.spec.classes)
-        ids = project.pool.ids
+        classes = np.asarray(project.settings.classes)
+        ids = outcome.ids
         predicted = np.where(outcome.predicted >= 0, classes[np.maximum(outcome.predicted, 0)], "")
         frame = pd.DataFrame({"id": ids, "predicted": predicted, "confidence": outcome.confidence,
                               "score": outcome.scores(ids)})
         picks = outcome.ranking[:outcome.picked]
-        at = project.pool.rows(picks)
+        at = positions(ids, picks)
         with journaled(store, r + 1):   # committed once queries.parquet holds round r + 1, as `label next`
             if outcome.hook_state is not None:
-                store.save_state(project.spec.strategy, project.seed, r + 1, outcome.hook_state)
+                store.save_state(project.settings.strategy, project.seed, r + 1, outcome.hook_state)
             if outcome.model_state is not None:
                 store.save_state(MODEL, project.seed, r + 1, outcome.model_state)
             for table, rows in outcome.telemetry.items():
@@ -232,7 +284,9 @@ class StudioBackend:
             return
         frame = read_table(path)
         self.table = {int(i): (p, float(s)) for i, p, s in zip(frame["id"], frame["predicted"], frame["score"])}
+        self.open_confidence = np.sort(frame["confidence"][frame["score"] < 1].dropna().to_numpy())
         self.served = r
+        self._predict_added()
 
     def wait_round(self, timeout: float = 600) -> None:
         """Block until no round is training (tests, and `autoal serve` before it says it is ready)."""

@@ -9,7 +9,8 @@ server. A request that breaks them is one AutoALError line, which the server ans
 
 A task is a pool sample by its `data.autoal_id` (the tasks `autoal label next` writes), else by the
 name of its image file: Label Studio stores an upload as `<8 hex>-<name>`, so `digit0007.png`
-uploaded is `/data/upload/3/5f0e9a1c-digit0007.png`, which is the pool's `digit0007.png`.
+uploaded is `/data/upload/3/5f0e9a1c-digit0007.png`, which is the pool's `digit0007.png`; else by the
+name autoal gave the image when it fetched it from Label Studio (`fetched_name`, autoal.studio.fetch).
 
 Scores follow Label Studio's meaning of a prediction's score, the model's confidence: its
 Data Manager sorts tasks by it ascending to show the least confident first, and its uncertainty
@@ -21,6 +22,7 @@ uncertainty.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -92,9 +94,16 @@ class TaskIndex:
         if not isinstance(image, str) or image.startswith("data:"):
             return None
         name = PurePosixPath(unquote(urlsplit(image).path)).name
-        if name in self.names:
-            return self.names[name]
-        return self.names.get(UPLOAD_PREFIX.sub("", name, count=1))
+        for candidate in (name, UPLOAD_PREFIX.sub("", name, count=1), fetched_name(image)):
+            if candidate in self.names:
+                return self.names[candidate]
+        return None
+
+
+def fetched_name(image: str) -> str:
+    """The file name of a task's image that autoal fetched from Label Studio into the pool's folder:
+    named for the task's image reference, so the same task finds the same file after a restart."""
+    return f"label-studio-{hashlib.sha256(image.encode()).hexdigest()[:16]}.png"
 
 
 def predict_tasks(body: dict) -> list:

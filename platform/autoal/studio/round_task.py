@@ -11,6 +11,7 @@ computation: the ledger is untouched and the last committed round is served agai
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import ray
@@ -19,8 +20,9 @@ from autoal import config, hooks
 from autoal.compute import distributed, runtime, scoring
 from autoal.data.pool import UNLABELED, Pool
 from autoal.engine.rounds import RoundEngine, derive_seed, initial_pool, initial_row
+from autoal.labeling import estimate
 from autoal.labeling.project import RUN
-from autoal.nets.models import ModelSpec
+from autoal.nets.models import ModelRecipe
 from autoal.studio.protocol import ranked_scores
 
 
@@ -29,13 +31,14 @@ class RoundInputs:
     """What a round needs, copied out of the open project when it starts."""
 
     cfg: config.ExperimentConfig
-    model_spec: ModelSpec
+    model_recipe: ModelRecipe
     pool: Pool                    # the project's train split with every label known so far
-    test: tuple                   # (x, y) of the test split; empty: accuracy is not measured
+    test: tuple                   # (x, y) of the test split; empty: accuracy is estimated by CV
     labeled: np.ndarray           # ids to train on (seeds, then answers), as LabelProject.trainable
     strategy: str
     round_: int                   # the round that trains now; it serves as round_ + 1
     seed: int
+    cv_folds: int = 0             # without a test split: the CV estimate's folds, as `label next`
     hook_state: dict | None = None
 
 
@@ -44,6 +47,7 @@ class RoundOutcome:
     """A finished round: everything the backend writes when it commits it."""
 
     round_: int
+    ids: np.ndarray               # the pool's ids when the round started (the order of predicted, confidence)
     ranking: np.ndarray           # unlabeled ids, most informative first
     picked: int                   # how many of them the strategy itself ordered (its batch)
     predicted: np.ndarray         # class index per pool id (pool order); -1 before a model exists
@@ -92,25 +96,28 @@ def train_round(inputs: RoundInputs) -> RoundOutcome:
         picks = initial_pool(pool.take(pool.y == UNLABELED), min(cfg.batch, len(unlabeled)), cfg.initial_method,
                              derive_seed(seed, round_)) if len(unlabeled) else unlabeled
         ranking = np.concatenate([picks, np.setdiff1d(unlabeled, picks)])
-        return RoundOutcome(round_, ranking, len(picks), np.full(len(pool), -1), np.full(len(pool), np.nan),
-                            initial_row(cfg, seed, round_, len(inputs.labeled), columns))
+        return RoundOutcome(round_, pool.ids, ranking, len(picks), np.full(len(pool), -1),
+                            np.full(len(pool), np.nan), initial_row(cfg, seed, round_, len(inputs.labeled), columns))
     round_hook = hooks.create(name, cfg)
     k = len(unlabeled) if round_hook.strategy.per_sample else min(cfg.batch, len(unlabeled))
     record, fitted = Record(inputs.hook_state), {}
-    engine = RoundEngine(cfg, pool, inputs.model_spec, record)
+    engine = RoundEngine(cfg, pool, inputs.model_recipe, record)
     engine.resume(round_hook, name, seed, round_)
-    with distributed.workers(cfg.workers, cfg.gpus, warm=cfg.warm_workers, log=lambda line: None):
+    with distributed.workers(cfg.workers, cfg.gpus, warm=cfg.warm_workers, threads=cfg.torch_threads,
+                             log=lambda line: None):
         _, picks = engine.play(name, round_hook, seed, round_, inputs.labeled, k=k,
                                exclude=pool.ids[pool.y != UNLABELED],
-                               test=inputs.test if len(inputs.test[1]) else lambda rows: float("nan"),
+                               test=inputs.test if len(inputs.test[1]) else partial(
+                                   estimate.cv_accuracy, inputs.model_recipe, cfg, pool.x, pool.y,
+                                   folds=inputs.cv_folds, seed=seed, round_=round_),
                                commit=lambda picked, fit: fitted.update(state=fit.state), columns=columns)
-    probs = scoring.score(inputs.model_spec, fitted["state"], pool.ids, pool.x, frozenset({"probs"}),
+    probs = scoring.score(inputs.model_recipe, fitted["state"], pool.ids, pool.x, frozenset({"probs"}),
                           mc_samples=cfg.mc_samples, gpus=cfg.gpus,
                           tasks=scoring.tasks_for(cfg.scoring_tasks, len(pool))).probs
     confidence = probs.max(1)
     rest = np.setdiff1d(unlabeled, picks)
     rest = rest[np.lexsort((rest, confidence[pool.rows(rest)]))]   # least confident first, ties by id
-    return RoundOutcome(round_, np.concatenate([picks, rest]), len(picks), probs.argmax(1), confidence,
+    return RoundOutcome(round_, pool.ids, np.concatenate([picks, rest]), len(picks), probs.argmax(1), confidence,
                         record.result, fitted["state"], record.hook_state, record.telemetry)
 
 
