@@ -20,7 +20,9 @@ import yaml
 
 from autoal import config
 from autoal.errors import AutoALError
+from autoal.labeling import commands as labeling_commands
 from autoal.safe_io import MESSAGE_CHARS, load_yaml, one_line, shown
+from autoal.studio import commands as studio_commands
 
 
 def _config_flags(run: argparse.ArgumentParser) -> list[str]:
@@ -135,110 +137,6 @@ def _sweep(args) -> None:
     print(f"sweep results in {out}")
 
 
-def _label_init(args) -> None:
-    from autoal.labeling.project import LabelProject
-
-    with LabelProject.create(args.dir, args.pool, args.classes, test=args.test, config_path=args.config,
-                             strategy=args.strategy, cv_folds=args.cv_folds, embed=args.embed,
-                             weights=args.weights) as project:
-        print(project.status())
-    print(f"next: autoal label next {args.dir}")
-
-
-def _label_next(args) -> None:
-    from autoal.labeling.project import LabelProject
-
-    with LabelProject.open(args.dir) as project:
-        files = project.next(batch=args.batch, strategy=args.strategy, log=lambda line: print(line, flush=True))
-    print("queries: " + "  ".join(map(str, files)))
-    print(f"fill the label column of {files[0]}, then: autoal label import {args.dir} {files[0]}")
-
-
-def _label_import(args) -> None:
-    from autoal.labeling.project import LabelProject
-
-    with LabelProject.open(args.dir) as project:
-        print(project.import_answers(args.file))
-
-
-def _label_status(args) -> None:
-    from autoal.labeling.project import LabelProject
-
-    with LabelProject.open(args.dir) as project:
-        print(project.status())
-
-
-def _label_export(args) -> None:
-    from autoal.labeling.export import export
-    from autoal.labeling.project import LabelProject
-
-    with LabelProject.open(args.dir) as project:
-        print(f"labeled pool and latest model in {export(project, args.out)}")
-
-
-def _serve(args) -> None:
-    from autoal.studio.client import StudioClient, api_key
-    from autoal.studio.serve import run
-
-    if args.connect is not None and args.label_studio is None:
-        raise AutoALError("--connect PROJECT_ID needs --label-studio URL: where the Label Studio server is")
-    studio = None if args.label_studio is None else StudioClient(args.label_studio, api_key(args.api_key_file),
-                                                                 args.connect)
-    run(args.dir, args.host, args.port, args.retrain_every, studio, log=lambda line: print(line, flush=True),
-        gpus=args.gpus)
-
-
-def _serve_parser(sub) -> None:
-    srv = sub.add_parser("serve", help="serve a labeling project as a Label Studio ML backend (Ray Serve)")
-    srv.add_argument("dir", help="a project made by `autoal label init`")
-    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    srv.add_argument("--port", type=int, default=9090)
-    srv.add_argument("--retrain-every", type=int, default=10, metavar="N", help="train a new round after N answers")
-    srv.add_argument("--label-studio", metavar="URL", help="the Label Studio server, e.g. http://localhost:8080: "
-                     "task images not in the project's folder are fetched from it with the API key")
-    srv.add_argument("--connect", type=int, metavar="PROJECT_ID",
-                     help="add this backend and its webhook to that Label Studio project through its API")
-    srv.add_argument("--api-key-file", help="Label Studio's API key (default: $LABEL_STUDIO_API_KEY)")
-    srv.add_argument("--gpus", type=float, default=0.0, help="GPUs for the backend's replica, which predicts "
-                     "fetched images (rounds train on the project config's gpus)")
-    srv.set_defaults(func=_serve)
-
-
-def _label_parser(sub) -> None:
-    """`autoal label init|next|import|status|export`: a person answers the queries."""
-    label = sub.add_parser("label", help="label your own data: a person answers each round's queries")
-    commands = label.add_subparsers(dest="label_command", required=True)
-    init = commands.add_parser("init", help="start a labeling project on a pool")
-    init.add_argument("dir", help="the project directory (new or empty)")
-    init.add_argument("--pool", required=True, help="images:<dir>[@<size>], parquet:<dir>, or any dataset reference")
-    init.add_argument("--classes", required=True, help="class names, comma-separated (class folders use them)")
-    init.add_argument("--test", help="a fully labeled pool to measure accuracy on (default: cross-validation)")
-    init.add_argument("--config", help="YAML experiment config: model, epochs, batch, scoring_tasks, workers, ...")
-    init.add_argument("--strategy", default="entropy", help="query strategy (see `autoal strategies`)")
-    init.add_argument("--cv-folds", type=int, default=3,
-                      help="without --test, estimate accuracy by k-fold cross-validation (0: no estimate)")
-    init.add_argument("--embed", metavar="BACKBONE", help="embed the images once with a pretrained backbone "
-                      "(resnet18, resnet50, convnext_tiny, vit_b_16): every round trains a head in seconds")
-    init.add_argument("--weights", help="with --embed: a local state dict of the backbone")
-    init.set_defaults(func=_label_init)
-    nxt = commands.add_parser("next", help="train on the labels so far and write the next batch of queries")
-    nxt.add_argument("dir")
-    nxt.add_argument("--batch", type=int, help="queries in this batch (default: the config's batch)")
-    nxt.add_argument("--strategy", help="query strategy for this batch (default: the project's)")
-    nxt.set_defaults(func=_label_next)
-    imp = commands.add_parser("import", help="import answers: the filled queries CSV or a Label Studio export")
-    imp.add_argument("dir")
-    imp.add_argument("file")
-    imp.set_defaults(func=_label_import)
-    status = commands.add_parser("status", help="labels per class, rounds, open queries, accuracy, curve")
-    status.add_argument("dir")
-    status.set_defaults(func=_label_status)
-    export = commands.add_parser("export", help="write the labeled set as a Parquet pool, plus the latest model")
-    export.add_argument("dir")
-    export.add_argument("out")
-    export.set_defaults(func=_label_export)
-
-
 class Extend(argparse.Action):
     """A list flag: `--strategy a --strategy b` means both, as `--strategy a b` does."""
 
@@ -304,8 +202,8 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", help="sweep directory (default: runs/<plan name>)")
     sw.add_argument("--storage", help="Tune storage path or URI (default: <out>/tune)")
     sw.set_defaults(func=_sweep)
-    _label_parser(sub)
-    _serve_parser(sub)
+    labeling_commands.add_parser(sub)
+    studio_commands.add_parser(sub)
     return p
 
 
