@@ -29,6 +29,6 @@ def parse_file(path: Path, what: str, parse: Callable[[Path], T]) -> T:
     except MemoryError:
         raise
     except Exception as exc:
-        # each part clipped alone: a long path must not cut the cause out of the line
-        raise AutoALError(f"{clip(str(path), 120)} is not a readable {what} ({type(exc).__name__}: "
+        # each part clipped alone, to fit one 300-character line: a long path must not cut the cause out
+        raise AutoALError(f"{clip(str(path), 80)} is not a readable {what} ({type(exc).__name__}: "
                           f"{clip(str(exc), 120)}); re-download it or replace the file") from None
