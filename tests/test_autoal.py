@@ -184,6 +184,20 @@ def test_evidence_becomes_decisive_as_spaces_accumulate(kind):
     assert np.isclose(many.sum(), 1.0)
 
 
+def test_decaying_evidence_follows_a_change_of_the_best_candidate():
+    """Five early FitNet spaces where `a` picks the useful samples and `b` the useless ones, then
+    three where they swap (the switch from a low-budget candidate to an uncertainty one): without
+    decay the early evidence keeps `a` ahead; with decay 0.5 the weight moves to `b`."""
+    good, bad = (lambda p, ce, align: top(align)), (lambda p, ce, align: top(-ce))
+    parts = [fitted_rows({"a": good, "b": bad}, seed) for seed in range(5)] + \
+        [fitted_rows({"a": bad, "b": good}, seed) for seed in range(5, 8)]
+    rows = objective.Rows.cat([replace(r, space=torch.full((len(r),), i)) for i, r in enumerate(parts)])
+    gains = evidence.candidate_gains(rows, "lookahead", eta=0.1)
+    kept, faded = (evidence.best_probabilities(gains, seed=0, decay=d) for d in (1.0, 0.5))
+    assert kept[0] > 0.5 > faded[0] and faded[1] > 0.8
+    assert np.allclose(evidence.best_probabilities(gains[:5], seed=0, decay=0.5)[0], 1.0, atol=0.05)
+
+
 def test_scorer_weights_searchnets_mixture_by_the_evidence():
     """The pool mixture is SearchNet's pi times the evidence weights, renormalised; flat weights leave pi."""
     torch.manual_seed(0)
