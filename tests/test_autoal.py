@@ -368,7 +368,8 @@ def test_strategy_needs_and_bad_candidates():
     with pytest.raises(AutoALError):
         hooks.create("autoal", toy_cfg(initial=6, workers=2))
     assert hooks.create("vote", toy_cfg()).strategy.candidate_names == ("margin", "kmeans", "bald")
-    for bad in ({"search.reward": "gain"}, {"search.fitnet": "warm"}, {"search.rho": 1.5}, {"search.eta": -1.0}):
+    for bad in ({"search.reward": "gain"}, {"search.fitnet": "warm"}, {"search.rho": 1.5}, {"search.eta": -1.0},
+                {"search.evidence_decay": 0.0}):
         with pytest.raises(AutoALError, match="search."):
             toy_cfg(**bad)
 
@@ -451,7 +452,8 @@ def toy_experiment(cfg, out, n_easy=160, n_hard=40) -> Experiment:
     {"options.autoal.candidates": ["margin"]},
     # coreset reads the labeled set; lpl the predicted loss
     {"options.autoal.candidates": ["coreset", "lpl", "random"], "search.fitnet": "crossfit"},
-    {"search.threshold": "quantile", "search.lam": 0.0, "search.gamma": 0.0, "search.eta": 0.5},
+    {"search.threshold": "quantile", "search.lam": 0.0, "search.gamma": 0.0, "search.eta": 0.5,
+     "search.evidence_decay": 0.5},
 ], ids=lambda option: ",".join(f"{k.split('.')[-1]}={v}" for k, v in option.items()))
 def test_every_option_runs_an_experiment(ray_local, tmp_path, option):
     cfg = toy_cfg(initial=20, batch=10, rounds=1, epochs=2, **option)
