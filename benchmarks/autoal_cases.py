@@ -2,7 +2,8 @@
 each of its candidates alone, in three cases (issue 19):
 
 - switching: candidates whose best changes during a run (a low-budget method, good at a
-  few labels per class, and margin, good later);
+  few labels per class, and margin, good later): run it with `--config jobs/switching.yaml`
+  (1 label a class, batches of 10); from the main job's 4 labels a class margin leads throughout;
 - weak: a clearly weak candidate (random) among strong ones that agree little (margin,
   coreset), so that `vote`'s ties take random's picks;
 - default: the paper's seven candidates.
