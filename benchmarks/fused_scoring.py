@@ -18,7 +18,7 @@ import torch
 from autoal.compute import runtime, scoring
 from autoal.nets import models
 from autoal.strategies import get
-from autoal.nets.models import ModelSpec
+from autoal.nets.models import ModelRecipe
 
 CANDIDATES = ("entropy", "margin", "least_confidence", "kmeans", "bald", "var_ratio", "mean_std")
 
@@ -78,8 +78,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     shape = tuple(args.shape)
-    spec = ModelSpec(models.resolve(args.model, shape), shape, 10, 0.3)
-    net = spec.build().eval()
+    recipe = ModelRecipe(models.resolve(args.model, shape), shape, 10, 0.3)
+    net = recipe.build().eval()
     x_np = np.random.default_rng(0).random((args.n, *shape), dtype=np.float32)
     x = torch.from_numpy(x_np)
     needs = frozenset().union(*(get(name).needs for name in CANDIDATES))
@@ -88,7 +88,7 @@ def main() -> None:
     fused_s = timed(lambda: fused(net, x, args.batch_size, needs, args.mc), args.repeats)
     separate = timed(lambda: separate_passes(net, x, args.batch_size, args.mc), max(1, args.repeats // 3)) \
         if not args.skip_separate else float("nan")
-    print(f"pool {args.n} x {list(shape)}, model {spec.name}, T={args.mc}, torch threads {torch.get_num_threads()}")
+    print(f"pool {args.n} x {list(shape)}, model {recipe.name}, T={args.mc}, torch threads {torch.get_num_threads()}")
     print(f"statistics for {', '.join(CANDIDATES)}: {', '.join(sorted(needs))}")
     print(f"{'plain inference pass':<38} {plain:8.3f} s   1.00x")
     print(f"{'fused pass, all statistics':<38} {fused_s:8.3f} s   {fused_s / plain:.2f}x plain")
@@ -102,7 +102,7 @@ def main() -> None:
         for _ in range(3):   # a new model state each pass, as each round brings
             state = {k: v + 0.0 for k, v in state.items()}
             t0 = time.perf_counter()
-            scoring.score(spec, state, ids, x_np, needs, mc_samples=args.mc, tasks=args.actors,
+            scoring.score(recipe, state, ids, x_np, needs, mc_samples=args.mc, tasks=args.actors,
                           chunk=args.batch_size)
             passes.append(time.perf_counter() - t0)
         label = f"fused pass on Ray Data, {args.actors} worker(s)"

@@ -29,15 +29,15 @@ from autoal.compute import runtime, scoring, training
 from autoal.data import datasets
 from autoal.nets import models
 from autoal.strategies import PoolStats, get
-from autoal.nets.models import ModelSpec
+from autoal.nets.models import ModelRecipe
 
 STRATEGIES = ("entropy", "margin", "least_confidence", "bald", "var_ratio", "mean_std")
 
 
-def stats_on(device: str, spec: ModelSpec, state: dict, ids: np.ndarray, x: np.ndarray, needs, mc: int,
+def stats_on(device: str, recipe: ModelRecipe, state: dict, ids: np.ndarray, x: np.ndarray, needs, mc: int,
              batch_size: int) -> tuple[dict[str, np.ndarray], float]:
     """Every statistic of (ids, x) scored in this process on `device`, and the seconds it took."""
-    scorer = scoring.PoolScorer(asdict(spec), state, needs, mc, gpus=1.0 if device == "cuda" else 0.0,
+    scorer = scoring.PoolScorer(asdict(recipe), state, needs, mc, gpus=1.0 if device == "cuda" else 0.0,
                                 chunk=batch_size)
     scorer({"id": ids[:batch_size], "x": x[:batch_size]})   # warm-up: cuDNN picks its kernels
     if device == "cuda":
@@ -47,15 +47,15 @@ def stats_on(device: str, spec: ModelSpec, state: dict, ids: np.ndarray, x: np.n
     return out, time.perf_counter() - t0
 
 
-def compare(spec: ModelSpec, n_gpu: int, n_cpu: int, mc: int, batch_size: int, k: int) -> None:
+def compare(recipe: ModelRecipe, n_gpu: int, n_cpu: int, mc: int, batch_size: int, k: int) -> None:
     torch.manual_seed(0)
-    state = spec.build().state_dict()
-    x = np.random.default_rng(0).random((n_gpu, *spec.shape), dtype=np.float32)
+    state = recipe.build().state_dict()
+    x = np.random.default_rng(0).random((n_gpu, *recipe.shape), dtype=np.float32)
     ids = np.arange(n_gpu, dtype=np.int64) * 7919   # ids that are not row numbers
     needs = frozenset().union(*(get(name).needs for name in STRATEGIES)) | {"embedding"}
-    gpu, gpu_s = stats_on("cuda", spec, state, ids, x, needs, mc, batch_size)
-    cpu, cpu_s = stats_on("cpu", spec, state, ids[:n_cpu], x[:n_cpu], needs, mc, batch_size)
-    print(f"\n{spec.name} {list(spec.shape)}, T={mc}, batch {batch_size}: fused pass "
+    gpu, gpu_s = stats_on("cuda", recipe, state, ids, x, needs, mc, batch_size)
+    cpu, cpu_s = stats_on("cpu", recipe, state, ids[:n_cpu], x[:n_cpu], needs, mc, batch_size)
+    print(f"\n{recipe.name} {list(recipe.shape)}, T={mc}, batch {batch_size}: fused pass "
           f"CUDA {n_gpu / gpu_s:,.0f} rows/s ({n_gpu} rows), CPU {n_cpu / cpu_s:,.0f} rows/s "
           f"({n_cpu} rows, {torch.get_num_threads()} threads): {cpu_s / n_cpu * n_gpu / gpu_s:.1f}x")
     for key in sorted(set(cpu) - {"id"}):
@@ -71,11 +71,11 @@ def compare(spec: ModelSpec, n_gpu: int, n_cpu: int, mc: int, batch_size: int, k
 def reproducibility() -> None:
     pool = datasets.load("digits", "unused")
     train, test = pool.subset("train"), pool.subset("test")
-    spec, rows = ModelSpec("cnn", train.shape, 10, 0.3), np.arange(200)
+    recipe, rows = ModelRecipe("cnn", train.shape, 10, 0.3), np.arange(200)
     runtime.init_ray()
     test_ref = ray.put((test.x, test.y))
     for device, gpus in (("CUDA", 1.0), ("CPU", 0.0)):
-        fits = [training.fit(spec, (train.x[rows], train.y[rows]), test_ref, seed=0, epochs=15, lr=1e-3,
+        fits = [training.fit(recipe, (train.x[rows], train.y[rows]), test_ref, seed=0, epochs=15, lr=1e-3,
                              weight_decay=5e-4, batch_size=64, gpus=gpus) for _ in range(2)]
         diff = max(float((fits[0].state[k].double() - fits[1].state[k].double()).abs().max()) for k in fits[0].state)
         print(f"fit twice, seed 0, {device}: accuracy {fits[0].accuracy:.4f} / {fits[1].accuracy:.4f}, "
@@ -113,8 +113,8 @@ def main() -> None:
     if "compare" in args.parts:
         for name, shape, batch_size in (("mlp", (64,), 1024), ("cnn", (3, 32, 32), 512),
                                         ("resnet18", (3, 32, 32), 512)):
-            spec = ModelSpec(name, shape, 10, 0.3)
-            compare(spec, args.n, max(args.n // 10, batch_size), mc=10, batch_size=batch_size, k=args.k)
+            recipe = ModelRecipe(name, shape, 10, 0.3)
+            compare(recipe, args.n, max(args.n // 10, batch_size), mc=10, batch_size=batch_size, k=args.k)
     if "repro" in args.parts:
         reproducibility()
     if "experiments" in args.parts:

@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--config", default="jobs/main.yaml")
     args = ap.parse_args()
     cfg = config.load(args.config, {"seeds": args.seeds})
-    train, test, spec = load_data(cfg)
+    train, test, recipe = load_data(cfg)
     runtime.init_ray()
     test_ref = ray.put((test.x, test.y))
     flat = train.x.reshape(len(train), -1)
@@ -64,20 +64,20 @@ def main() -> None:
             unlabeled = np.setdiff1d(train.ids, labeled)
             lab, unl = train.rows(labeled), train.rows(unlabeled)
             ctx = Context(train, flat, lab, unl, cfg.batch, derive_seed(seed, size, 2))
-            ctx.refit = functools.partial(refit, spec, cfg, train, lab, test_ref, derive_seed(seed, 1, 1))
+            ctx.refit = functools.partial(refit, recipe, cfg, train, lab, test_ref, derive_seed(seed, 1, 1))
             ctx.uniform_accuracy = np.mean([ctx.refit(train.ids[unl][u]) for u in ctx.uniform.reshape(3, -1)])
             row, task_state, lpl = {}, None, get("lpl", **cfg.strategy_options("lpl"))
             for fraction in args.fractions:
-                fit = training.fit(spec, (train.x[lab], train.y[lab]), test_ref, seed=derive_seed(seed, 0, 1),
+                fit = training.fit(recipe, (train.x[lab], train.y[lab]), test_ref, seed=derive_seed(seed, 0, 1),
                                    epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                   batch_size=cfg.batch_size, min_steps=cfg.min_steps,
+                                   batch_size=cfg.task_minibatch, min_steps=cfg.min_steps,
                                    loss_weight=lpl.weight, joint_fraction=fraction)
                 task_state = task_state or fit.state
-                row.update(lpl_row(spec, fit, ctx, cfg, f"lpl f{fraction}"))
-            stats = scoring.score(spec, task_state, unlabeled, train.x[unl], {"probs"}, mc_samples=2, tasks=0)
+                row.update(lpl_row(recipe, fit, ctx, cfg, f"lpl f{fraction}"))
+            stats = scoring.score(recipe, task_state, unlabeled, train.x[unl], {"probs"}, mc_samples=2, tasks=0)
             true_loss = ctx.true_loss(stats.probs)
             for epochs in args.adversarial_epochs:
-                row.update(vaal_row(spec, ctx, cfg, epochs, true_loss, f"vaal e{epochs}"))
+                row.update(vaal_row(recipe, ctx, cfg, epochs, true_loss, f"vaal e{epochs}"))
             coreset = get("coreset").select(PoolStats(ids=unlabeled, embedding=flat[unl]), cfg.batch,
                                             labeled=PoolStats(ids=labeled, embedding=flat[lab]))
             row.update(ctx.batch_row(coreset, true_loss, "coreset"))
@@ -113,17 +113,17 @@ class Context:
                 f"{tag} batch largest class's share": np.bincount(self.train.y[self.unl][at]).max() / len(at)}
 
 
-def refit(spec, cfg, train, lab, test_ref, seed, picks) -> float:
+def refit(recipe, cfg, train, lab, test_ref, seed, picks) -> float:
     """Test accuracy of the task model trained on the labeled set plus `picks` (the same init for every batch)."""
     rows = np.concatenate([lab, train.rows(picks)])
-    return training.fit(spec, (train.x[rows], train.y[rows]), test_ref, seed=seed, epochs=cfg.epochs, lr=cfg.lr,
-                        weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, min_steps=cfg.min_steps).accuracy
+    return training.fit(recipe, (train.x[rows], train.y[rows]), test_ref, seed=seed, epochs=cfg.epochs, lr=cfg.lr,
+                        weight_decay=cfg.weight_decay, batch_size=cfg.task_minibatch, min_steps=cfg.min_steps).accuracy
 
 
-def lpl_row(spec, fit, ctx: Context, cfg, tag) -> dict:
+def lpl_row(recipe, fit, ctx: Context, cfg, tag) -> dict:
     train = ctx.train
     ids = np.concatenate([train.ids[ctx.unl], train.ids[ctx.lab]])
-    stats = scoring.score(spec, fit.state, ids, train.x[np.concatenate([ctx.unl, ctx.lab])],
+    stats = scoring.score(recipe, fit.state, ids, train.x[np.concatenate([ctx.unl, ctx.lab])],
                           {"probs", "pred_loss"}, mc_samples=2, tasks=0)
     pool, labeled = stats.take(np.arange(len(ctx.unl))), stats.take(np.arange(len(ctx.unl), len(stats)))
     true_loss = ctx.true_loss(pool.probs)
@@ -134,18 +134,18 @@ def lpl_row(spec, fit, ctx: Context, cfg, tag) -> dict:
            f"{tag} last epoch's training loss": fit.train_loss,
            f"{tag} rho(pred, true loss) on the pool": spearmanr(pool.pred_loss, true_loss)[0],
            f"{tag} rho(pred, loss) on the labeled set": spearmanr(labeled.pred_loss, train_loss)[0],
-           f"{tag} rho(ranking target, its next dropout draw)": dropout_agreement(spec, fit.state, train, ctx.lab)}
+           f"{tag} rho(ranking target, its next dropout draw)": dropout_agreement(recipe, fit.state, train, ctx.lab)}
     deciles = np.array_split(np.argsort(-pool.pred_loss, kind="stable"), 10)
     row |= {f"{tag} true loss / pool's, predicted-loss decile {d + 1}": true_loss[part].mean() / true_loss.mean()
             for d, part in enumerate(deciles) if d in (0, 1, 4, 9)}
     return row | ctx.batch_row(picks, true_loss, tag)
 
 
-def dropout_agreement(spec, state, train, lab, draws: int = 5) -> float:
+def dropout_agreement(recipe, state, train, lab, draws: int = 5) -> float:
     """The Spearman correlation between two draws of the ranking loss's target, the labeled set's training
     losses (train mode: the head's dropout on), mean over successive pairs of `draws`: 1 if dropout leaves
     their order alone, 0 if the order is the dropout mask's."""
-    net = spec.build()
+    net = recipe.build()
     net.load_state_dict(state)
     net.train()
     x, y = torch.from_numpy(train.x[lab]), torch.from_numpy(train.y[lab])
@@ -155,14 +155,14 @@ def dropout_agreement(spec, state, train, lab, draws: int = 5) -> float:
     return float(np.mean([spearmanr(a, b)[0] for a, b in zip(losses, losses[1:])]))
 
 
-def vaal_row(spec, ctx: Context, cfg, epochs, true_loss, tag) -> dict:
+def vaal_row(recipe, ctx: Context, cfg, epochs, true_loss, tag) -> dict:
     train, b = ctx.train, get("vaal", **cfg.strategy_options("vaal"))
     data = (train.x[ctx.lab].astype(np.float32), train.y[ctx.lab], train.x[ctx.unl].astype(np.float32))
-    payload = state_adversary.AdversarialPayload(spec, ctx.seed, b.latent, epochs, b.lr, b.batch_size, None,
+    payload = state_adversary.AdversarialPayload(recipe, ctx.seed, b.latent, epochs, b.lr, b.batch_size, None,
                                                  ray.put(data))
     state = distributed.run(state_adversary.adversarial_loop, payload, workers=0, gpus=0.0,
                             name=f"why-vaal-{ctx.seed}")
-    nets = state_adversary.AdversarialNets(spec, b.latent)
+    nets = state_adversary.AdversarialNets(recipe, b.latent)
     nets.load_state_dict(distributed.torch_state(state))
     nets.eval()
     with torch.no_grad():

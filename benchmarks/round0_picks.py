@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--weight", type=float, default=1.0, help="lpl's ranking-loss weight")
     args = ap.parse_args()
     cfg = config.load(args.config, {"seeds": args.seeds})
-    train, test, spec = load_data(cfg)
+    train, test, recipe = load_data(cfg)
     runtime.init_ray()
     test_ref = ray.put((test.x, test.y))
     rows = []
@@ -46,11 +46,11 @@ def main() -> None:
         lab, unl = train.rows(labeled), train.rows(unlabeled)
         row = {}
         for fraction in args.fractions:
-            fit = training.fit(spec, (train.x[lab], train.y[lab]), test_ref, seed=derive_seed(seed, 0, 1),
+            fit = training.fit(recipe, (train.x[lab], train.y[lab]), test_ref, seed=derive_seed(seed, 0, 1),
                                epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                               batch_size=cfg.batch_size, min_steps=cfg.min_steps, loss_weight=args.weight,
+                               batch_size=cfg.task_minibatch, min_steps=cfg.min_steps, loss_weight=args.weight,
                                joint_fraction=fraction)
-            stats = scoring.score(spec, fit.state, np.concatenate([unlabeled, labeled]),
+            stats = scoring.score(recipe, fit.state, np.concatenate([unlabeled, labeled]),
                                   train.x[np.concatenate([unl, lab])], {"probs", "pred_loss", "embedding"},
                                   mc_samples=cfg.mc_samples, tasks=0)
             pool_stats = stats.take(np.arange(len(unlabeled)))
@@ -70,8 +70,8 @@ def main() -> None:
             entropy = get("entropy").select(pool_stats, cfg.batch)
             subset = get("lpl", **cfg.strategy_options("lpl")).select(pool_stats, cfg.batch,
                                                                        seed=derive_seed(seed, 0, 2))
-            between = np.std([pool_stats.pred_loss[train.y[unl] == c].mean() for c in range(spec.classes)])
-            within = np.mean([pool_stats.pred_loss[train.y[unl] == c].std() for c in range(spec.classes)])
+            between = np.std([pool_stats.pred_loss[train.y[unl] == c].mean() for c in range(recipe.classes)])
+            within = np.mean([pool_stats.pred_loss[train.y[unl] == c].std() for c in range(recipe.classes)])
             row[f"{tag} pred loss: class means' std / within-class std"] = between / within
             row[f"{tag} loss lpl top-b"] = loss_of(lpl)
             row[f"{tag} loss lpl top-b of a random subset"] = loss_of(subset)

@@ -49,7 +49,7 @@ def thread_effect(cores: int) -> float:
     """Largest |weight difference| between one fit on 1 torch thread and the same fit on `cores`."""
     pool = datasets.load("digits", "unused")
     train, test = pool.subset("train"), pool.subset("test")
-    payload = training.TrainPayload(training.ModelSpec("cnn", train.shape, 10, 0.3), (train.x[:100], train.y[:100]),
+    payload = training.TrainPayload(training.ModelRecipe("cnn", train.shape, 10, 0.3), (train.x[:100], train.y[:100]),
                                     (test.x, test.y), 5, 30, 1e-3, 5e-4, 64, 100, 1.0, 0.0)
     weights = []
     for threads in (1, cores):

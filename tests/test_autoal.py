@@ -32,9 +32,9 @@ from autoal.runs.directory import ExperimentDir
 from autoal.strategies import PoolStats, get
 from autoal.strategies.autoal import AutoAL
 
-SPEC = training.ModelSpec("mlp", (8,), 2, 0.3)
+RECIPE = training.ModelRecipe("mlp", (8,), 2, 0.3)
 FAST = {"search.cycles_first": 1, "search.cycles": 1, "search.fit_epochs": 2, "search.fit_steps": 0,
-        "search.search_epochs": 2, "search.batch_size": 16}
+        "search.search_epochs": 2, "search.search_minibatch": 16}
 
 
 def toy(n_easy: int, n_hard: int, seed: int, d: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -61,13 +61,13 @@ def toy_cfg(**overrides) -> config.ExperimentConfig:
 def context(cfg, x, y, labeled, round_=0, k=20) -> hooks.RoundContext:
     unlabeled = np.setdiff1d(np.arange(len(x)), labeled)
     torch.manual_seed(0)
-    return hooks.RoundContext(cfg, 0, round_, SPEC, SPEC.build().state_dict(), x[labeled], y[labeled],
+    return hooks.RoundContext(cfg, 0, round_, RECIPE, RECIPE.build().state_dict(), x[labeled], y[labeled],
                               unlabeled, k, rng_seed=11 + round_)
 
 
 def score_pool(hook, ctx, extra, x) -> PoolStats:
     ids = ctx.unlabeled_ids
-    return scoring.score(SPEC, ctx.task_state, ids, x[ids], hook.strategy.needs, mc_samples=4, tasks=0, extra=extra)
+    return scoring.score(RECIPE, ctx.task_state, ids, x[ids], hook.strategy.needs, mc_samples=4, tasks=0, extra=extra)
 
 
 def fitted_rows(candidates, seed: int = 0) -> objective.Rows:
@@ -77,13 +77,13 @@ def fitted_rows(candidates, seed: int = 0) -> objective.Rows:
     train = np.arange(60)
     val = np.setdiff1d(np.arange(len(x)), train)
     torch.manual_seed(seed)
-    net = SPEC.build()
+    net = RECIPE.build()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
     for _ in range(60):
         optimizer.zero_grad()
         F.cross_entropy(net(torch.tensor(x[train]))[0], torch.tensor(y[train])).backward()
         optimizer.step()
-    stats = scoring.score(SPEC, net.state_dict(), val, x[val], frozenset({"probs", "embedding"}), mc_samples=2,
+    stats = scoring.score(RECIPE, net.state_dict(), val, x[val], frozenset({"probs", "embedding"}), mc_samples=2,
                           tasks=0)
     align, residual = search.gradient_rows(stats.probs, stats.embedding, y[val], seed)
     ce = -np.log(stats.probs[np.arange(len(val)), y[val]])
@@ -105,7 +105,7 @@ def train_search(rows, kind: str, steps: int = 150, lam: float = 1.0, gamma: flo
                  prior: float = config.SearchConfig.prior):
     """SearchNet (a head on the rows' features) trained on the objective alone."""
     torch.manual_seed(seed)
-    net = SearchNet(SPEC, rows.a.shape[1], backbone=False, loss_module=gamma > 0, embed_dim=rows.e.shape[1])
+    net = SearchNet(RECIPE, rows.a.shape[1], backbone=False, loss_module=gamma > 0, embed_dim=rows.e.shape[1])
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
     for step in range(steps):
         logits, l_hat = net(rows.x, rows.e)
@@ -202,10 +202,10 @@ def test_scorer_weights_searchnets_mixture_by_the_evidence():
     """The pool mixture is SearchNet's pi times the evidence weights, renormalised; flat weights leave pi."""
     torch.manual_seed(0)
     x = torch.randn(5, 8)
-    plain = SearchScorer(SPEC, 3, backbone=False, loss_module=False, embed_dim=8)
+    plain = SearchScorer(RECIPE, 3, backbone=False, loss_module=False, embed_dim=8)
     with torch.no_grad():
         plain.logits.weight.normal_()
-        weighted = SearchScorer(SPEC, 3, backbone=False, loss_module=False, embed_dim=8, weights=(0.7, 0.0, 0.3))
+        weighted = SearchScorer(RECIPE, 3, backbone=False, loss_module=False, embed_dim=8, weights=(0.7, 0.0, 0.3))
         weighted.load_state_dict(plain.state_dict())
         pi, pw = plain(x, x), weighted(x, x)
     expected = pi * torch.tensor([0.7, 0.0, 0.3])
@@ -247,7 +247,7 @@ def test_reward_is_invariant_to_rescaling_scores_and_shifting_logits():
 def test_selection_gradient_without_the_rank_loss_lowers_the_reward():
     rows = fitted_rows({"a": lambda p, ce, align: top(align), "b": lambda p, ce, align: top(-ce)})
     torch.manual_seed(0)
-    net = SearchNet(SPEC, 2, backbone=False, loss_module=False, embed_dim=8)
+    net = SearchNet(RECIPE, 2, backbone=False, loss_module=False, embed_dim=8)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
     rewards = []
     for step in range(40):
@@ -267,7 +267,7 @@ def test_selection_gradient_without_the_rank_loss_lowers_the_reward():
 def test_gradient_norms_tell_selection_from_rank_loss():
     rows = fitted_rows({"a": lambda p, ce, align: top(align), "b": lambda p, ce, align: top(-ce)})
     torch.manual_seed(0)
-    net = SearchNet(SPEC, 2, backbone=True, loss_module=True)
+    net = SearchNet(RECIPE, 2, backbone=True, loss_module=True)
     logits, l_hat = net(rows.x, rows.e)
     common = dict(rows=rows, rho=0.25, kind="lookahead", eta=0.1, lam=1.0)
     with_rank = objective.gradient_norms(net, objective.terms(logits, net.alpha, l_hat, gamma=1.0, **common))
@@ -290,7 +290,7 @@ def test_fixed_step_lookahead_penalises_redundant_picks():
 
 def test_searchnet_starts_as_a_flat_mixture():
     torch.manual_seed(0)
-    net = SearchScorer(SPEC, 3)
+    net = SearchScorer(RECIPE, 3)
     pi = net(torch.randn(5, 8), None)
     torch.testing.assert_close(pi, torch.full_like(pi, 1 / 3))
 
@@ -383,14 +383,14 @@ def test_cycle_rows_belong_to_their_samples(monkeypatch, fitnet):
     fitted = []
     real = search.fit_fitnet
 
-    def recorded(spec, x, y, sc, seed, world):
-        fitted.append((real(spec, x, y, sc, seed, world), x))
+    def recorded(recipe, x, y, sc, seed, world, *loss_weight):
+        fitted.append((real(recipe, x, y, sc, seed, world, *loss_weight), x))
         return fitted[-1][0]
 
     monkeypatch.setattr(search, "fit_fitnet", recorded)
     sc = config.SearchConfig(fitnet=fitnet, fit_steps=20, rho=0.25)
     x, y = toy(60, 20, seed=0)
-    rows, accuracy = search.cycle_rows(AutoAL(("margin", "kmeans")), SPEC, sc, torch.tensor(x), torch.tensor(y),
+    rows, accuracy = search.cycle_rows(AutoAL(("margin", "kmeans")), RECIPE, sc, torch.tensor(x), torch.tensor(y),
                                        torch.zeros(len(x), 0), seed=5, mc_samples=2, gpus=0, world=World.local())
     assert len(fitted) == len(search.folds(80, 5, fitnet)) and 0 <= accuracy <= 1
     assert len(rows) == (40 if fitnet == "fresh" else 80)
@@ -442,8 +442,8 @@ def toy_experiment(cfg, out, n_easy=160, n_hard=40) -> Experiment:
     x_test, y_test = toy(100, 40, seed=1)
     data = pool.from_arrays("toy", x_train, y_train, x_test, y_test, classes=2)
     train, test = data.subset("train"), data.subset("test")
-    spec = training.ModelSpec("mlp", train.shape, 2, cfg.dropout)
-    return Experiment(cfg, train, test, spec, ExperimentDir(out).open(cfg), log=lambda message: None)
+    recipe = training.ModelRecipe("mlp", train.shape, 2, cfg.dropout)
+    return Experiment(cfg, train, test, recipe, ExperimentDir(out).open(cfg), log=lambda message: None)
 
 
 @pytest.mark.parametrize("option", [
@@ -481,7 +481,7 @@ def test_search_trusts_the_candidate_that_picks_informative_samples(ray_local, t
         "options.autoal.candidates": ["kmeans", "margin"], "options.vote.candidates": ["kmeans", "margin"],
         "search.cycles_first": 2, "search.fit_steps": 50,
         "search.prior": 0.0,
-        "search.search_epochs": 20, "search.batch_size": 64, "search.rho": 0.25})
+        "search.search_epochs": 20, "search.search_minibatch": 64, "search.rho": 0.25})
     exp = toy_experiment(cfg, tmp_path / "out", n_easy=300, n_hard=60)
     exp.run()
     weights = pd.read_parquet(tmp_path / "out" / "strategy_weights.parquet")
@@ -503,7 +503,7 @@ def test_replayed_rows_grow_and_a_useless_candidate_falls_below_one_over_k(ray_l
     candidates = ["margin", "kmeans", "random"]
     cfg = toy_cfg(initial=40, batch=20, rounds=3, epochs=10, **{
         "options.autoal.candidates": candidates, "options.vote.candidates": candidates,
-        "search.cycles_first": 2, "search.fit_steps": 50, "search.search_epochs": 20, "search.batch_size": 64})
+        "search.cycles_first": 2, "search.fit_steps": 50, "search.search_epochs": 20, "search.search_minibatch": 64})
     exp = toy_experiment(cfg, tmp_path / "out", n_easy=300, n_hard=60)
     exp.run()
     telemetry = pd.read_parquet(tmp_path / "out" / "search.parquet").set_index("round")

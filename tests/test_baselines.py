@@ -32,7 +32,7 @@ from autoal.strategies.albl import Exp4P, importance_weighted_accuracy
 from autoal.strategies.dpp import greedy_map, kernel_columns, unit_rows
 from autoal.strategies.noise import output_deviation
 from autoal.strategies.poal import mahalanobis_confidence, pareto_front, pareto_layers, pareto_subset_search
-from autoal.nets.models import ModelSpec
+from autoal.nets.models import ModelRecipe
 
 BASELINES = ("albl", "poal", "noise_stability", "dpp", "vaal", "sraal", "lpl", "bgadl")
 
@@ -233,24 +233,24 @@ def test_noise_stability_is_greedy_k_center_from_the_origin():
     assert picks[0] == int(np.argmax(np.linalg.norm(d, axis=1)))
 
 
-DIGITS_SPEC = ModelSpec("cnn", (1, 8, 8), 10, 0.3)
+DIGITS_RECIPE = ModelRecipe("cnn", (1, 8, 8), 10, 0.3)
 
 
-def task_state(spec=DIGITS_SPEC) -> dict:
+def task_state(recipe=DIGITS_RECIPE) -> dict:
     torch.manual_seed(0)
-    return spec.build().state_dict()
+    return recipe.build().state_dict()
 
 
 def test_perturbed_heads_match_a_direct_reference():
     state = task_state()
     head_state = {f"net.{k[5:]}": v for k, v in state.items() if k.startswith("head.")}
-    net = PerturbedModels(DIGITS_SPEC, False, 3, 1e-2, seed=7)
+    net = PerturbedModels(DIGITS_RECIPE, False, 3, 1e-2, seed=7)
     net.load_state_dict(head_state)
     net.eval()
     e = torch.randn(5, 128)
     out = net(torch.zeros(5, 1, 8, 8), e)
     assert out.shape == (5, 3, 10)
-    task = DIGITS_SPEC.build()
+    task = DIGITS_RECIPE.build()
     task.load_state_dict(state)
     task.eval()
     for k in range(3):
@@ -268,14 +268,14 @@ def test_perturbed_heads_match_a_direct_reference():
 def test_perturbed_whole_models_deviate_less_for_smaller_noise():
     state = task_state()
     x = torch.rand(6, 1, 8, 8)
-    task = DIGITS_SPEC.build()
+    task = DIGITS_RECIPE.build()
     task.load_state_dict(state)
     task.eval()
     with torch.no_grad():
         clean = task(x)[0].softmax(1)
     gaps = []
     for eps in (1e-4, 1e-1):
-        net = PerturbedModels(DIGITS_SPEC, True, 2, eps, seed=0)
+        net = PerturbedModels(DIGITS_RECIPE, True, 2, eps, seed=0)
         net.load_state_dict({f"net.{k}": v for k, v in state.items()})
         net.eval()
         gaps.append(float((net(x, None) - clean[:, None]).abs().max()))
@@ -332,13 +332,13 @@ def test_vaal_and_sraal_query_the_most_unlabeled_looking_samples():
 
 def test_sraal_relabels_unlabeled_states_with_the_task_models_uncertainty():
     state, x = task_state(), torch.rand(7, 1, 8, 8)
-    net = DIGITS_SPEC.build()
+    net = DIGITS_RECIPE.build()
     net.load_state_dict(state)
     net.eval()
     with torch.no_grad():
         expected = torch.from_numpy(online_uncertainty(net(x)[0].softmax(1).numpy())).float()
-    torch.testing.assert_close(unlabeled_targets(DIGITS_SPEC, state, x, "cpu"), expected)
-    assert (unlabeled_targets(DIGITS_SPEC, None, x, "cpu") == 1).all()      # VAAL: plain unlabeled state
+    torch.testing.assert_close(unlabeled_targets(DIGITS_RECIPE, state, x, "cpu"), expected)
+    assert (unlabeled_targets(DIGITS_RECIPE, None, x, "cpu") == 1).all()      # VAAL: plain unlabeled state
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -350,9 +350,9 @@ def test_discriminator_learns_to_tell_unlabeled_from_labeled_samples(ray_local, 
     low = train.y < 5
     x_l, y_l, x_u = train.x[low][:100], train.y[low][:100], train.x[~low][:300]
     epochs = 10 * max(workers, 1)  # a DDP group of two takes half the steps per epoch
-    payload = AdversarialPayload(DIGITS_SPEC, 0, latent=8, epochs=epochs, lr=1e-3, batch_size=64, task_state=None,
+    payload = AdversarialPayload(DIGITS_RECIPE, 0, latent=8, epochs=epochs, lr=1e-3, batch_size=64, task_state=None,
                                  data=ray.put((x_l, y_l, x_u)))
-    nets = AdversarialNets(DIGITS_SPEC, 8)
+    nets = AdversarialNets(DIGITS_RECIPE, 8)
     nets.load_state_dict(distributed.torch_state(
         distributed.run(adversarial_loop, payload, workers=workers, gpus=0, name="vaal-test")))
     nets.eval()
@@ -366,12 +366,12 @@ def test_perturbed_models_run_inside_the_scoring_actors(ray_local):
     state = task_state()
     x = np.random.default_rng(0).random((40, 1, 8, 8), dtype=np.float32)
     ids = np.arange(40, dtype=np.int64)
-    noise = ScorerExtra(build=functools.partial(PerturbedModels, DIGITS_SPEC, False, 2, 1e-3, 0),
+    noise = ScorerExtra(build=functools.partial(PerturbedModels, DIGITS_RECIPE, False, 2, 1e-3, 0),
                         state={f"net.{k[5:]}": v for k, v in state.items() if k.startswith("head.")},
                         field="perturbation")
     needs = {"probs", "perturbation"}
-    local = scoring.score(DIGITS_SPEC, state, ids, x, needs, mc_samples=2, tasks=0, extra=noise)
-    actors = scoring.score(DIGITS_SPEC, state, ids, x, needs, mc_samples=2, tasks=1, chunk=16, extra=noise)
+    local = scoring.score(DIGITS_RECIPE, state, ids, x, needs, mc_samples=2, tasks=0, extra=noise)
+    actors = scoring.score(DIGITS_RECIPE, state, ids, x, needs, mc_samples=2, tasks=1, chunk=16, extra=noise)
     assert local.perturbation.shape == (40, 2, 10)
     np.testing.assert_allclose(actors.perturbation, local.perturbation, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(actors.probs, local.probs, rtol=1e-5, atol=1e-7)
@@ -379,10 +379,10 @@ def test_perturbed_models_run_inside_the_scoring_actors(ray_local):
 
 def test_adversarial_nets_rate_the_pool_in_the_scoring_pass():
     torch.manual_seed(0)
-    extra = ScorerExtra(build=functools.partial(AdversarialNets, DIGITS_SPEC, 8, 10),
-                        state=AdversarialNets(DIGITS_SPEC, 8, 10).state_dict(), field="unlabeled_score")
+    extra = ScorerExtra(build=functools.partial(AdversarialNets, DIGITS_RECIPE, 8, 10),
+                        state=AdversarialNets(DIGITS_RECIPE, 8, 10).state_dict(), field="unlabeled_score")
     x = np.random.default_rng(0).random((40, 1, 8, 8), dtype=np.float32)
-    stats = scoring.score(DIGITS_SPEC, task_state(), np.arange(40), x, {"unlabeled_score"}, mc_samples=2,
+    stats = scoring.score(DIGITS_RECIPE, task_state(), np.arange(40), x, {"unlabeled_score"}, mc_samples=2,
                           tasks=0, extra=extra)
     assert stats.unlabeled_score.shape == (40,) and ((stats.unlabeled_score > 0) & (stats.unlabeled_score < 1)).all()
 
@@ -451,10 +451,10 @@ def test_vaal_trains_on_a_seeded_sample_of_the_unlabeled_pool_and_rates_all_of_i
             trained.append(len(payload.data[2]))
         return real_run(loop, payload, **kw)
 
-    def score(spec, state, ids, *a, extra=None, **kw):
+    def score(recipe, state, ids, *a, extra=None, **kw):
         if extra is not None:   # the pass that carries the discriminator
             rated.append(len(ids))
-        return real_score(spec, state, ids, *a, extra=extra, **kw)
+        return real_score(recipe, state, ids, *a, extra=extra, **kw)
     monkeypatch.setattr(distributed, "run", run)
     monkeypatch.setattr(scoring, "score", score)
     ledgers = []
@@ -529,8 +529,8 @@ def test_every_baseline_runs_on_an_ood_digits_pool_and_resumes_with_its_state(ra
 def test_ood_answers_are_never_training_labels(ray_local, tmp_path, monkeypatch):
     trained_on = []
     real = training.fit
-    monkeypatch.setattr(training, "fit", lambda spec, train, *a, **kw: trained_on.append(train[1]) or
-                        real(spec, train, *a, **kw))
+    monkeypatch.setattr(training, "fit", lambda recipe, train, *a, **kw: trained_on.append(train[1]) or
+                        real(recipe, train, *a, **kw))
     cfg = config.load(None, dict(LOOP, strategies=["entropy"], rounds=1))
     exp = Experiment.prepare(cfg, tmp_path / "run", log=lambda m: None)
     exp.run()

@@ -15,7 +15,7 @@ from autoal.engine.experiment import Experiment
 from autoal.runs.directory import ExperimentDir
 from autoal.strategies import PoolStats, get
 
-SPEC = training.ModelSpec("cnn", (1, 8, 8), 10, 0.3)
+RECIPE = training.ModelRecipe("cnn", (1, 8, 8), 10, 0.3)
 LOOP = {"dataset": "digits", "strategies": ["bgadl"], "initial": 20, "batch": 10, "rounds": 2, "epochs": 2,
         "min_steps": 0, "scoring_tasks": 0, "mc_samples": 3, "options.bgadl.samples": 2, "options.bgadl.epochs": 5}
 
@@ -32,12 +32,12 @@ def test_generated_samples_have_the_pools_shape_a_valid_label_and_follow_their_s
     source's label, and closer to their own source than to the other sources."""
     train = datasets.load("digits", "data").subset("train")
     x, y = train.x[:200], train.y[:200]
-    payload = synthesis.GANPayload(SPEC, seed=0, epochs=40 * max(workers, 1), min_steps=0, batch_size=64,
+    payload = synthesis.GANPayload(RECIPE, seed=0, epochs=40 * max(workers, 1), min_steps=0, batch_size=64,
                                    data=ray.put((x, y)))
     state = distributed.torch_state(distributed.run(synthesis.vae_acgan_loop, payload, workers=workers, gpus=0,
                                                     name="bgadl-test"))
     sources, labels = train.x[200:220], train.y[200:220]
-    generated, generated_y = synthesis.generate(SPEC, state, sources, labels, samples=3, seed=1)
+    generated, generated_y = synthesis.generate(RECIPE, state, sources, labels, samples=3, seed=1)
     assert generated.shape == (60, *train.shape) and generated.dtype == np.float32
     np.testing.assert_array_equal(generated_y, np.repeat(labels, 3))
     assert ((generated_y >= 0) & (generated_y < 10)).all() and np.isfinite(generated).all()
@@ -49,8 +49,8 @@ def test_generated_samples_have_the_pools_shape_a_valid_label_and_follow_their_s
 def test_training_set_grows_by_generated_samples_while_the_ledger_does_not(ray_local, tmp_path, monkeypatch):
     trained_on = []
     real = training.fit
-    monkeypatch.setattr(training, "fit", lambda spec, train, *a, **kw: trained_on.append(train) or
-                        real(spec, train, *a, **kw))
+    monkeypatch.setattr(training, "fit", lambda recipe, train, *a, **kw: trained_on.append(train) or
+                        real(recipe, train, *a, **kw))
     exp = Experiment.prepare(config.load(None, LOOP), tmp_path / "run", log=lambda m: None)
     exp.run()
     ledger, results = exp.store.ledger, exp.store.results

@@ -16,9 +16,9 @@ from autoal.engine.experiment import Experiment
 from autoal.nets.models import keyed_uniform
 from autoal.data.parquet import read_parquet, write_parquet, write_shards
 from autoal.strategies import get, names
-from autoal.nets.models import ModelSpec
+from autoal.nets.models import ModelRecipe
 
-SPEC = ModelSpec("mlp", (6,), 3, 0.3)
+RECIPE = ModelRecipe("mlp", (6,), 3, 0.3)
 PER_SAMPLE = [n for n in names() if get(n).per_sample and get(n).needs <= scoring.POOL_FIELDS]
 
 
@@ -40,12 +40,12 @@ def test_streamed_top_k_picks_what_the_in_memory_selection_picks(ray_local, tied
     assert isinstance(train.x, parquet_pool.LazyFeatures)
     x = np.asarray(train.x)
     torch.manual_seed(0)
-    state = SPEC.build().state_dict()
+    state = RECIPE.build().state_dict()
     assert {"entropy", "margin", "bald", "var_ratio", "mean_std", "least_confidence"} <= set(PER_SAMPLE)
     for name in [*PER_SAMPLE, "lpl"]:
         options = {"subset_factor": 0} if name == "lpl" else {}
         strategy = get(name, **options)
-        full = scoring.score(SPEC, state, train.ids, x, strategy.needs, mc_samples=4, tasks=0)
+        full = scoring.score(RECIPE, state, train.ids, x, strategy.needs, mc_samples=4, tasks=0)
         expected = strategy.select(full, 25)
         scores = strategy.score(full)
         if "mc_probs" not in strategy.needs:   # an MC statistic also depends on the sample's id
@@ -53,7 +53,7 @@ def test_streamed_top_k_picks_what_the_in_memory_selection_picks(ray_local, tied
         rank = scoring.Rank(strategy, 25, strategy.needs)
         paths = [(0, x), (0, train.x)] + ([(2, train.x)] if name in ("margin", "bald") else [])   # actors: slow
         for actors, source in paths:
-            top = scoring.score(SPEC, state, train.ids, source, strategy.needs, mc_samples=4, tasks=actors,
+            top = scoring.score(RECIPE, state, train.ids, source, strategy.needs, mc_samples=4, tasks=actors,
                                 rank=rank, block_rows=40)   # blocks of 40: copies of a vector in different blocks
             assert len(top) == 25
             np.testing.assert_array_equal(strategy.select(top, 25), expected, err_msg=f"{name}, actors {actors}")
@@ -63,9 +63,9 @@ def test_mc_dropout_statistics_do_not_depend_on_the_batch(tied_pool):
     """Each sample's dropout masks follow from its id: scored alone or among others, the same MC probabilities."""
     pool = read_parquet(tied_pool)
     torch.manual_seed(0)
-    state = SPEC.build().state_dict()
-    together = scoring.score(SPEC, state, pool.ids, pool.x, {"mc_probs"}, mc_samples=5, tasks=0, chunk=64)
-    apart = scoring.score(SPEC, state, pool.ids[::-1], pool.x[::-1], {"mc_probs"}, mc_samples=5, tasks=0,
+    state = RECIPE.build().state_dict()
+    together = scoring.score(RECIPE, state, pool.ids, pool.x, {"mc_probs"}, mc_samples=5, tasks=0, chunk=64)
+    apart = scoring.score(RECIPE, state, pool.ids[::-1], pool.x[::-1], {"mc_probs"}, mc_samples=5, tasks=0,
                           chunk=7)
     np.testing.assert_allclose(together.mc_probs[::-1], apart.mc_probs, rtol=1e-6)   # float rounding of the batch
     assert np.abs(np.diff(together.mc_probs, axis=1)).max() > 1e-3, "the T samples differ: dropout is on"

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from autoal import cli
+from autoal.errors import AutoALError
 
 SMALL = ["--dataset", "digits", "--initial", "10", "--batch", "5", "--rounds", "1", "--epochs", "2",
          "--scoring-tasks", "0", "--seeds", "0", "--min-steps", "0"]
@@ -153,6 +154,7 @@ def test_every_config_key_is_a_flag():
 @pytest.mark.parametrize("argv,message", [
     (["--set", "search=3", "--set", "search.lam=1"], "cannot set search.lam: search is 3, not a section"),
     (["--set", "lam"], "--set takes KEY=VALUE"),
+    (["--torch-threads", "0"], "torch_threads must be >= 1"),
     (["--set", "options.lpl.weight=-1"], "options.lpl: lpl needs"),
 ])
 def test_bad_overrides(capsys, tmp_path, argv, message):
@@ -172,3 +174,21 @@ def test_the_old_name_actors_still_runs_with_a_warning(tmp_path, capsys):
     (tmp_path / "both.yaml").write_text("actors: 3\nscoring_tasks: 1\n")
     assert cli.main(["run", str(tmp_path / "both.yaml"), "--out", str(tmp_path / "out")]) == 2
     assert "actors and scoring_tasks are both given" in capsys.readouterr().err
+
+
+def test_the_two_batch_sizes_have_names_that_say_which_and_the_old_key_still_runs(tmp_path):
+    """`batch_size` named the task model's mini-batch and, in `search:`, SearchNet's: now
+    `task_minibatch` and `search.search_minibatch`; the old keys and flags are read with a warning."""
+    from autoal import config
+
+    (tmp_path / "old.yaml").write_text("batch_size: 32\nsearch: {batch_size: 16, lam: 2.0}\n")
+    with pytest.warns(FutureWarning) as warned:
+        cfg = config.load(tmp_path / "old.yaml")
+    assert (cfg.task_minibatch, cfg.search.search_minibatch, cfg.search.lam) == (32, 16, 2.0)
+    assert sorted(str(w.message) for w in warned) == [
+        "autoal: config key 'batch_size' is now 'task_minibatch'; the old name will go",
+        "autoal: config key 'search.batch_size' is now 'search.search_minibatch'; the old name will go"]
+    args = cli.parser().parse_args(["run", "--batch-size", "8", "--search.batch-size", "4"])
+    assert cli._overrides(args) == {"task_minibatch": 8, "search.search_minibatch": 4}
+    with pytest.raises(AutoALError, match="search.batch_size and search.search_minibatch are both given"):
+        config.from_dict({"search": {"batch_size": 16, "search_minibatch": 16}})

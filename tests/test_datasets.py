@@ -60,7 +60,7 @@ def write_medmnist(path, size=28, channels=1, classes=2, n=(6, 3, 4), drop=(), l
     return arrays
 
 
-# --- registry and specs --------------------------------------------------------
+# --- registry and references ---------------------------------------------------
 
 def test_sources_lists_every_loader_with_one_line():
     listed = dict(datasets.sources())
@@ -68,7 +68,7 @@ def test_sources_lists_every_loader_with_one_line():
     assert all(desc and "\n" not in desc for desc in listed.values())
 
 
-@pytest.mark.parametrize("spec, needle", [
+@pytest.mark.parametrize("ref, needle", [
     ("imagenet", "known sources: digits, cifar10"),
     ("digits:extra", "takes no argument"),
     ("medmnist", "Supported: pathmnist, dermamnist"),
@@ -82,9 +82,9 @@ def test_sources_lists_every_loader_with_one_line():
     ("synthetic:abc", "at least 20"),
     ("synthetic:5", "at least 20"),
 ])
-def test_bad_specs_say_what_is_valid(tmp_path, spec, needle):
+def test_bad_references_say_what_is_valid(tmp_path, ref, needle):
     with pytest.raises(AutoALError) as err:
-        datasets.load(spec, tmp_path)
+        datasets.load(ref, tmp_path)
     assert needle in str(err.value)
 
 
@@ -230,9 +230,9 @@ def test_svhn_missing_and_corrupt(tmp_path):
 def test_medmnist_npz(tmp_path, flag, size, channels, classes):
     filename = f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
     arrays = write_medmnist(tmp_path / filename, size=size, channels=channels, classes=classes)
-    spec = f"medmnist:{flag}" if size == 28 else f"medmnist:{flag}@{size}"
-    pool = datasets.load(spec, tmp_path)
-    assert pool.name == spec and pool.classes == classes and pool.shape == (channels, size, size)
+    ref = f"medmnist:{flag}" if size == 28 else f"medmnist:{flag}@{size}"
+    pool = datasets.load(ref, tmp_path)
+    assert pool.name == ref and pool.classes == classes and pool.shape == (channels, size, size)
     assert list(pool.split) == ["train"] * 9 + ["test"] * 4  # train + val form the pool's training rows
     np.testing.assert_array_equal(pool.y, np.concatenate(
         [arrays[f"{s}_labels"][:, 0] for s in ("train", "val", "test")]))

@@ -169,11 +169,11 @@ def test_cross_validation_learns_in_one_run():
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1], 30)
     x = (rng.normal(size=(60, 16)) + 3 * y[:, None]).astype(np.float32)
-    spec = training.ModelSpec("mlp", (16,), 2, 0.3)
+    recipe = training.ModelRecipe("mlp", (16,), 2, 0.3)
     folds = [(np.setdiff1d(np.arange(60), held), held) for held in np.array_split(rng.permutation(60), 3)]
     options = dict(seed=0, epochs=5, lr=1e-3, weight_decay=0.0, batch_size=16, min_steps=50)
-    learned = training.cross_validate(spec, (x, y), folds, **options)
-    shuffled = training.cross_validate(spec, (x, rng.permutation(y)), folds, **options)
+    learned = training.cross_validate(recipe, (x, y), folds, **options)
+    shuffled = training.cross_validate(recipe, (x, rng.permutation(y)), folds, **options)
     assert learned >= 0.9 and shuffled <= 0.75, (learned, shuffled)
 
 
@@ -201,7 +201,7 @@ def test_label_rounds_train_a_head_on_the_embeddings(ray_local, weights, tmp_pat
     assert cli.main(init) == 2   # a finished project is not initialised again
     assert cli.main(["label", "next", str(project), "--batch", "4"]) == 0
     with LabelProject.open(project) as opened:
-        assert opened.model_spec.name == "mlp" and opened.pool.shape == (512,)
+        assert opened.model_recipe.name == "mlp" and opened.pool.shape == (512,)
         results = opened.store.results
     assert len(results) == 1 and results["accuracy_estimated"].all() and results["accuracy"].notna().all()
     assert (project / "queries" / "round-001.html").exists() and (project / "embeddings" / "pool").is_dir()

@@ -182,8 +182,8 @@ def test_a_scoring_worker_killed_mid_pass_is_replaced_and_the_picks_are_identica
     pool = datasets.load("digits", "unused").subset("train")
     x = np.concatenate([pool.x] * 4)                     # 5,748 samples: a pass of seconds in small batches
     ids = np.arange(len(x), dtype=np.int64)
-    spec = training.ModelSpec("cnn", pool.shape, 10, 0.3)
-    state = spec.build().state_dict()
+    recipe = training.ModelRecipe("cnn", pool.shape, 10, 0.3)
+    state = recipe.build().state_dict()
     needs = get("entropy").needs
     killed = []
 
@@ -198,11 +198,11 @@ def test_a_scoring_worker_killed_mid_pass_is_replaced_and_the_picks_are_identica
             time.sleep(0.1)
     thread = threading.Thread(target=killer)
     thread.start()
-    hit = scoring.score(spec, state, ids, x, needs, mc_samples=2, tasks=1, chunk=8)
+    hit = scoring.score(recipe, state, ids, x, needs, mc_samples=2, tasks=1, chunk=8)
     done = time.monotonic()
     thread.join()
     assert killed and killed[0] < done, "the scoring worker was not killed during the pass"
-    calm = scoring.score(spec, state, ids, x, needs, mc_samples=2, tasks=0)
+    calm = scoring.score(recipe, state, ids, x, needs, mc_samples=2, tasks=0)
     k = 50
     assert np.array_equal(get("entropy").select(hit, k), get("entropy").select(calm, k))
 

@@ -23,17 +23,17 @@ TINY = {"dataset": "digits", "initial": 10, "batch": 5, "rounds": 1, "epochs": 1
 
 
 def test_a_pickle_planted_in_a_sweep_directory_runs_nothing(ray_local, tmp_path):
-    """Tune's own state files are never unpickled on resume: the sweep is rebuilt from autoal's spec."""
-    spec = tmp_path / "planted.yaml"
-    spec.write_text(yaml.safe_dump({"name": "planted", "base": TINY, "axes": {"seed": [0]}}))
+    """Tune's own state files are never unpickled on resume: the sweep is rebuilt from autoal's plan."""
+    plan = tmp_path / "planted.yaml"
+    plan.write_text(yaml.safe_dump({"name": "planted", "base": TINY, "axes": {"seed": [0]}}))
     out = tmp_path / "out"
-    runner._claim(out.resolve(), runner.load_spec(str(spec)))          # a sweep directory, as a first run leaves it
+    runner._claim(out.resolve(), runner.load_plan(str(plan)))          # a sweep directory, as a first run leaves it
     state = out / "tune" / "planted"
     state.mkdir(parents=True)
     payload = pickle.dumps(battery.harness.Planted(tmp_path / "PWNED"))
     for name in ("tuner.pkl", "trainable.pkl", "searcher-state-2026.pkl", "basic-variant-state-2026.pkl"):
         (state / name).write_bytes(payload)
-    runner.run_sweep(str(spec), str(out), None, log=lambda line: None)
+    runner.run_sweep(str(plan), str(out), None, log=lambda line: None)
     assert not (tmp_path / "PWNED").exists()
     assert (out / "results.parquet").exists()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from test_sweep import TINY, write_spec
+from test_sweep import TINY, write_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -82,14 +82,14 @@ def test_ray_job_submit_runs_a_sweep(ray_head, tmp_path):
     back in --out."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    spec = write_spec(tmp_path, name="smoke", base={**TINY, "strategies": ["entropy"], "min_steps": 0},
+    plan = write_plan(tmp_path, name="smoke", base={**TINY, "strategies": ["entropy"], "min_steps": 0},
                       axes={"seed": [0, 1]}, max_concurrent_trials=2)
     client = JobSubmissionClient(ray_head)
     out, storage = tmp_path / "smoke", f"file://{tmp_path / 'storage'}"
     deadline = time.time() + 120
     while True:  # the head's job agent registers a few seconds after its dashboard serves
         try:
-            job = client.submit_job(entrypoint=f"autoal sweep {spec} --out {out} --storage {storage}",
+            job = client.submit_job(entrypoint=f"autoal sweep {plan} --out {out} --storage {storage}",
                                     runtime_env={"working_dir": str(ROOT)})
             break
         except RuntimeError as exc:

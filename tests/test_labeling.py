@@ -27,7 +27,7 @@ from autoal.labeling.project import LabelProject
 from autoal.runs.lock import LOCK_FILE
 from autoal.data.pool import UNLABELED, from_arrays
 from autoal.data.parquet import read_parquet, write_parquet
-from autoal.nets.models import ModelSpec
+from autoal.nets.models import ModelRecipe
 from test_cli import fingerprint
 
 CLASSES = ("zero", "one", "two")
@@ -128,7 +128,7 @@ def test_status_and_export(flow, capsys, tmp_path):
     truth = {images.stable_id(rel): CLASSES.index(c) for rel, c in flow["truth"].items()}
     assert len(pool) == 9 + 8 and (pool.split == "train").all()
     assert all(truth[i] == y for i, y in zip(pool.ids, pool.y))
-    net = ModelSpec("cnn", (1, 16, 16), 3, 0.3).build()
+    net = ModelRecipe("cnn", (1, 16, 16), 3, 0.3).build()
     net.load_state_dict(torch.load(tmp_path / "out" / "model.pt", weights_only=True))
 
 

@@ -1,4 +1,4 @@
-"""Sweeps on Ray Tune: spec validation, candidate-pool expansion, a real grid, report, resume."""
+"""Sweeps on Ray Tune: plan validation, candidate-pool expansion, a real grid, report, resume."""
 import json
 import os
 import re
@@ -16,19 +16,19 @@ from autoal.errors import AutoALError
 from autoal.report import report
 from autoal.sweep import runner
 from autoal.runs.directory import ExperimentDir
-from autoal.sweep.spec import PAPER_CANDIDATES, SPEC_FILE, from_dict, load_spec, trial_count
+from autoal.sweep.plan import PAPER_CANDIDATES, PLAN_FILE, from_dict, load_plan, trial_count
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"dataset": "digits", "initial": 20, "batch": 10, "rounds": 2, "epochs": 5}
 
 
-def write_spec(tmp_path, **spec) -> Path:
-    path = tmp_path / f"{spec.get('name', 'spec')}.yaml"
-    path.write_text(yaml.safe_dump(spec))
+def write_plan(tmp_path, **plan) -> Path:
+    path = tmp_path / f"{plan.get('name', 'plan')}.yaml"
+    path.write_text(yaml.safe_dump(plan))
     return path
 
 
-@pytest.mark.parametrize("spec, message", [
+@pytest.mark.parametrize("plan, message", [
     ({"base": TINY, "axes": {"seed": [0]}, "schedular": {}}, "unknown key schedular"),
     ({"base": TINY, "axes": {}}, "axes is empty"),
     ({"base": TINY}, "axes is empty"),
@@ -55,51 +55,51 @@ def write_spec(tmp_path, **spec) -> Path:
     ({"base": TINY, "axes": {"seed": [0]}, "num_samples": 0}, "num_samples must be a positive integer"),
     ({"name": "a b", "base": TINY, "axes": {"seed": [0]}}, "name must be"),
 ])
-def test_bad_specs_name_the_problem(tmp_path, spec, message):
-    path = write_spec(tmp_path, **spec)
-    with pytest.raises(AutoALError, match="sweep spec .*" + re.escape(message)):
-        load_spec(path)
+def test_bad_specs_name_the_problem(tmp_path, plan, message):
+    path = write_plan(tmp_path, **plan)
+    with pytest.raises(AutoALError, match="sweep plan .*" + re.escape(message)):
+        load_plan(path)
 
 
 def test_candidates_size_expands_to_the_papers_nested_pools(tmp_path):
-    spec = load_spec(write_spec(tmp_path, name="pools", base={**TINY, "strategies": ["autoal"]},
+    plan = load_plan(write_plan(tmp_path, name="pools", base={**TINY, "strategies": ["autoal"]},
                                 axes={"candidates_size": [1, 3, 5, 7], "seed": [0, 1]}))
-    assert runner.param_space(spec)["candidates_size"] == {"grid_search": [1, 3, 5, 7]}
-    pools = {n: spec.trial_config({"candidates_size": n, "seed": 0}).options["autoal"]["candidates"]
+    assert runner.param_space(plan)["candidates_size"] == {"grid_search": [1, 3, 5, 7]}
+    pools = {n: plan.trial_config({"candidates_size": n, "seed": 0}).options["autoal"]["candidates"]
              for n in (1, 3, 5, 7)}
-    assert all(spec.trial_config({"candidates_size": n}).options["vote"]["candidates"] == pools[n] for n in pools)
+    assert all(plan.trial_config({"candidates_size": n}).options["vote"]["candidates"] == pools[n] for n in pools)
     assert pools == {
         1: ("entropy",),
         3: ("entropy", "margin", "least_confidence"),
         5: ("entropy", "margin", "least_confidence", "kmeans", "bald"),
         7: ("entropy", "margin", "least_confidence", "kmeans", "bald", "var_ratio", "mean_std"),
     }
-    assert spec.trial_config({"candidates_size": 3, "seed": 1}).seeds == (1,)
+    assert plan.trial_config({"candidates_size": 3, "seed": 1}).seeds == (1,)
 
 
 def test_axes_reach_nested_fields_and_search_spaces(tmp_path):
-    spec = load_spec(write_spec(tmp_path, name="spaces", base={**TINY, "search": {"gamma": 0.5}},
+    plan = load_plan(write_plan(tmp_path, name="spaces", base={**TINY, "search": {"gamma": 0.5}},
                                 axes={"strategy": ["autoal"], "search.lam": {"tune": "loguniform",
                                                                              "low": 0.1, "high": 10.0}},
                                 num_samples=3, resources={"cpu": 2}))
-    cfg = spec.trial_config({"strategy": "autoal", "search.lam": 2.5})
+    cfg = plan.trial_config({"strategy": "autoal", "search.lam": 2.5})
     assert (cfg.strategies, cfg.search.lam, cfg.search.gamma, cfg.scoring_tasks, cfg.workers) == (("autoal",), 2.5, 0.5, 0, 0)
-    assert spec.task_resources() == {"CPU": 2.0}
-    assert runner.tune_config(spec).num_samples == 3
+    assert plan.task_resources() == {"CPU": 2.0}
+    assert runner.tune_config(plan).num_samples == 3
 
 
 @pytest.mark.parametrize("name, trials", [("smoke", 8), ("benchmark", 216), ("ablation_candidates", 144),
                                           ("ablation_searchnet", 72), ("ablation_regularisation", 72)])
 def test_job_specs_are_valid(name, trials):
-    spec = load_spec(ROOT / "jobs" / f"{name}.yaml")
-    assert trial_count(spec) == trials
+    plan = load_plan(ROOT / "jobs" / f"{name}.yaml")
+    assert trial_count(plan) == trials
     if name != "smoke":   # the paper's protocol
-        cfg = spec.trial_config({})
-        assert (cfg.initial, cfg.batch, cfg.model, spec.resources["gpu"]) == (2000, 1000, "resnet18", 1.0)
+        cfg = plan.trial_config({})
+        assert (cfg.initial, cfg.batch, cfg.model, plan.resources["gpu"]) == (2000, 1000, "resnet18", 1.0)
 
 
 def test_benchmark_spec_covers_the_papers_grid():
-    axes = load_spec(ROOT / "jobs" / "benchmark.yaml").axes
+    axes = load_plan(ROOT / "jobs" / "benchmark.yaml").axes
     assert axes["dataset"] == ["cifar10", "cifar100", "svhn", "medmnist:organcmnist", "medmnist:pathmnist",
                                "medmnist:tissuemnist"]
     assert set(axes["strategy"]) == {*PAPER_CANDIDATES, "badge", "lpl", "random", "autoal", "vote"}
@@ -107,9 +107,9 @@ def test_benchmark_spec_covers_the_papers_grid():
 
 
 def test_asha_scheduler_from_spec(tmp_path):
-    spec = load_spec(write_spec(tmp_path, name="asha", base=TINY, axes={"strategy": ["random", "entropy"]},
+    plan = load_plan(write_plan(tmp_path, name="asha", base=TINY, axes={"strategy": ["random", "entropy"]},
                                 scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3}))
-    tune_config = runner.tune_config(spec)
+    tune_config = runner.tune_config(plan)
     assert (tune_config.metric, tune_config.mode) == ("aubc", "max")
     assert type(tune_config.scheduler).__name__ == "AsyncHyperBandScheduler"
     assert (tune_config.scheduler._max_t, tune_config.scheduler._reduction_factor) == (3, 3)
@@ -119,21 +119,21 @@ def test_asha_scheduler_from_spec(tmp_path):
                                            ({"tune": "choice", "values": [3, 7, 2]}, 8), ([1, 4], 5)])
 def test_asha_max_t_follows_the_largest_rounds_a_rounds_axis_gives(tmp_path, rounds, max_t):
     """A trial reports rounds 0..rounds; ASHA must not stop the longest trials early (base rounds is 2)."""
-    spec = load_spec(write_spec(tmp_path, name="rounds", base={**TINY, "strategies": ["random"]},
+    plan = load_plan(write_plan(tmp_path, name="rounds", base={**TINY, "strategies": ["random"]},
                                 axes={"rounds": rounds}, scheduler={"type": "asha"}))
-    assert runner.tune_config(spec).scheduler._max_t == max_t
+    assert runner.tune_config(plan).scheduler._max_t == max_t
 
 
 def test_explicit_defaults_and_nulls_read_like_absent_keys(tmp_path):
-    """Counts given equal to their default (or null) are validated by value, not identity, and the spec
+    """Counts given equal to their default (or null) are validated by value, not identity, and the plan
     saved in a sweep directory reads back as itself (what a resume compares)."""
-    spec = load_spec(write_spec(tmp_path, name="counts", base=TINY, axes={"strategy": ["random"]}, num_samples=1,
+    plan = load_plan(write_plan(tmp_path, name="counts", base=TINY, axes={"strategy": ["random"]}, num_samples=1,
                                 max_concurrent_trials=None, scheduler={"type": "asha", "grace_period": None}))
-    assert (spec.num_samples, spec.max_concurrent_trials) == (1, None)
-    assert spec.scheduler == {"type": "asha", "metric": "aubc", "grace_period": 2, "reduction_factor": 2}
-    assert from_dict(yaml.safe_load(yaml.safe_dump(spec.to_dict()))) == spec
+    assert (plan.num_samples, plan.max_concurrent_trials) == (1, None)
+    assert plan.scheduler == {"type": "asha", "metric": "aubc", "grace_period": 2, "reduction_factor": 2}
+    assert from_dict(yaml.safe_load(yaml.safe_dump(plan.to_dict()))) == plan
     with pytest.raises(AutoALError, match="num_samples must be a positive integer, got 1.0"):
-        from_dict({**spec.to_dict(), "num_samples": 1.0})
+        from_dict({**plan.to_dict(), "num_samples": 1.0})
 
 
 # Runs `autoal report DIR` in a process where importing ray.tune fails.
@@ -156,15 +156,15 @@ except ImportError:
 
 
 def test_report_of_a_sweep_directory_needs_no_ray_tune(tmp_path):
-    spec = load_spec(write_spec(tmp_path, name="lr", base={**TINY, "strategies": ["random"]},
+    plan = load_plan(write_plan(tmp_path, name="lr", base={**TINY, "strategies": ["random"]},
                                 axes={"lr": [0.001, 0.01], "seed": [0, 1]}))
     out = tmp_path / "out"
     out.mkdir()
-    (out / SPEC_FILE).write_text(yaml.safe_dump(spec.to_dict()))
+    (out / PLAN_FILE).write_text(yaml.safe_dump(plan.to_dict()))
     for index, (lr, seed) in enumerate((lr, seed) for lr in (0.001, 0.01) for seed in (0, 1)):
         params = {"lr": lr, "seed": seed}
         trial = out / "trials" / f"{index:05d}-lr={lr},seed={seed}"
-        store = ExperimentDir(trial).open(spec.trial_config(params))
+        store = ExperimentDir(trial).open(plan.trial_config(params))
         (trial / "params.json").write_text(json.dumps(params))
         for round_ in range(3):   # the larger learning rate gains twice as much per round
             store.append_result({"dataset": "digits", "strategy": "random", "seed": seed, "round": round_,
@@ -205,7 +205,7 @@ def test_smoke_sweep_writes_table_summary_plots_and_report(ray_local, tmp_path):
     runner.run_sweep(str(ROOT / "jobs" / "smoke.yaml"), str(out), None)   # finished: nothing runs again
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "trials").glob("*/results.parquet")}
 
-    other = write_spec(tmp_path, name="smoke", base=TINY, axes={"seed": [0]})
+    other = write_plan(tmp_path, name="smoke", base=TINY, axes={"seed": [0]})
     with pytest.raises(AutoALError, match="holds a different sweep"):
         runner.run_sweep(str(other), str(out), None)
     with pytest.raises(AutoALError, match="not an autoal run or sweep directory"):
@@ -213,20 +213,20 @@ def test_smoke_sweep_writes_table_summary_plots_and_report(ray_local, tmp_path):
 
 
 def test_failed_trials_are_named_and_the_others_still_written(ray_local, tmp_path):
-    spec = write_spec(tmp_path, name="budget", base={**TINY, "strategies": ["random"]}, axes={"initial": [20, 5000]})
+    plan = write_plan(tmp_path, name="budget", base={**TINY, "strategies": ["random"]}, axes={"initial": [20, 5000]})
     with pytest.raises(AutoALError, match=r"1 of 2 trials failed; first 00001-initial=5000: .*budget 5020"):
-        runner.run_sweep(str(spec), str(tmp_path / "out"), None)
+        runner.run_sweep(str(plan), str(tmp_path / "out"), None)
     assert set(pd.read_parquet(tmp_path / "out" / "results.parquet")["initial"]) == {20}
 
 
 def test_interrupted_candidates_size_sweep_resumes_without_redoing_finished_trials(ray_local, tmp_path):
     """Kill a sweep's driver after its first trial (its trials' actors in the session's Ray die with
     it), re-run it, compare; the trials ran AutoAL on the paper's nested candidate pools."""
-    spec = write_spec(tmp_path, name="pools", axes={"candidates_size": [1, 4, 7]}, max_concurrent_trials=1,
+    plan = write_plan(tmp_path, name="pools", axes={"candidates_size": [1, 4, 7]}, max_concurrent_trials=1,
                       base={**TINY, "rounds": 1, "strategies": ["autoal"],
                             "search": {"cycles_first": 1, "fit_epochs": 1, "search_epochs": 1}})
     out = tmp_path / "out"
-    code = f"from autoal.sweep.runner import run_sweep; run_sweep({str(spec)!r}, {str(out)!r})"
+    code = f"from autoal.sweep.runner import run_sweep; run_sweep({str(plan)!r}, {str(out)!r})"
     env = dict(os.environ, RAY_ADDRESS=ray_local.get_runtime_context().gcs_address)   # no Ray start of its own
     driver = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -242,7 +242,7 @@ def test_interrupted_candidates_size_sweep_resumes_without_redoing_finished_tria
     assert len([p for p in (out / "trials").glob("*/results.parquet") if len(pd.read_parquet(p)) == 2]) < 3
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in finished}
 
-    runner.run_sweep(str(spec), str(out), None)
+    runner.run_sweep(str(plan), str(out), None)
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in finished} == before
     results = pd.read_parquet(out / "results.parquet")
     assert sorted(results["candidates_size"]) == [1, 1, 4, 4, 7, 7] and results["complete"].all()

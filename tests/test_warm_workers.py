@@ -18,7 +18,7 @@ from test_faults import KEY, ledger, our_worker_pids, start, wait_for_line
 FLAGS = ["--dataset", "digits", "--strategy", "entropy", "autoal", "--initial", "10", "--batch", "5",
          "--rounds", "2", "--epochs", "3", "--min-steps", "40", "--actors", "0", "--seeds", "0",
          "--set", "search.cycles_first=1", "--set", "search.fit_epochs=2", "--set", "search.fit_steps=0",
-         "--set", "search.search_epochs=2", "--set", "search.batch_size=16"]
+         "--set", "search.search_epochs=2", "--set", "search.search_minibatch=16"]
 WORKER = "TrainWorker"   # the process title of a warm worker: ray::TrainWorker, ray::TrainWorker.run while fitting
 STARTED = "started 1 training worker(s)"
 

@@ -38,7 +38,7 @@ def _config_flags(run: argparse.ArgumentParser) -> list[str]:
             kind = dict(type=_number_or_auto) if isinstance(item, types.UnionType) else dict(type=_bool) if item is bool \
                 else dict(type=item)
             many = get_origin(hint) is tuple   # a list flag given twice adds to it; a scalar's last value wins
-            old = [f"--{o}" for o, new in config.RENAMED.items() if new == f.name and not prefix]
+            old = [f"--{prefix}{f.metadata['old'].replace('_', '-')}"] if f.metadata["old"] else []
             run.add_argument("--" + prefix + name.replace("_", "-"), *old, dest=prefix + f.name,
                              metavar="true|false" if item is bool else name.upper(), action=Extend if many else "store",
                              nargs="+" if many else None, help=f.metadata["help"], **kind)
@@ -131,7 +131,7 @@ def _report(args) -> None:
 def _sweep(args) -> None:
     from autoal.sweep.runner import run_sweep
 
-    out = run_sweep(args.spec, args.out, args.storage, log=lambda line: print(line, flush=True))
+    out = run_sweep(args.plan, args.out, args.storage, log=lambda line: print(line, flush=True))
     print(f"sweep results in {out}")
 
 
@@ -207,7 +207,7 @@ def _label_parser(sub) -> None:
     commands = label.add_subparsers(dest="label_command", required=True)
     init = commands.add_parser("init", help="start a labeling project on a pool")
     init.add_argument("dir", help="the project directory (new or empty)")
-    init.add_argument("--pool", required=True, help="images:<dir>[@<size>], parquet:<dir>, or any dataset spec")
+    init.add_argument("--pool", required=True, help="images:<dir>[@<size>], parquet:<dir>, or any dataset reference")
     init.add_argument("--classes", required=True, help="class names, comma-separated (class folders use them)")
     init.add_argument("--test", help="a fully labeled pool to measure accuracy on (default: cross-validation)")
     init.add_argument("--config", help="YAML experiment config: model, epochs, batch, scoring_tasks, workers, ...")
@@ -274,7 +274,7 @@ def parser() -> argparse.ArgumentParser:
 
     emb = sub.add_parser("embed", help="embed images through a pretrained backbone into a Parquet pool "
                                        "(resumes an interrupted OUT)")
-    emb.add_argument("source", help="dataset spec: images:<dir>, parquet:<dir>, cifar10, medmnist:<flag>, ...")
+    emb.add_argument("source", help="dataset reference: images:<dir>, parquet:<dir>, cifar10, medmnist:<flag>, ...")
     emb.add_argument("out", help="directory or URI (s3://, gs://) of the embedding pool")
     emb.add_argument("--backbone", default="resnet18", help="resnet18, resnet50, convnext_tiny or vit_b_16")
     emb.add_argument("--weights", help="a local state dict of the backbone (default: torchvision's published "
@@ -296,9 +296,9 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--plots", help="write the plots here (default: next to the results, when writable)")
     rep.set_defaults(func=_report)
 
-    sw = sub.add_parser("sweep", help="run a Ray Tune sweep of experiments from a spec")
-    sw.add_argument("spec")
-    sw.add_argument("--out", help="sweep directory (default: runs/<spec name>)")
+    sw = sub.add_parser("sweep", help="run a Ray Tune sweep of experiments from a plan (a YAML file)")
+    sw.add_argument("plan")
+    sw.add_argument("--out", help="sweep directory (default: runs/<plan name>)")
     sw.add_argument("--storage", help="Tune storage path or URI (default: <out>/tune)")
     sw.set_defaults(func=_sweep)
     _label_parser(sub)

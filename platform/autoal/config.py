@@ -21,11 +21,12 @@ AUTO = "auto"  # a value some fields take instead of a number: decided by the ru
 
 
 def key(default=dataclasses.MISSING, help: str = "", *, factory=dataclasses.MISSING, execution: bool = False,
-        flag: str | None = None):
+        flag: str | None = None, old: str | None = None):
     """A config field: `help` is its flag's help; `execution` marks a field that changes how a run
-    executes, not what it computes (it may differ on resume); `flag` renames its flag."""
+    executes, not what it computes (it may differ on resume); `flag` renames its flag; `old` is the
+    key's former name, still read (with a warning) so that configs written before still run."""
     return field(default=default, default_factory=factory,
-                 metadata=dict(help=help, execution=execution, flag=flag))
+                 metadata=dict(help=help, execution=execution, flag=flag, old=old))
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class SearchConfig:
     gamma: float = key(0.1, "ranking loss weight")
     threshold: str = key("gmm", "gmm (paper) or quantile (exact)")
     lr: float = key(1e-3, "SearchNet's and FitNet's Adam learning rate")
-    batch_size: int = key(64, "SearchNet's and FitNet's mini-batch")
+    search_minibatch: int = key(64, "SearchNet's and FitNet's mini-batch", old="batch_size")
 
 
 @dataclass(frozen=True)
@@ -79,14 +80,17 @@ class ExperimentConfig:
     min_steps: int = key(100, "at least this many optimiser steps per round (more epochs on few labels)")
     lr: float = key(1e-3, "the task model's Adam learning rate")
     weight_decay: float = key(5e-4, "the task model's weight decay")
-    batch_size: int = key(64, "the task model's mini-batch")
+    task_minibatch: int = key(64, "the task model's mini-batch", old="batch_size")
     dropout: float = key(0.3, "dropout of the classifier head (MC dropout)")
     mc_samples: int = key(10, "T, MC-dropout samples of the head")
     workers: int = key(0, "training workers; 0 = train in the driver", execution=True)
+    torch_threads: int = key(1, "torch CPU threads of every fit, in the driver and on each training worker (which "
+                                "then reserves as many CPUs); part of the results: the count changes the weights")
     warm_workers: bool = key(True, "start the training workers once per run and keep them for every fit; "
                                    "false: a new Ray Train worker group per fit (~20 s each)", execution=True)
     scoring_tasks: int | str = key(AUTO, "Ray Data tasks scoring the pool at once; 0 = in the driver; auto: in "
-                                         "the driver for small pools (old name: actors)", execution=True)
+                                         "the driver for small pools (old name: actors)", execution=True,
+                                     old="actors")
     gpus: float = key(0.0, "GPUs per training worker and per scoring worker", execution=True)
     prefilter: int = key(0, "batch strategies select among the top prefilter x batch samples by margin "
                             "(0: the whole pool); bounds a big pool's selection cost")
@@ -105,6 +109,7 @@ class ExperimentConfig:
             (self.mc_samples >= 2, "mc_samples must be >= 2"),
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
             (self.workers >= 0, "workers must be >= 0"),
+            (self.torch_threads >= 1, "torch_threads must be >= 1"),
             (self.scoring_tasks == AUTO or self.scoring_tasks >= 0, "scoring_tasks must be >= 0 or auto"),
             (self.gpus >= 0, "gpus must be >= 0"),
             (self.prefilter >= 0, "prefilter must be >= 0"),
@@ -248,21 +253,24 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
     return f"{getattr(exc, 'problem', None) or exc}{where}".replace("\n", " ")
 
 
-RENAMED = {"actors": "scoring_tasks"}   # old key -> its name now: configs written before still run
-
-
-def renamed(data: dict[str, Any]) -> dict[str, Any]:
-    """`data` with each old key under its name now, and a warning that says so."""
-    if not isinstance(data, dict) or not RENAMED.keys() & data.keys():
+def renamed(data: dict[str, Any], cls=ExperimentConfig, where: str = "") -> dict[str, Any]:
+    """`data` with each key a field names as its `old` one under its name now, in the sections too,
+    and a warning that says so."""
+    if not isinstance(data, dict):
         return data
     data = dict(data)
-    for old, new in RENAMED.items():
-        if old in data:
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        old, new = f.metadata["old"], f.name
+        if old is not None and old in data:
             if new in data:
-                raise AutoALError(f"bad config: {old} and {new} are both given; {old} is the old name of {new}")
-            warnings.warn(f"autoal: config key {old!r} is now {new!r}; the old name will go", FutureWarning,
-                          stacklevel=2)
+                raise AutoALError(f"bad config: {where}{old} and {where}{new} are both given; "
+                                  f"{where}{old} is the old name of {where}{new}")
+            warnings.warn(f"autoal: config key {where + old!r} is now {where + new!r}; the old name will go",
+                          FutureWarning, stacklevel=2)
             data[new] = data.pop(old)
+        if dataclasses.is_dataclass(hints[new]) and new in data:
+            data[new] = renamed(data[new], hints[new], f"{where}{new}.")
     return data
 
 

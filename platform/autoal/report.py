@@ -19,7 +19,7 @@ from autoal.runs import compare, metrics, plots
 from autoal.errors import AutoALError
 from autoal.runs.directory import atomic_write, parquet_bytes
 from autoal.sweep import results as sweep_results
-from autoal.sweep.spec import NAME_CHARS, read_spec
+from autoal.sweep.plan import NAME_CHARS, read_plan
 
 
 def run_report(root: Path, out: Path | None) -> str:
@@ -51,11 +51,11 @@ def sweep_report(root: Path, out: Path | None) -> str:
     if out is None:
         raise AutoALError(f"{root} is read-only and a sweep report writes its tables and plots; "
                           "pass --plots DIR to write them elsewhere")
-    spec = read_spec(root)
-    results, weights = sweep_results.collect(root, spec)
+    plan = read_plan(root)
+    results, weights = sweep_results.collect(root, plan)
     if results.empty:
-        return f"sweep {spec.name}: no finished rounds yet in {root / 'trials'}"
-    by = sweep_results.config_columns(spec)
+        return f"sweep {plan.name}: no finished rounds yet in {root / 'trials'}"
+    by = sweep_results.config_columns(plan)
     table = sweep_results.summarize(results, by)
     atomic_write(out / "results.parquet", parquet_bytes(results))
     atomic_write(out / "results.csv", results.to_csv(index=False).encode())
@@ -64,7 +64,7 @@ def sweep_report(root: Path, out: Path | None) -> str:
     labelled = results.assign(strategy=sweep_results.labels(results, by))
     for dataset, rows in labelled.groupby("dataset"):
         written.append(plots.curves(rows, out / f"curves_{_file_name(dataset)}.png", title=dataset))
-    if "candidates_size" in spec.axes:
+    if "candidates_size" in plan.axes:
         written.append(plots.candidates_size(sweep_results.by_candidates_size(results, by),
                                              out / "candidates_size.png"))
     if not weights.empty:
@@ -82,7 +82,7 @@ def sweep_report(root: Path, out: Path | None) -> str:
                                    keys=("dataset", "configuration"))
     if pairs is not None:
         summary += "\n\n" + compare.format_differences(pairs)
-    return (f"sweep {spec.name}: {results['trial'].nunique()} trials, {len(results)} rounds\n\n"
+    return (f"sweep {plan.name}: {results['trial'].nunique()} trials, {len(results)} rounds\n\n"
             f"{summary}\n\nwritten: {', '.join(p.name for p in written)} in {out}")
 
 

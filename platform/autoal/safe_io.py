@@ -1,7 +1,7 @@
 """Reading and writing files in directories that others may reach: the one bounded reader, the
 one YAML loader, the one writer, the one symlink rule and the one echo of user data.
 
-A config, spec or answers file is the user's, but it may be a FIFO, a device or a YAML alias
+A config, sweep plan or answers file is the user's, but it may be a FIFO, a device or a YAML alias
 bomb: `read_bytes` refuses what is not a regular file (stat after a non-blocking open, so a
 FIFO cannot block it) and anything over its size bound; `load_yaml` refuses duplicate keys,
 deep nesting and alias expansion beyond a bound before anything walks the value. Files autoal
@@ -24,7 +24,7 @@ import yaml
 from autoal.errors import AutoALError
 from autoal.permissions import umask
 
-CONFIG_BYTES = 1 << 20      # configs, specs, project files: far above any real one
+CONFIG_BYTES = 1 << 20      # configs, sweep plans, project files: far above any real one
 MAX_NODES = 100_000         # YAML nodes once aliases are expanded (a billion-laughs value has 10^9)
 MAX_DEPTH = 64              # YAML nesting
 MESSAGE_CHARS = 300         # the longest error line autoal prints

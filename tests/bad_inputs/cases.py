@@ -79,9 +79,9 @@ def locked(d: Path) -> list[str]:
 
 
 
-def sweep_spec(d: Path, spec: dict) -> list[str]:
-    path = d / "spec.yaml"
-    path.write_text(json.dumps(spec))
+def sweep_plan(d: Path, plan: dict) -> list[str]:
+    path = d / "plan.yaml"
+    path.write_text(json.dumps(plan))
     return ["sweep", str(path), "--out", str(d / "out")]
 
 
@@ -123,7 +123,7 @@ def report_unfinished(d: Path) -> list[str]:
     return ["report", str(d / "run")]
 
 
-BASE_SPEC = {"base": {"dataset": "digits", "initial": 10, "batch": 5, "rounds": 1}, "axes": {"seed": [0]}}
+BASE_PLAN = {"base": {"dataset": "digits", "initial": 10, "batch": 5, "rounds": 1}, "axes": {"seed": [0]}}
 
 CASES = [
     # flags
@@ -225,7 +225,7 @@ CASES = [
     Case("prepare into a file", lambda d: ["prepare", "digits", str(file_at(d))], "not an empty directory"),
     Case("prepare under a file", lambda d: ["prepare", "digits", str(file_at(d) / "pool")], "afile"),
     Case("prepare unknown source", lambda d: ["prepare", "mnist", str(d / "pool")], "unknown data source"),
-    Case("sweep: missing spec", lambda d: ["sweep", str(d / "absent.yaml")], "cannot read sweep spec"),
-    Case("sweep: unknown axis", lambda d: sweep_spec(d, {**BASE_SPEC, "axes": {"epoch": [1]}}), "unknown axis"),
-    Case("sweep: unknown key", lambda d: sweep_spec(d, {**BASE_SPEC, "shedule": 1}), "unknown key shedule"),
+    Case("sweep: missing plan", lambda d: ["sweep", str(d / "absent.yaml")], "cannot read sweep plan"),
+    Case("sweep: unknown axis", lambda d: sweep_plan(d, {**BASE_PLAN, "axes": {"epoch": [1]}}), "unknown axis"),
+    Case("sweep: unknown key", lambda d: sweep_plan(d, {**BASE_PLAN, "shedule": 1}), "unknown key shedule"),
 ]

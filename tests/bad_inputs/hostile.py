@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import yaml
 
-from .cases import config, pool, run, sweep_spec
+from .cases import config, pool, run, sweep_plan
 from .harness import SMALL, Case, copy_label, copy_run, planted_pickle
 
 BOMB = "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 9) if p else ', '.join(['x'] * 9)}]\n"
@@ -116,9 +116,9 @@ def user_files(d: Path) -> list[str]:
     return ["label", "status", str(project)]
 
 
-def spec_text(d: Path, text: str) -> list[str]:
-    (d / "spec.yaml").write_text(text)
-    return ["sweep", str(d / "spec.yaml"), "--out", str(d / "out")]
+def plan_text(d: Path, text: str) -> list[str]:
+    (d / "plan.yaml").write_text(text)
+    return ["sweep", str(d / "plan.yaml"), "--out", str(d / "out")]
 
 
 def uint_ids(n: int = 60):
@@ -126,7 +126,7 @@ def uint_ids(n: int = 60):
 
 
 CAT = [{"result": [{"type": "choices", "value": {"choices": ["cat"]}}]}]   # a Label Studio answer
-SPEC = "base: {dataset: digits, initial: 10, batch: 5, rounds: 1}\naxes: {seed: [0]}\n"
+PLAN = "base: {dataset: digits, initial: 10, batch: 5, rounds: 1}\naxes: {seed: [0]}\n"
 L = dict(needs_label=True)
 T = dict(needs_template=True)
 
@@ -135,7 +135,7 @@ HOSTILE = [
     Case("config: python tag", lambda d: config(d, PYTHON_TAG), "not valid YAML"),
     Case("--set: python tag", lambda d: run(d, "--set", "batch=!!python/object/apply:os.system [true]"),
          "the value is not YAML"),
-    Case("sweep spec: python tag", lambda d: spec_text(d, SPEC + "name: !!python/name:os.system\n"), "not valid YAML"),
+    Case("sweep plan: python tag", lambda d: plan_text(d, PLAN + "name: !!python/name:os.system\n"), "not valid YAML"),
     Case("run dir: config.yaml with a python tag", lambda d: run_with(
         d, "config.yaml", lambda p: p.write_text(PYTHON_TAG)), "is not a valid autoal config", **T),
     Case("label: project.yaml with a python tag", lambda d: project_with(d, "project.yaml", PYTHON_TAG),
@@ -210,10 +210,10 @@ HOSTILE = [
     Case("--set: alias bomb", lambda d: run(d, "--set", "options=" + "{" + BOMB.replace("\n", ", ")[:-2] + "}"),
          "alias"),
     Case("--set: 1 MB value", lambda d: run(d, "--set", "dataset=" + "y" * (1 << 20)), "unknown data source"),
-    Case("sweep spec: alias bomb", lambda d: spec_text(d, SPEC + BOMB.replace("dataset", "zzz")), "alias bomb"),
-    Case("sweep spec: /dev/zero", lambda d: ["sweep", "/dev/zero"], "not a regular file"),
-    Case("sweep spec: a FIFO", lambda d: (fifo(d / "s.yaml"), ["sweep", str(d / "s.yaml")])[1], "not a regular"),
-    Case("sweep spec: 2 MB", lambda d: spec_text(d, SPEC + "# " + "x" * (2 << 20) + "\n"), "more than the"),
+    Case("sweep plan: alias bomb", lambda d: plan_text(d, PLAN + BOMB.replace("dataset", "zzz")), "alias bomb"),
+    Case("sweep plan: /dev/zero", lambda d: ["sweep", "/dev/zero"], "not a regular file"),
+    Case("sweep plan: a FIFO", lambda d: (fifo(d / "s.yaml"), ["sweep", str(d / "s.yaml")])[1], "not a regular"),
+    Case("sweep plan: 2 MB", lambda d: plan_text(d, PLAN + "# " + "x" * (2 << 20) + "\n"), "more than the"),
     Case("answers: a FIFO", lambda d: _answers_at(d, fifo), "not a regular file", **L),
     Case("answers: /dev/zero", lambda d: ["label", "import", str(copy_label(d)), "/dev/zero"], "not a regular",
          **L),
@@ -263,7 +263,7 @@ HOSTILE = [
     Case("config: duplicate key", lambda d: config(d, "batch: 5\nbatch: 6\n"), "duplicate key 'batch'"),
     Case("config: duplicate nested key", lambda d: config(d, "search:\n  lam: 1\n  lam: 2\n"), "duplicate key 'lam'"),
     Case("config: duplicate option", lambda d: config(d, "options:\n  badge: {}\n  badge: {}\n"), "duplicate key"),
-    Case("sweep spec: duplicate key", lambda d: spec_text(d, SPEC + "axes: {seed: [1]}\n"), "duplicate key 'axes'"),
+    Case("sweep plan: duplicate key", lambda d: plan_text(d, PLAN + "axes: {seed: [1]}\n"), "duplicate key 'axes'"),
     Case("--set: duplicate key in a value", lambda d: run(d, "--set", "search={lam: 1, lam: 2}"), "duplicate key"),
     Case("a flag without its value", lambda d: ["run", *SMALL, "--batch"], "expected one argument"),
     Case("an unknown flag", lambda d: ["run", *SMALL, "--bacth", "5"], "unrecognized arguments"),
@@ -280,9 +280,9 @@ HOSTILE = [
          "is an empty directory"),
     Case("pool: only hidden files", lambda d: ((d / "pool").mkdir(), (d / "pool" / ".keep").write_text(""),
                                               run(d, "--dataset", f"parquet:{d / 'pool'}"))[2], "empty directory"),
-    Case("sweep spec: json with a huge name", lambda d: sweep_spec(d, {"name": "n" * 5000, **yaml.safe_load(SPEC)}),
+    Case("sweep plan: json with a huge name", lambda d: sweep_plan(d, {"name": "n" * 5000, **yaml.safe_load(PLAN)}),
          "name must be 1 to 100"),
-    Case("sweep spec: a name in other scripts", lambda d: spec_text(d, SPEC + "name: r\u00e9sum\u00e9\n"),
+    Case("sweep plan: a name in other scripts", lambda d: plan_text(d, PLAN + "name: r\u00e9sum\u00e9\n"),
          "name must be 1 to 100"),
 ]
 

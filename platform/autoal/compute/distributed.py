@@ -3,10 +3,10 @@ BGADL's networks all go through `run`.
 
 A loop is `loop(payload, world)`: a typed, frozen payload (a dataclass with a `seed` field)
 and the `World` it runs in. `run` owns the rest: the payload's transfer through the object
-store (fields that are object refs arrive resolved), the seed, deterministic kernels, one
-torch thread per rank, the device, and the return of rank 0's value. Every rank of every mode
-starts a loop the same way (`execute`), so a seed gives the same weights in the driver and on
-one worker.
+store (fields that are object refs arrive resolved), the seed, deterministic kernels, the
+run's torch threads per rank (`torch_threads`), the device, and the return of rank 0's value.
+Every rank of every mode starts a loop the same way (`execute`), so a seed gives the same
+weights in the driver and on one worker.
 
 Three places to run: `workers=0` runs the loop in the driver (right for small pools). Inside
 `with workers(n, gpus):` (an experiment, a sweep trial, a labeling round) fits run on one warm
@@ -42,7 +42,9 @@ from torch import nn
 
 from autoal.errors import AutoALError
 
-THREADS = 1   # torch CPU threads of every rank, in the driver too: the thread count changes a fit's weights
+# torch CPU threads of every rank, in the driver too, set per `workers` block from the config's `torch_threads`:
+# the count changes a fit's weights (its reductions split differently), so a run records it
+_THREADS: ContextVar[int] = ContextVar("autoal_torch_threads", default=1)
 START_TIMEOUT_S = float(os.environ.get("AUTOAL_WORKER_START_TIMEOUT_S", 120))
 STOP_WAIT_S = 10.0
 
@@ -98,27 +100,27 @@ def run(loop: Callable[[Any, World], Any], payload, *, workers: int, gpus: float
     rank 0's return value. The warm group of the enclosing `workers` block runs it if it has this
     shape; otherwise a Ray Train worker group is started for this one fit."""
     if workers == 0:
-        return execute(loop, payload, World(1, 0, _device(gpus)))
+        return execute(loop, payload, World(1, 0, _device(gpus)), _THREADS.get())
     group = _GROUP.get()
     if group is not None and (group.size, group.gpus) == (workers, gpus):
         return group.run(loop, payload, name)
     return _cold_run(loop, payload, workers, gpus, name)
 
 
-def execute(loop: Callable[[Any, World], Any], payload, world: World):
+def execute(loop: Callable[[Any, World], Any], payload, world: World, threads: int):
     """How every rank runs a loop: resolve the payload's object refs, seed, switch on deterministic
-    kernels, take THREADS torch threads (the caller's count is restored after)."""
+    kernels, take `threads` torch threads (the caller's count is restored after)."""
     payload = dataclasses.replace(payload, **{
         f.name: ray.get(getattr(payload, f.name)) for f in dataclasses.fields(payload)
         if isinstance(getattr(payload, f.name), ray.ObjectRef)})
-    threads = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         torch.manual_seed(payload.seed)
         deterministic()
         return loop(payload, world)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def _device(gpus: float) -> torch.device:
@@ -132,28 +134,29 @@ _GROUP: ContextVar["WorkerGroup | None"] = ContextVar("autoal_worker_group", def
 
 
 @contextlib.contextmanager
-def workers(size: int, gpus: float, *, warm: bool = True, log: Callable[[str], None] = print):
-    """Within this block, `run` with `size` workers and `gpus` uses one warm group, started at the
-    first such fit (so a resumed run with nothing left starts none) and torn down when the block
-    ends, however it ends. `size` 0 or `warm` False: no group, every fit runs as outside."""
-    if size == 0 or not warm:
-        yield None
-        return
-    group = WorkerGroup(size, gpus, log)
+def workers(size: int, gpus: float, *, warm: bool = True, threads: int = 1, log: Callable[[str], None] = print):
+    """Within this block every fit's ranks take `threads` torch threads (a CPU worker reserves as
+    many CPUs), and `run` with `size` workers and `gpus` uses one warm group, started at the first
+    such fit (so a resumed run with nothing left starts none) and torn down when the block ends,
+    however it ends. `size` 0 or `warm` False: no group, every fit runs as outside."""
+    threads_token = _THREADS.set(threads)
+    group = WorkerGroup(size, gpus, threads, log) if size and warm else None
     token = _GROUP.set(group)
     try:
         yield group
     finally:
         _GROUP.reset(token)
-        group.stop()
+        _THREADS.reset(threads_token)
+        if group is not None:
+            group.stop()
 
 
 @ray.remote(max_restarts=0, max_task_retries=0)
 class TrainWorker:
     """One rank of a warm group: a process that keeps torch, CUDA and the process group across fits."""
 
-    def __init__(self, size: int, rank: int, gpus: float):
-        self.world = World(size, rank, _device(gpus))
+    def __init__(self, size: int, rank: int, gpus: float, threads: int):
+        self.world, self.threads = World(size, rank, _device(gpus)), threads
 
     def address(self) -> tuple[str, int]:
         """Where rank 0 serves the process group's rendezvous: this node and a free port."""
@@ -169,22 +172,23 @@ class TrainWorker:
                                     world_size=self.world.size)
 
     def run(self, loop: Callable[[Any, World], Any], payload) -> Any:
-        value = execute(loop, payload, self.world)
+        value = execute(loop, payload, self.world, self.threads)
         return value if self.world.rank == 0 else None
 
 
 class WorkerGroup:
     """`size` TrainWorkers owned by this process: Ray kills them if it dies, even by kill -9."""
 
-    def __init__(self, size: int, gpus: float, log: Callable[[str], None] = print):
-        self.size, self.gpus, self.log = size, gpus, log
+    def __init__(self, size: int, gpus: float, threads: int = 1, log: Callable[[str], None] = print):
+        self.size, self.gpus, self.threads, self.log = size, gpus, threads, log
         self.actors: list = []
 
     def start(self) -> None:
         t0 = time.perf_counter()
-        # 1 CPU a worker, or its GPUs alone, as Ray Train reserves them (runtime.demand counts them)
-        options = dict(num_cpus=0, num_gpus=self.gpus) if self.gpus > 0 else dict(num_cpus=1)
-        self.actors = [TrainWorker.options(**options).remote(self.size, rank, self.gpus) for rank in range(self.size)]
+        # a CPU a torch thread, or its GPUs alone, as Ray Train reserves them (runtime.demand counts them)
+        options = dict(num_cpus=0, num_gpus=self.gpus) if self.gpus > 0 else dict(num_cpus=self.threads)
+        self.actors = [TrainWorker.options(**options).remote(self.size, rank, self.gpus, self.threads)
+                       for rank in range(self.size)]
         host, port = _gather([self.actors[0].address.remote()], START_TIMEOUT_S, self)[0]
         _gather([a.join.remote(host, port) for a in self.actors], START_TIMEOUT_S, self)
         self.log(f"autoal: started {self.size} training worker(s) in {time.perf_counter() - t0:.1f}s; "
@@ -243,9 +247,10 @@ def _cold_run(loop: Callable[[Any, World], Any], payload, workers: int, gpus: fl
     Each run gets its own storage directory, removed afterwards (nothing in it is kept):
     runs with the same name in concurrent trials or experiments must not share Ray Train's
     run state."""
+    threads = _THREADS.get()
     scaling = ScalingConfig(num_workers=workers, use_gpu=gpus > 0,
-                            resources_per_worker={"GPU": gpus} if gpus > 0 else None)
-    config = dict(loop=loop, payload=ray.put(payload))
+                            resources_per_worker={"GPU": gpus} if gpus > 0 else {"CPU": threads})
+    config = dict(loop=loop, payload=ray.put(payload), threads=threads)
     # A worker group that cannot start (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s by default) is
     # retried once, not for ever as Ray Train's default would.
     with tempfile.TemporaryDirectory(prefix=f"autoal_ray_train-{name}-", ignore_cleanup_errors=True) as storage:
@@ -267,7 +272,7 @@ def _cold_worker(config: dict):
     """Every rank of a Ray Train group: `execute` the loop; only rank 0's value is returned."""
     context = ray.train.get_context()
     world = World(context.get_world_size(), context.get_world_rank(), ray.train.torch.get_device())
-    value = execute(config["loop"], ray.get(config["payload"]), world)
+    value = execute(config["loop"], ray.get(config["payload"]), world, config["threads"])
     return value if world.rank == 0 else None
 
 

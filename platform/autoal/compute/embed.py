@@ -30,7 +30,7 @@ from autoal.nets import backbones
 from autoal.errors import AutoALError
 from autoal.data.lazy import features, filesystem
 from autoal.data.parquet import pool_schema, row_group_rows, schema_metadata, shard_table
-from autoal.data.sources import split_spec
+from autoal.data.sources import split_ref
 from autoal.data.pool import UNLABELED
 
 DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
@@ -115,16 +115,16 @@ class Plan:
 
 def plan(source: str, data_root: str, download: bool = False, shard_rows: int = SHARD_ROWS,
          classes: tuple[str, ...] | None = None) -> Plan:
-    """The shards of `source` (a dataset spec); `classes` names an image folder's classes."""
+    """The shards of `source` (a dataset reference); `classes` names an image folder's classes."""
     import ray
 
     from autoal.data import datasets, images
 
-    kind, arg = split_spec(source)
+    kind, arg = split_ref(source)
     if classes and kind != "images":
         raise AutoALError(f"--classes names the classes of an image folder; {source} carries its own")
     if kind == "images":
-        root, _ = images.parse_spec(arg)   # the size is the backbone's transforms'
+        root, _ = images.parse_folder(arg)   # the size is the backbone's transforms'
         names, paths, ids, y = images.index_folder(root, classes)
         if len(names) < 2:
             raise AutoALError(f"{source} has {len(names)} class folders; a pool needs at least 2 classes: name them "

@@ -85,11 +85,11 @@ def _reap_with_driver(session_dir: str, raylet_pid: int) -> None:
                                      start_new_session=True))
 
 
-def demand(workers: int, actors: int, gpus: float) -> dict[str, float]:
-    """What a run needs of the cluster at its peak: training (`workers` workers of 1 CPU, or `gpus`
-    GPUs) and scoring (`actors` Ray Data actors of 1 CPU and `gpus` GPUs) at once, since the warm
-    training workers keep theirs while the pool is scored."""
-    train = {"GPU": workers * gpus} if gpus > 0 else {"CPU": float(workers)}
+def demand(workers: int, actors: int, gpus: float, threads: int = 1) -> dict[str, float]:
+    """What a run needs of the cluster at its peak: training (`workers` workers of `threads` CPUs,
+    or `gpus` GPUs) and scoring (`actors` Ray Data actors of 1 CPU and `gpus` GPUs) at once, since
+    the warm training workers keep theirs while the pool is scored."""
+    train = {"GPU": workers * gpus} if gpus > 0 else {"CPU": float(workers * threads)}
     score = {"CPU": float(actors), "GPU": actors * gpus}
     return {k: train.get(k, 0.0) + score.get(k, 0.0) for k in ("CPU", "GPU")}
 
@@ -104,7 +104,7 @@ def _show(resources: dict[str, float]) -> str:
 
 
 def check_resources(workers: int, actors: int, gpus: float, log: Callable[[str], None] = print,
-                    wait_s: float | None = None) -> None:
+                    wait_s: float | None = None, *, threads: int = 1) -> None:
     """Start or join Ray if the request needs it (workers or actors), then refuse what the cluster cannot
     meet; on an autoscaling cluster that could grow to meet it, ask the autoscaler and wait up to
     `wait_s` (AUTOAL_RESOURCE_WAIT_S, default 600 s)."""
@@ -116,7 +116,7 @@ def check_resources(workers: int, actors: int, gpus: float, log: Callable[[str],
             raise AutoALError(f"gpus {gpus:g} asks for a GPU, but this process {where} in place "
                               f"({'workers' if workers == 0 else 'actors'}: 0) and sees no CUDA GPU; "
                               "use --gpus 0, or workers/actors on GPU nodes")
-    need = {k: v for k, v in demand(workers, actors, gpus).items() if v > 0}
+    need = {k: v for k, v in demand(workers, actors, gpus, threads).items() if v > 0}
     if not need:   # everything in this process: Ray is not started (5-30 s on a loaded 2-core machine)
         return
     init_ray()

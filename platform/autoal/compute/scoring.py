@@ -23,7 +23,7 @@ from autoal.compute import distributed
 from autoal.config import AUTO
 from autoal.data.ids import is_lazy, positions
 from autoal.data.lazy import IdSet, LazyFeatures, filesystem
-from autoal.nets.models import ModelSpec
+from autoal.nets.models import ModelRecipe
 from autoal.strategies import PoolStats
 from autoal.strategies.base import SCORER, Strategy, provided_by, top_k
 
@@ -86,11 +86,11 @@ class PoolScorer:
     blocks of {id, x}, `chunk` rows at a time; with a `Rank`, returns only the block's top
     rows and their scores."""
 
-    def __init__(self, spec: dict, state, needs: frozenset[str], mc_samples: int, gpus: float, extra=None,
+    def __init__(self, recipe: dict, state, needs: frozenset[str], mc_samples: int, gpus: float, extra=None,
                  rank: Rank | None = None, chunk: int = 256):
         distributed.deterministic()   # the same picks from the same model, on any device
         self.device = device_for(gpus)
-        self.net = ModelSpec(**spec).build()
+        self.net = ModelRecipe(**recipe).build()
         self.net.load_state_dict(_resolve(state))
         self.net.to(self.device).eval()
         self.extra = _resolve(extra)
@@ -167,7 +167,7 @@ def parquet_dataset(view: LazyFeatures) -> "ray.data.Dataset":
         read, batch_size=1, batch_format="numpy")
 
 
-def score(spec: ModelSpec, state: dict, ids: np.ndarray, x, needs: frozenset[str], *, mc_samples: int,
+def score(recipe: ModelRecipe, state: dict, ids: np.ndarray, x, needs: frozenset[str], *, mc_samples: int,
           tasks: int = 1, gpus: float = 0.0, chunk: int = 256, extra=None, rank: Rank | None = None,
           block_rows: int = BLOCK_ROWS) -> PoolStats:
     """PoolStats for the samples (ids, x), index-aligned with `ids`; with `rank`, only the pool's
@@ -185,7 +185,7 @@ def score(spec: ModelSpec, state: dict, ids: np.ndarray, x, needs: frozenset[str
     needs = (frozenset(needs) | (rank.strategy.needs if rank is not None else frozenset())) & POOL_FIELDS
     lazy = is_lazy(x)
     if tasks == 0:
-        scorer = PoolScorer(asdict(spec), state, needs, mc_samples, gpus, extra, rank, chunk)
+        scorer = PoolScorer(asdict(recipe), state, needs, mc_samples, gpus, extra, rank, chunk)
         block = block_rows if rank is not None else chunk
         batches = (parquet_dataset(x).iter_batches(batch_format="numpy", batch_size=block) if lazy else
                    ({"id": ids[s:s + block], "x": x[s:s + block]} for s in range(0, len(ids), block)))
@@ -200,7 +200,7 @@ def score(spec: ModelSpec, state: dict, ids: np.ndarray, x, needs: frozenset[str
             batch_format="numpy", num_cpus=1, num_gpus=gpus,
             max_calls=0,   # a GPU task's process otherwise exits after one block (Ray's default for GPU tasks),
                            # paying a CUDA context and a model load per block
-            fn_kwargs=dict(key=state_ref.hex(), spec=asdict(spec), state=state_ref, needs=needs,
+            fn_kwargs=dict(key=state_ref.hex(), recipe=asdict(recipe), state=state_ref, needs=needs,
                            mc_samples=mc_samples, gpus=gpus, extra=extra_ref, rank=rank, chunk=chunk))
         parts = scored.iter_batches(batch_format="numpy", batch_size=None)
     return _merged_top(parts, rank.k) if rank is not None else _stats_in_order(parts, ids)

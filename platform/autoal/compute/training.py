@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from autoal.compute import distributed
 from autoal.nets import models
-from autoal.nets.models import ModelSpec
+from autoal.nets.models import ModelRecipe
 from autoal.compute.distributed import World, portable_state, tensors, torch_state
 
 
@@ -62,8 +62,8 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, world: World, batch_size: 
 def train_epochs(model, optimizer, x: torch.Tensor, y: torch.Tensor, world: World, *, epochs: int,
                  batch_size: int, seed: int, joint_epochs: int = 0, loss_weight: float = 1.0) -> float:
     """Mini-batch epochs of cross-entropy plus the loss module's ranking loss (reaching the backbone
-    for the first `joint_epochs`, then the taps detach: Yoo & Kweon, 120 of 200); returns the last
-    epoch's mean cross-entropy over all ranks."""
+    for the first `joint_epochs`, then the taps detach: Yoo & Kweon, 120 of 200; `loss_weight` 0: the
+    module is not trained, see `task_net`); returns the last epoch's mean cross-entropy over all ranks."""
     epoch_loss = float("nan")
     for epoch in range(epochs):
         model.train()
@@ -72,8 +72,10 @@ def train_epochs(model, optimizer, x: torch.Tensor, y: torch.Tensor, world: Worl
             xb, yb = x[index].to(world.device), y[index].to(world.device)
             logits, pred_loss, clean_logits = model(xb, joint=epoch < joint_epochs)
             losses = F.cross_entropy(logits, yb, reduction="none")
-            target = F.cross_entropy(clean_logits.detach(), yb, reduction="none")
-            loss = losses.mean() + loss_weight * models.loss_ranking(pred_loss, target)
+            loss = losses.mean()
+            if loss_weight:
+                target = F.cross_entropy(clean_logits.detach(), yb, reduction="none")
+                loss = loss + loss_weight * models.loss_ranking(pred_loss, target)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -87,7 +89,7 @@ def train_epochs(model, optimizer, x: torch.Tensor, y: torch.Tensor, world: Worl
 class TrainPayload:
     """One fit of the task model: its data, and `fit`'s options."""
 
-    spec: ModelSpec
+    recipe: ModelRecipe
     train: tuple[np.ndarray, np.ndarray]   # (x, y), or an object ref to them
     test: tuple[np.ndarray, np.ndarray]
     seed: int
@@ -101,10 +103,20 @@ class TrainPayload:
     folds: tuple = ()                      # cross-validation: (train positions, held-out positions) per fold
 
 
+def task_net(recipe: ModelRecipe, loss_weight: float) -> models.TaskNet:
+    """A fresh TaskNet, its loss-prediction module frozen as initialised when `loss_weight` is 0 (no
+    strategy of the fit reads predicted loss): the module reads detached taps, so every other weight
+    trains bit for bit as with it, and a fit saves the module's backward pass (~5% of its time,
+    benchmarks/fit_times.py). Frozen before DDP wraps the net, which then leaves it out."""
+    net = recipe.build()
+    net.loss_head.requires_grad_(loss_weight > 0)
+    return net
+
+
 def train(p: TrainPayload, x: torch.Tensor, y: torch.Tensor, world: World, seed: int) -> tuple[models.TaskNet, float]:
     """A TaskNet (classifier + loss-prediction module) trained from scratch on (x, y), and its last
     epoch's loss."""
-    net = p.spec.build()
+    net = task_net(p.recipe, p.loss_weight)
     model = world.prepare(net)
     optimizer = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     epochs = epochs_for(len(x), p.batch_size, p.epochs, p.min_steps, world)
@@ -132,24 +144,24 @@ def folds_loop(p: TrainPayload, world: World) -> float:
     return correct / sum(len(held_at) for _, held_at in p.folds)
 
 
-def fit(spec: ModelSpec, train: tuple[np.ndarray, np.ndarray], test_ref, *, seed: int, epochs: int,
+def fit(recipe: ModelRecipe, train: tuple[np.ndarray, np.ndarray], test_ref, *, seed: int, epochs: int,
         lr: float, weight_decay: float, batch_size: int, min_steps: int = 0, workers: int = 0,
         gpus: float = 0.0, name: str = "task", loss_weight: float = 1.0, joint_fraction: float = 0.0) -> FitResult:
     """Train on `train` (x, y); evaluate on `test_ref` = (x, y), an object ref (put once per experiment).
     The loss-prediction module's ranking loss has weight `loss_weight` and reaches the
     backbone during the first `joint_fraction` of the epochs (0: never, the default)."""
-    payload = TrainPayload(spec, train, test_ref, seed, epochs, lr, weight_decay, batch_size, min_steps,
+    payload = TrainPayload(recipe, train, test_ref, seed, epochs, lr, weight_decay, batch_size, min_steps,
                            loss_weight, joint_fraction)
     result = distributed.run(train_loop, payload, workers=workers, gpus=gpus, name=name)
     return FitResult(torch_state(result["state"]), result["accuracy"], result["train_loss"])
 
 
-def cross_validate(spec: ModelSpec, train: tuple[np.ndarray, np.ndarray], folds: list, *, seed: int, epochs: int,
+def cross_validate(recipe: ModelRecipe, train: tuple[np.ndarray, np.ndarray], folds: list, *, seed: int, epochs: int,
                    lr: float, weight_decay: float, batch_size: int, min_steps: int = 0, workers: int = 0,
                    gpus: float = 0.0, name: str = "cv") -> float:
     """Accuracy by cross-validation on `train` over `folds` (train positions, held-out positions):
     every fold's model trains in one run, so the estimate costs one fit's start-up, not k."""
-    payload = TrainPayload(spec, train, train, seed, epochs, lr, weight_decay, batch_size, min_steps, 1.0, 0.0,
-                           tuple(folds))
+    payload = TrainPayload(recipe, train, train, seed, epochs, lr, weight_decay, batch_size, min_steps, 0.0, 0.0,
+                           tuple(folds))   # loss weight 0: only the accuracy is read
     return float(distributed.run(folds_loop, payload, workers=workers, gpus=gpus, name=name))
 

@@ -1,8 +1,8 @@
-"""Pool sources: a registry from a spec `name[:arg]` to a loader returning a Pool.
+"""Pool sources: a registry from a dataset reference `name[:arg]` to a loader returning a Pool.
 
-Specs: `digits`, `cifar10`, `cifar100`, `svhn`, `medmnist:<flag>[@<size>]`,
+References: `digits`, `cifar10`, `cifar100`, `svhn`, `medmnist:<flag>[@<size>]`,
 `parquet:<dir>`, `images:<dir>[@<size>]`, `synthetic[:<n>]`. Every problem with the user's data (missing
-or damaged files, bad specs) becomes an AutoALError naming the file or the
+or damaged files, bad references) becomes an AutoALError naming the file or the
 valid options. Heavy libraries (torchvision, medmnist, scipy) are imported
 inside the loaders that need them, so listing sources stays instant.
 
@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from autoal.data.sources import parse_file, split_spec
+from autoal.data.sources import parse_file, split_ref
 from autoal.errors import AutoALError
 from autoal.safe_io import shown
 from autoal.data.pool import Pool, from_arrays
@@ -49,22 +49,22 @@ def sources() -> list[tuple[str, str]]:
     return [(name, src.summary) for name, src in _SOURCES.items()]
 
 
-def load(spec: str, data_root: str | Path, download: bool = False) -> Pool:
-    """The pool named by `spec`; files live under `data_root`, fetched there only if `download`."""
-    name, arg = split_spec(spec)
+def load(ref: str, data_root: str | Path, download: bool = False) -> Pool:
+    """The pool named by `ref`; files live under `data_root`, fetched there only if `download`."""
+    name, arg = split_ref(ref)
     src = _SOURCES.get(name.lower())
     if src is None:
-        raise AutoALError(f"unknown data source {shown(name)} in {shown(spec)}; known sources: {', '.join(_SOURCES)}")
+        raise AutoALError(f"unknown data source {shown(name)} in {shown(ref)}; known sources: {', '.join(_SOURCES)}")
     root = Path(data_root).expanduser()
     if root.exists() and not root.is_dir():
         raise AutoALError(f"data root {root} is a file; --data-root names the directory dataset files live in")
     return src.load(arg, root, download)
 
 
-def prepare(spec: str, data_root: str | Path, out_dir: str | Path, download: bool = False, log=None) -> Path:
+def prepare(ref: str, data_root: str | Path, out_dir: str | Path, download: bool = False, log=None) -> Path:
     """Convert a source once to Parquet shards (`autoal prepare`) sized for streaming, so cluster
     workers read it in parallel; `log` gets a progress line per shard."""
-    return write_parquet(load(spec, data_root, download), out_dir, log=log)
+    return write_parquet(load(ref, data_root, download), out_dir, log=log)
 
 
 # --- helpers -----------------------------------------------------------------

@@ -31,7 +31,7 @@ def stable_id(relative: str) -> int:
     return int.from_bytes(hashlib.blake2b(relative.encode(), digest_size=8).digest(), "big") >> 1
 
 
-def parse_spec(arg: str | None) -> tuple[Path, int]:
+def parse_folder(arg: str | None) -> tuple[Path, int]:
     """(folder, size) from `<dir>[@<size>]`."""
     if not arg:
         raise AutoALError("images needs a folder: images:<dir> or images:<dir>@<size>")
@@ -86,7 +86,7 @@ def read_folder(arg: str | None, classes: tuple[str, ...] | None = None) -> tupl
     `classes` names the classes (a class folder outside them is an error);
     without it the class folders, sorted, are the classes. Every sample is in
     the train split; an undecodable file is an error naming it."""
-    root, size = parse_spec(arg)
+    root, size = parse_folder(arg)
     names, paths, ids, y = index_folder(root, classes)
     gray = all(parse_file(p, "image", _mode) in GRAY_MODES for p in paths)
     decode = _decoder("L" if gray else "RGB", size)

@@ -1,4 +1,4 @@
-"""Reading what a user names as a pool source: the `name[:arg]` dataset string, and a file
+"""Reading what a user names as a pool source: the dataset reference `name[:arg]`, and a file
 parser whose failure on damaged bytes is one user error naming the file."""
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from autoal.errors import AutoALError
 T = TypeVar("T")
 
 
-def split_spec(spec: str) -> tuple[str, str | None]:
-    """(source name, its argument or None) of a dataset string `name[:arg]`."""
-    name, sep, arg = spec.strip().partition(":")
+def split_ref(ref: str) -> tuple[str, str | None]:
+    """(source name, its argument or None) of a dataset reference `name[:arg]`."""
+    name, sep, arg = ref.strip().partition(":")
     return name, arg if sep else None
 
 

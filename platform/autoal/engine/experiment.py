@@ -23,15 +23,15 @@ from autoal.data.pool import OOD, UNLABELED, Pool, with_ood_classes
 from autoal.engine.rounds import RoundEngine, initial_pool
 from autoal.errors import AutoALError
 from autoal.nets import models
-from autoal.nets.models import ModelSpec
+from autoal.nets.models import ModelRecipe
 from autoal.runs import plots
 from autoal.runs.directory import ExperimentDir
 from autoal.runs.lock import describe
 from autoal.safe_io import shown
 
 
-def load_data(cfg: ExperimentConfig, download: bool = False) -> tuple[Pool, Pool, ModelSpec]:
-    """The experiment's train and test splits and its task model's spec; what is wrong with the
+def load_data(cfg: ExperimentConfig, download: bool = False) -> tuple[Pool, Pool, ModelRecipe]:
+    """The experiment's train and test splits and its task model's recipe; what is wrong with the
     data for this config is one user error."""
     pool = datasets.load(cfg.dataset, cfg.data_root, download=download)
     unknown = int((pool.y == UNLABELED).sum())
@@ -53,18 +53,18 @@ def load_data(cfg: ExperimentConfig, download: bool = False) -> tuple[Pool, Pool
         raise AutoALError(f"the train split of {shown(cfg.dataset)} holds {len(present)} class(es) "
                           f"({present.tolist()}) of the {pool.classes} its metadata declares; "
                           "a classifier needs at least 2")
-    spec = ModelSpec(models.resolve(cfg.model, train.shape), train.shape, pool.classes, cfg.dropout)
-    return train, test, spec
+    recipe = ModelRecipe(models.resolve(cfg.model, train.shape), train.shape, pool.classes, cfg.dropout)
+    return train, test, recipe
 
 
 @dataclass
 class Experiment:
-    """One experiment's data, model spec and directory, ready to run."""
+    """One experiment's data, model recipe and directory, ready to run."""
 
     cfg: ExperimentConfig
     train: Pool
     test: Pool
-    spec: ModelSpec
+    recipe: ModelRecipe
     store: ExperimentDir
     log: Callable[[str], None] = print
     on_round: Callable[[dict], None] | None = None   # called with each round's results row
@@ -75,13 +75,14 @@ class Experiment:
         """Validate everything that can be wrong before touching `out`."""
         for name in cfg.strategies:
             hooks.create(name, cfg)
-        train, test, spec = load_data(cfg, download)
-        runtime.check_resources(cfg.workers, scoring.tasks_for(cfg.scoring_tasks, len(train)), cfg.gpus, log)
+        train, test, recipe = load_data(cfg, download)
+        runtime.check_resources(cfg.workers, scoring.tasks_for(cfg.scoring_tasks, len(train)), cfg.gpus, log,
+                                threads=cfg.torch_threads)
         store = ExperimentDir(out).open(cfg)
         if store.lock.stale:
             log(f"autoal: {out} was locked by a run that ended without releasing it "
                 f"({describe(store.lock.stale)}); taking it over")
-        return cls(cfg, train, test, spec, store, log, on_round)
+        return cls(cfg, train, test, recipe, store, log, on_round)
 
     def run(self) -> pd.DataFrame:
         """Run every strategy and seed not yet finished, every fit on one group of training workers;
@@ -90,8 +91,9 @@ class Experiment:
         try:
             everything = np.arange(len(self.test))
             self.test_set = (self.test.features(everything), self.test.labels(everything))
-            self.engine = RoundEngine(cfg, self.train, self.spec, self.store)
-            with distributed.workers(cfg.workers, cfg.gpus, warm=cfg.warm_workers, log=self.log):
+            self.engine = RoundEngine(cfg, self.train, self.recipe, self.store)
+            with distributed.workers(cfg.workers, cfg.gpus, warm=cfg.warm_workers, threads=cfg.torch_threads,
+                                     log=self.log):
                 for seed in cfg.seeds:
                     initial = initial_pool(self.train, cfg.initial, cfg.initial_method, seed)
                     for name in cfg.strategies:

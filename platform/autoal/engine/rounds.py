@@ -21,7 +21,7 @@ from autoal.compute import scoring, training
 from autoal.config import ExperimentConfig
 from autoal.data.ids import positions
 from autoal.data.pool import Pool
-from autoal.nets.models import ModelSpec
+from autoal.nets.models import ModelRecipe
 from autoal.runs.directory import ExperimentDir
 from autoal.strategies import PoolStats, get
 from autoal.strategies.base import ORACLE, provided_by
@@ -53,12 +53,12 @@ def initial_row(cfg: ExperimentConfig, seed: int, round_: int, n_labeled: int, c
 
 @dataclass
 class RoundEngine:
-    """A pool (with every label known so far), its task model's spec and the directory the rounds
+    """A pool (with every label known so far), its task model's recipe and the directory the rounds
     are recorded in."""
 
     cfg: ExperimentConfig
     pool: Pool
-    spec: ModelSpec
+    recipe: ModelRecipe
     store: ExperimentDir
 
     def trainable_rows(self, labeled: np.ndarray) -> np.ndarray:
@@ -105,8 +105,8 @@ class RoundEngine:
         """Train this round's task model on `train_set` = (x, y); its accuracy is on `test` = (x, y).
         `options` are a hook's training options (training.fit's keywords)."""
         cfg = self.cfg
-        return training.fit(self.spec, train_set, test, seed=derive_seed(seed, round_, 1), epochs=cfg.epochs,
-                            lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+        return training.fit(self.recipe, train_set, test, seed=derive_seed(seed, round_, 1), epochs=cfg.epochs,
+                            lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.task_minibatch,
                             min_steps=cfg.min_steps, workers=cfg.workers, gpus=cfg.gpus, name=name, **options)
 
     def query(self, name: str, round_hook: hooks.RoundHook, task_state: dict, exclude: np.ndarray,
@@ -118,7 +118,7 @@ class RoundEngine:
         keep[pool.rows(exclude)] = False
         unlabeled, unlabeled_x = pool.view(keep)
         del keep
-        ctx = hooks.RoundContext(cfg, seed, round_, self.spec, task_state, pool.features(rows), pool.labels(rows),
+        ctx = hooks.RoundContext(cfg, seed, round_, self.recipe, task_state, pool.features(rows), pool.labels(rows),
                                  unlabeled, min(k, len(unlabeled)), derive_seed(seed, round_, 2), pool=pool)
         t0 = time.perf_counter()
         extra = round_hook.before_query(ctx)
@@ -142,7 +142,7 @@ class RoundEngine:
         needs = strat.needs - provided_by(ORACLE)
         pool_stats = PoolStats(ids=unlabeled)
         if needs:
-            score = partial(scoring.score, self.spec, task_state, mc_samples=cfg.mc_samples, gpus=cfg.gpus,
+            score = partial(scoring.score, self.recipe, task_state, mc_samples=cfg.mc_samples, gpus=cfg.gpus,
                             tasks=scoring.tasks_for(cfg.scoring_tasks, len(unlabeled)))
             if strat.per_sample or not cfg.prefilter:
                 pool_stats = score(unlabeled, unlabeled_x, needs, extra=extra,
@@ -155,7 +155,7 @@ class RoundEngine:
         labeled_stats = None
         if strat.needs_labeled:   # the labeled set is small: scored here
             at = pool.rows(labeled)
-            labeled_stats = replace(scoring.score(self.spec, task_state, labeled, pool.features(at), needs,
+            labeled_stats = replace(scoring.score(self.recipe, task_state, labeled, pool.features(at), needs,
                                                   mc_samples=cfg.mc_samples, tasks=0, gpus=cfg.gpus, extra=extra),
                                     labels=pool.labels(at))
         return pool_stats, labeled_stats

@@ -1,4 +1,5 @@
-"""Round hooks, one module each, and the one registry pairing them with strategies.
+"""Round hooks, one module each; each declares the strategies it serves (`round.serves`),
+and importing them here fills the one registry, `HOOKS`.
 
 `create(name, cfg)` builds strategy `name` with its options (`cfg.options[name]`)
 and wraps it in its hook. It refuses a strategy whose needs no hook serves: a
@@ -10,20 +11,11 @@ from __future__ import annotations
 from autoal.config import ExperimentConfig
 from autoal.errors import AutoALError
 from autoal.safe_io import shown
-from autoal.hooks import bandit, joint_loss, perturbation, state_adversary, strategy_search, synthesis
-from autoal.hooks.round import RoundContext, RoundHook, ScorerExtra
+from autoal.hooks import bandit, joint_loss, perturbation  # noqa: F401  (importing registers the hooks)
+from autoal.hooks import state_adversary, strategy_search, synthesis  # noqa: F401  (and these)
+from autoal.hooks.round import HOOKS, RoundContext, RoundHook, ScorerExtra
 from autoal.strategies import get, names
 from autoal.strategies.base import HOOK, provided_by
-
-HOOKS: dict[str, type[RoundHook]] = {
-    "autoal": strategy_search.AutoALHook,
-    "albl": bandit.ALBLHook,
-    "lpl": joint_loss.LPLHook,
-    "noise_stability": perturbation.NoiseStabilityHook,
-    "vaal": state_adversary.AdversarialHook,
-    "sraal": state_adversary.AdversarialHook,
-    "bgadl": synthesis.BGADLHook,
-}
 
 __all__ = ["HOOKS", "RoundContext", "RoundHook", "ScorerExtra", "create"]
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 
 from autoal.config import ExperimentConfig
-from autoal.hooks.round import RoundContext, RoundHook
+from autoal.hooks.round import RoundContext, RoundHook, serves
 from autoal.strategies import PoolStats, Strategy
 
 
+@serves("albl")
 class ALBLHook(RoundHook):
     """Rewards the bandit after each batch is labeled; the bandit's state is checkpointed."""
 

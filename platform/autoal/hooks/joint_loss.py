@@ -3,9 +3,10 @@ loss-prediction module, the ranking loss at the strategy's `weight` reaching the
 for its `joint_fraction` of the fit, then the taps detach."""
 from __future__ import annotations
 
-from autoal.hooks.round import RoundHook
+from autoal.hooks.round import RoundHook, serves
 
 
+@serves("lpl")
 class LPLHook(RoundHook):
     """The task model's training options for joint training."""
 

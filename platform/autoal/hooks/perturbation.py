@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from autoal.hooks.round import RoundContext, RoundHook, ScorerExtra
-from autoal.nets.models import ModelSpec
+from autoal.hooks.round import RoundContext, RoundHook, ScorerExtra, serves
+from autoal.nets.models import ModelRecipe
 
 
 class PerturbedModels(nn.Module):
@@ -21,9 +21,9 @@ class PerturbedModels(nn.Module):
     (seed, k), so every scoring worker and every batch sees the same K models; it
     is drawn again per batch rather than holding K copies of a large model."""
 
-    def __init__(self, spec: ModelSpec, whole_model: bool, samples: int, eps: float, seed: int):
+    def __init__(self, recipe: ModelRecipe, whole_model: bool, samples: int, eps: float, seed: int):
         super().__init__()
-        net = spec.build()
+        net = recipe.build()
         self.net = net if whole_model else net.head
         self.whole_model, self.samples, self.eps, self.seed = whole_model, samples, eps, seed
 
@@ -48,6 +48,7 @@ class PerturbedModels(nn.Module):
         return torch.stack(outs, 1)
 
 
+@serves("noise_stability")
 class NoiseStabilityHook(RoundHook):
     """Hands the fused scoring pass the K perturbed copies of this round's model."""
 
@@ -57,5 +58,5 @@ class NoiseStabilityHook(RoundHook):
         s, whole = self.strategy, self.strategy.scope == "model"
         state = {f"net.{k}": v for k, v in ctx.task_state.items()} if whole else \
             {f"net.{k[len('head.'):]}": v for k, v in ctx.task_state.items() if k.startswith("head.")}
-        build = functools.partial(PerturbedModels, ctx.spec, whole, s.samples, s.eps, ctx.rng_seed)
+        build = functools.partial(PerturbedModels, ctx.recipe, whole, s.samples, s.eps, ctx.rng_seed)
         return ScorerExtra(build=build, state=state, field=self.provides)

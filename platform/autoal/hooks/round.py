@@ -5,8 +5,10 @@ networks or keep state across rounds (AutoAL's SearchNet and FitNet, ALBL's
 bandit) or change how the task model trains (LPL, BGADL). Their hook runs that
 work, hands the scorer any extra model, keeps state that the experiment
 directory checkpoints, and emits telemetry rows. A hook reads its options from
-its strategy (the strategy's constructor parameters). Every other strategy gets
-the plain `RoundHook`, which does nothing around its selection.
+its strategy (the strategy's constructor parameters). A hook declares the
+strategies it serves where it is written (`@serves("albl")`), so the pairing has
+one place and the strategies, a layer below, never name the platform. Every
+other strategy gets the plain `RoundHook`, which does nothing around its selection.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ class RoundContext:
     cfg: ExperimentConfig
     seed: int
     round: int
-    spec: object                 # training.ModelSpec of the task model
+    recipe: object               # models.ModelRecipe of the task model
     task_state: dict             # this round's trained task model
     labeled_x: np.ndarray        # the labeled samples the task model trains on (out-of-distribution ones left out)
     labeled_y: np.ndarray
@@ -62,8 +64,9 @@ class RoundHook:
         return None
 
     def fit_options(self) -> dict:
-        """Extra keyword arguments of `training.fit` for this strategy's task model (LPL's joint training)."""
-        return {}
+        """Keyword arguments of `training.fit` for this strategy's task model (LPL's joint training):
+        the loss-prediction module trains only for a strategy that reads predicted loss."""
+        return dict(loss_weight=1.0 if "pred_loss" in self.strategy.needs else 0.0)
 
     def train_set(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The task model's training set from the labeled (x, y): a hook may add synthetic
@@ -82,3 +85,17 @@ class RoundHook:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+HOOKS: dict[str, type[RoundHook]] = {}   # strategy name -> its hook; filled by `serves`
+
+
+def serves(*strategies: str) -> Callable[[type[RoundHook]], type[RoundHook]]:
+    """Class decorator: this hook runs around these strategies (one hook per strategy)."""
+    def declare(hook: type[RoundHook]) -> type[RoundHook]:
+        for name in strategies:
+            if HOOKS.get(name, hook) is not hook:
+                raise ValueError(f"strategy {name} has two hooks: {HOOKS[name].__name__} and {hook.__name__}")
+        HOOKS.update(dict.fromkeys(strategies, hook))
+        return hook
+    return declare

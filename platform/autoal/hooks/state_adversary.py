@@ -33,7 +33,7 @@ from autoal.compute import distributed, training
 from autoal.nets import models
 from autoal.config import ExperimentConfig
 from autoal.compute.distributed import World, portable_state, tensors
-from autoal.hooks.round import RoundContext, RoundHook, ScorerExtra
+from autoal.hooks.round import RoundContext, RoundHook, ScorerExtra, serves
 from autoal.strategies import Strategy
 from autoal.strategies.adversarial import online_uncertainty
 
@@ -48,13 +48,13 @@ class VAE(nn.Module):
     classifier (its supervised target learner); the unified representation the
     discriminator sees is both latent codes, concatenated."""
 
-    def __init__(self, spec: training.ModelSpec, latent: int, classes: int = 0):
+    def __init__(self, recipe: training.ModelRecipe, latent: int, classes: int = 0):
         super().__init__()
         self.latent = latent
-        self.backbone = models.BACKBONES[spec.name](tuple(spec.shape))
+        self.backbone = models.BACKBONES[recipe.name](tuple(recipe.shape))
         self.mu = nn.Linear(self.backbone.embed_dim, latent)
         self.logvar = nn.Linear(self.backbone.embed_dim, latent)
-        self.decoder = nn.Sequential(nn.Linear(latent, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, math.prod(spec.shape)))
+        self.decoder = nn.Sequential(nn.Linear(latent, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, math.prod(recipe.shape)))
         self.target_learner = nn.Linear(self.backbone.embed_dim, 2 * latent) if classes else None
         self.classifier = nn.Linear(latent, classes) if classes else None
 
@@ -79,9 +79,9 @@ class AdversarialNets(nn.Module):
     """The VAE and the state discriminator; as a scorer, (x, task embedding) ->
     the discriminator's probability that x is unlabeled."""
 
-    def __init__(self, spec: training.ModelSpec, latent: int, classes: int = 0):
+    def __init__(self, recipe: training.ModelRecipe, latent: int, classes: int = 0):
         super().__init__()
-        self.vae = VAE(spec, latent, classes)
+        self.vae = VAE(recipe, latent, classes)
         self.discriminator = nn.Sequential(nn.Linear(latent * (2 if classes else 1), HIDDEN), nn.ReLU(),
                                            nn.Linear(HIDDEN, HIDDEN), nn.ReLU(),
                                            nn.Linear(HIDDEN, 1))
@@ -90,12 +90,12 @@ class AdversarialNets(nn.Module):
         return torch.sigmoid(self.discriminator(self.vae.encode(x)[0])).squeeze(1)
 
 
-def unlabeled_targets(spec: training.ModelSpec, task_state: dict | None, x: torch.Tensor, device) -> torch.Tensor:
+def unlabeled_targets(recipe: training.ModelRecipe, task_state: dict | None, x: torch.Tensor, device) -> torch.Tensor:
     """The discriminator's target state of each unlabeled sample: 1 (VAAL) or
     SRAAL's online uncertainty indicator of the task model's prediction."""
     if task_state is None:
         return torch.ones(len(x))
-    net = spec.build()
+    net = recipe.build()
     net.load_state_dict(task_state)
     net.to(device).eval()
     with torch.no_grad():
@@ -108,7 +108,7 @@ def unlabeled_targets(spec: training.ModelSpec, task_state: dict | None, x: torc
 class AdversarialPayload:
     """One round's VAE + discriminator training; `task_state` (SRAAL) relabels the unlabeled state."""
 
-    spec: training.ModelSpec
+    recipe: training.ModelRecipe
     seed: int
     latent: int
     epochs: int
@@ -122,9 +122,9 @@ def adversarial_loop(p: AdversarialPayload, world: World) -> dict:
     """Train VAE + discriminator; returns their state."""
     x_l, y_l, x_u = tensors(p.data, labels=1)
     device = world.device
-    targets = unlabeled_targets(p.spec, p.task_state, x_u, device)
+    targets = unlabeled_targets(p.recipe, p.task_state, x_u, device)
     torch.manual_seed(p.seed)
-    nets = AdversarialNets(p.spec, p.latent, p.spec.classes if p.task_state is not None else 0)
+    nets = AdversarialNets(p.recipe, p.latent, p.recipe.classes if p.task_state is not None else 0)
     vae, disc = world.prepare(nets.vae), world.prepare(nets.discriminator)
     opt_vae = torch.optim.Adam(vae.parameters(), lr=p.lr)
     opt_disc = torch.optim.Adam(disc.parameters(), lr=p.lr)
@@ -156,6 +156,7 @@ def adversarial_loop(p: AdversarialPayload, world: World) -> dict:
     return portable_state(nets)
 
 
+@serves("vaal", "sraal")
 class AdversarialHook(RoundHook):
     """Trains VAE + discriminator before each query; their rating reaches the scorer."""
 
@@ -171,11 +172,11 @@ class AdversarialHook(RoundHook):
         if s.sample is not None and len(trained_on) > s.sample:
             trained_on = np.sort(np.random.default_rng(ctx.rng_seed).choice(trained_on, s.sample, replace=False))
         x_u = ctx.pool.features(ctx.pool.rows(trained_on))
-        payload = AdversarialPayload(ctx.spec, ctx.rng_seed, s.latent, s.epochs, s.lr, s.batch_size,
+        payload = AdversarialPayload(ctx.recipe, ctx.rng_seed, s.latent, s.epochs, s.lr, s.batch_size,
                                      ctx.task_state if self.relabel else None,
                                      (np.asarray(ctx.labeled_x, np.float32), np.asarray(ctx.labeled_y, np.int64),
                                       np.asarray(x_u, np.float32)))
         state = distributed.torch_state(distributed.run(adversarial_loop, payload, workers=self.cfg.workers,
                                                         gpus=self.cfg.gpus, name=f"{s.name}-s{ctx.seed}-r{ctx.round}"))
-        build = functools.partial(AdversarialNets, ctx.spec, s.latent, ctx.spec.classes if self.relabel else 0)
+        build = functools.partial(AdversarialNets, ctx.recipe, s.latent, ctx.recipe.classes if self.relabel else 0)
         return ScorerExtra(build=build, state=state, field=self.provides)

@@ -12,12 +12,13 @@ import numpy as np
 from autoal.compute import distributed, scoring
 from autoal.config import ExperimentConfig
 from autoal.errors import AutoALError
-from autoal.hooks.round import RoundContext, RoundHook, ScorerExtra
+from autoal.hooks.round import RoundContext, RoundHook, ScorerExtra, serves
 from autoal.search.loop import MIN_PER_WORKER, SearchPayload, search_loop
 from autoal.search.searchnet import SearchScorer
 from autoal.strategies import PoolStats, Strategy
 
 
+@serves("autoal")
 class AutoALHook(RoundHook):
     """Runs the search before each query; keeps SearchNet and the replayed rows across rounds."""
 
@@ -40,7 +41,7 @@ class AutoALHook(RoundHook):
         embedding = task_embedding(ctx) if not sc.backbone else np.zeros((len(ctx.labeled_x), 0), np.float32)
         cycles = sc.cycles_first if self.rounds == 0 else sc.cycles
         candidates = self.strategy.candidate_names
-        payload = SearchPayload(ctx.spec, sc, candidates, ctx.rng_seed, cycles, self.cfg.mc_samples, self.cfg.gpus,
+        payload = SearchPayload(ctx.recipe, sc, candidates, ctx.rng_seed, cycles, self.cfg.mc_samples, self.cfg.gpus,
                                 self.search_state, self.replay, (np.asarray(ctx.labeled_x, np.float32),
                                                     np.asarray(ctx.labeled_y, np.int64), embedding))
         out = distributed.run(search_loop, payload, workers=self.cfg.workers, gpus=self.cfg.gpus,
@@ -49,7 +50,7 @@ class AutoALHook(RoundHook):
                                                         np.asarray(out["weights"], np.float64))
         self.rounds += 1
         self.telemetry = dict(out["telemetry"], cycles=cycles, search_s=time.perf_counter() - t0)
-        build = functools.partial(SearchScorer, ctx.spec, len(candidates), sc.backbone, sc.loss_module,
+        build = functools.partial(SearchScorer, ctx.recipe, len(candidates), sc.backbone, sc.loss_module,
                                   embedding.shape[1], tuple(self.weights))
         return ScorerExtra(build=build, state=self.search_state, field=self.provides)
 
@@ -74,6 +75,6 @@ class AutoALHook(RoundHook):
 
 def task_embedding(ctx: RoundContext) -> np.ndarray:
     """The round's task model's embeddings of L: the frozen input of a SearchNet without backbone."""
-    stats = scoring.score(ctx.spec, ctx.task_state, np.arange(len(ctx.labeled_x)), ctx.labeled_x,
+    stats = scoring.score(ctx.recipe, ctx.task_state, np.arange(len(ctx.labeled_x)), ctx.labeled_x,
                           frozenset({"embedding"}), mc_samples=ctx.cfg.mc_samples, tasks=0, gpus=ctx.cfg.gpus)
     return stats.embedding.astype(np.float32)

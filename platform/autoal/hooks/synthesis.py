@@ -38,7 +38,7 @@ from autoal.compute import distributed, training
 from autoal.nets import models
 from autoal.config import ExperimentConfig
 from autoal.compute.distributed import World, portable_state, tensors
-from autoal.hooks.round import RoundContext, RoundHook
+from autoal.hooks.round import RoundContext, RoundHook, serves
 from autoal.hooks.state_adversary import HIDDEN, VAE
 from autoal.data.pool import OOD
 from autoal.strategies import PoolStats, Strategy
@@ -50,11 +50,11 @@ LR = 5e-4
 class ConditionalVAE(VAE):
     """The VAE's encoder with a decoder conditioned on the label: the generator g(z, y)."""
 
-    def __init__(self, spec: training.ModelSpec, latent: int):
-        super().__init__(replace(spec, name="mlp"), latent)
-        self.classes, self.shape = spec.classes, tuple(spec.shape)
-        self.decoder = nn.Sequential(nn.Linear(latent + spec.classes, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN),
-                                     nn.ReLU(), nn.Linear(HIDDEN, math.prod(spec.shape)))
+    def __init__(self, recipe: training.ModelRecipe, latent: int):
+        super().__init__(replace(recipe, name="mlp"), latent)
+        self.classes, self.shape = recipe.classes, tuple(recipe.shape)
+        self.decoder = nn.Sequential(nn.Linear(latent + recipe.classes, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN),
+                                     nn.ReLU(), nn.Linear(HIDDEN, math.prod(recipe.shape)))
 
     def forward(self, x, y, noise):
         """(x' = g(mu + noise * sigma, y) shaped like x, mu, logvar), one call DDP can sync."""
@@ -67,10 +67,10 @@ class ConditionalVAE(VAE):
 class ACDiscriminator(nn.Module):
     """ACGAN's discriminator: (real/fake logit [B], class logits [B, C])."""
 
-    def __init__(self, spec: training.ModelSpec):
+    def __init__(self, recipe: training.ModelRecipe):
         super().__init__()
-        self.backbone = models.MLPBackbone(tuple(spec.shape))
-        self.out = nn.Linear(self.backbone.embed_dim, 1 + spec.classes)
+        self.backbone = models.MLPBackbone(tuple(recipe.shape))
+        self.out = nn.Linear(self.backbone.embed_dim, 1 + recipe.classes)
 
     def forward(self, x):
         out = self.out(self.backbone(x)[0])
@@ -81,7 +81,7 @@ class ACDiscriminator(nn.Module):
 class GANPayload:
     """One round's VAE-ACGAN training on the labeled set (x, y)."""
 
-    spec: training.ModelSpec
+    recipe: training.ModelRecipe
     seed: int
     epochs: int
     min_steps: int
@@ -93,7 +93,7 @@ def vae_acgan_loop(p: GANPayload, world: World) -> dict:
     """Train the VAE-ACGAN on the labeled set; returns the generator's state."""
     x, y = tensors(p.data, labels=1)
     device = world.device
-    generator_net, discriminator_net = ConditionalVAE(p.spec, LATENT), ACDiscriminator(p.spec)
+    generator_net, discriminator_net = ConditionalVAE(p.recipe, LATENT), ACDiscriminator(p.recipe)
     generator, discriminator = world.prepare(generator_net), world.prepare(discriminator_net)
     opt_g = torch.optim.Adam(generator.parameters(), lr=LR, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=LR, betas=(0.5, 0.999))
@@ -123,10 +123,10 @@ def vae_acgan_loop(p: GANPayload, world: World) -> dict:
 
 
 @torch.no_grad()
-def generate(spec: training.ModelSpec, state: dict, x: np.ndarray, y: np.ndarray, samples: int,
+def generate(recipe: training.ModelRecipe, state: dict, x: np.ndarray, y: np.ndarray, samples: int,
              seed: int) -> tuple[np.ndarray, np.ndarray]:
     """`samples` synthetic samples per (x*, y*): x' = g(z, y*), z ~ e(x*); labels y*, in order."""
-    net = ConditionalVAE(spec, LATENT)
+    net = ConditionalVAE(recipe, LATENT)
     net.load_state_dict(state)
     net.eval()
     x_rep = torch.from_numpy(np.repeat(np.asarray(x, np.float32), samples, axis=0))
@@ -135,6 +135,7 @@ def generate(spec: training.ModelSpec, state: dict, x: np.ndarray, y: np.ndarray
     return net(x_rep, y_rep, noise)[0].numpy(), y_rep.numpy()
 
 
+@serves("bgadl")
 class BGADLHook(RoundHook):
     """Generates synthetic samples from each labeled batch; they join later rounds' training sets."""
 
@@ -154,10 +155,10 @@ class BGADLHook(RoundHook):
         source_x = ctx.pool.features(ctx.pool.rows(sources))
         data = (np.concatenate([ctx.labeled_x, source_x]).astype(np.float32),
                 np.concatenate([ctx.labeled_y, source_y]).astype(np.int64))
-        payload = GANPayload(ctx.spec, ctx.rng_seed, s.epochs, self.cfg.min_steps, self.cfg.batch_size, data)
+        payload = GANPayload(ctx.recipe, ctx.rng_seed, s.epochs, self.cfg.min_steps, self.cfg.task_minibatch, data)
         state = distributed.torch_state(distributed.run(vae_acgan_loop, payload, workers=self.cfg.workers,
                                                         gpus=self.cfg.gpus, name=f"bgadl-s{ctx.seed}-r{ctx.round}"))
-        x, y = generate(ctx.spec, state, source_x, source_y, s.samples, ctx.rng_seed)
+        x, y = generate(ctx.recipe, state, source_x, source_y, s.samples, ctx.rng_seed)
         self.x = x if self.x is None else np.concatenate([self.x, x])
         self.y = y if self.y is None else np.concatenate([self.y, y])
         return {"synthetic": [dict(source_id=int(i), label=int(c), samples=s.samples)

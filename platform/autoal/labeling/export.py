@@ -36,7 +36,8 @@ def export(project: LabelProject, out: str | Path) -> Path:
     if latest:
         atomic_write(out / "model.pt", read_bytes(latest[-1], CHECKPOINT_BYTES, "checkpoint", follow=False))
     atomic_write(out / "model.yaml", yaml.safe_dump(dict(
-        asdict(project.model_spec), shape=list(project.model_spec.shape), class_names=list(project.spec.classes),
+        asdict(project.model_recipe), shape=list(project.model_recipe.shape),
+        class_names=list(project.settings.classes),
         round=int(ROUND_FILE.match(latest[-1].stem)[1]) if latest else None), sort_keys=False).encode())
     return out
 

@@ -7,24 +7,24 @@ import torch
 import torch.nn.functional as F
 
 from autoal.config import ExperimentConfig
-from autoal.compute.distributed import THREADS, World
-from autoal.nets.models import ModelSpec
+from autoal.compute.distributed import World
+from autoal.nets.models import ModelRecipe
 from autoal.compute.training import epochs_for, shard_batches
 
 LONG_S = 15.0   # a wait worth announcing
 
 
-def expected_seconds(spec: ModelSpec, n: int, *, epochs: int, batch_size: int, min_steps: int,
-                     trainings: float = 1.0) -> float:
+def expected_seconds(recipe: ModelRecipe, n: int, *, epochs: int, batch_size: int, min_steps: int,
+                     threads: int = 1, trainings: float = 1.0) -> float:
     """How long `trainings` fits on `n` samples will take here: one optimiser step timed in this
-    process on a fit's torch threads (after one step to warm up), times the steps a fit takes."""
+    process on a fit's `threads` torch threads (after one step to warm up), times the steps a fit takes."""
     world = World.local()
-    net = spec.build()
+    net = recipe.build()
     optimizer = torch.optim.Adam(net.parameters())
-    x = torch.rand((min(batch_size, n), *spec.shape))
-    y = torch.randint(0, spec.classes, (len(x),))
+    x = torch.rand((min(batch_size, n), *recipe.shape))
+    y = torch.randint(0, recipe.classes, (len(x),))
     timings, threads = [], torch.get_num_threads()
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads)
     try:
         for _ in range(2):
             start = time.perf_counter()
@@ -38,14 +38,15 @@ def expected_seconds(spec: ModelSpec, n: int, *, epochs: int, batch_size: int, m
     return trainings * steps * timings[-1]
 
 
-def announce(spec: ModelSpec, cfg: ExperimentConfig, n: int, cv_folds: int, embedded: bool, log) -> None:
+def announce(recipe: ModelRecipe, cfg: ExperimentConfig, n: int, cv_folds: int, embedded: bool, log) -> None:
     """One line before a CPU fit on `n` labels (and `cv_folds`-fold CV) expected to take LONG_S or more."""
     folds = min(cv_folds, n)
     if cfg.gpus > 0:
         return
-    seconds = expected_seconds(spec, n, epochs=cfg.epochs, batch_size=cfg.batch_size, min_steps=cfg.min_steps,
-                               trainings=max(1, folds))   # the fit, and k fold models on (k-1)/k of the labels
+    # the fit, and k fold models on (k-1)/k of the labels
+    seconds = expected_seconds(recipe, n, epochs=cfg.epochs, batch_size=cfg.task_minibatch, min_steps=cfg.min_steps,
+                               threads=cfg.torch_threads, trainings=max(1, folds))
     if seconds >= LONG_S:
-        log(f"training {spec.name} on {n} labels{f' and {folds}-fold CV' * (folds >= 2)} is expected to take "
+        log(f"training {recipe.name} on {n} labels{f' and {folds}-fold CV' * (folds >= 2)} is expected to take "
             f"about {seconds / 60:.1f} min on this CPU" + ("" if embedded else
             "; `label init --embed resnet18` makes a project whose rounds train a head in seconds"))

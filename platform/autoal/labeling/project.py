@@ -3,7 +3,7 @@ out, answers in, and without a test split the accuracy estimated by cross-valida
 
 The directory is an experiment directory (runs.directory.ExperimentDir: config.yaml,
 the append-only ledger, results, strategy state) plus
-  project.yaml                 pool spec, class names, test spec, default strategy, CV folds
+  project.yaml                 pool and test dataset references, class names, default strategy, CV folds
   queries.parquet              every query asked: round, id, strategy, predicted, confidence
   queries/round-NNN.csv|html|json   each batch, for the person and for Label Studio
   queries/label-studio.xml     the Label Studio labeling config
@@ -35,7 +35,7 @@ from autoal.labeling import fit_time, files as label_files
 from autoal.nets import backbones, models
 from autoal.errors import AutoALError
 from autoal.engine.rounds import RoundEngine, derive_seed, initial_pool, initial_row
-from autoal.labeling.pool import ProjectSpec, absolute_spec, embed_project, load_pool, parse_classes, with_embeddings
+from autoal.labeling.pool import ProjectSettings, absolute_ref, embed_project, load_pool, parse_classes, with_embeddings
 from autoal.runs.journal import Journal, journaled
 from autoal.data.pool import OOD, UNLABELED, Pool
 from autoal.safe_io import CONFIG_BYTES, atomic_write, load_yaml, own_dir, read_bytes, read_text, shown
@@ -44,43 +44,43 @@ from autoal.runs.directory import ExperimentDir, parquet_bytes, read_table
 MODEL = "task-model"  # store state key of each round's task model: state/task-model/seed<s>/round<r>.pt
 RUN = "label"  # the ledger's and results' `strategy` key: one run, whatever strategy asks each round
 PROTECTED_TABLES = ("ledger", "queries")  # tables whose rows a rollback never touches
-INIT_FILE = "init.yaml"  # the spec of a `label init` under way; project.yaml replaces it when the init ends
+INIT_FILE = "init.yaml"  # the settings of a `label init` under way; project.yaml replaces it when the init ends
 
 
-def _interrupted_init(root: Path, spec_text: bytes) -> bool:
-    """Whether root holds a `label init` of this same spec that was killed before it ended (the
+def _interrupted_init(root: Path, settings_text: bytes) -> bool:
+    """Whether root holds a `label init` with these same settings that was killed before it ended (the
     embeddings it wrote resume shard by shard); one of other arguments is an error."""
     path = root / INIT_FILE
     if os.path.lexists(root / "project.yaml") or not os.path.lexists(path):
         return False
-    if read_bytes(path, CONFIG_BYTES, "interrupted init", follow=False) != spec_text:
+    if read_bytes(path, CONFIG_BYTES, "interrupted init", follow=False) != settings_text:
         raise AutoALError(f"{root} holds a `label init` with other arguments that did not finish; repeat its "
                           f"arguments (saved in {path}) to finish it, or choose another directory")
     return True
 
 
 class LabelProject:
-    """An open labeling project: its spec, config, store, pool (labels known so far) and test split."""
+    """An open labeling project: its settings, config, store, pool (labels known so far) and test split."""
 
-    def __init__(self, root: Path, spec: ProjectSpec, cfg: config.ExperimentConfig):
-        self.root, self.spec, self.cfg, self.seed = root, spec, cfg, cfg.seeds[0]
-        pool, sources = load_pool(spec.pool, spec.classes, cfg.data_root)
+    def __init__(self, root: Path, settings: ProjectSettings, cfg: config.ExperimentConfig):
+        self.root, self.settings, self.cfg, self.seed = root, settings, cfg, cfg.seeds[0]
+        pool, sources = load_pool(settings.pool, settings.classes, cfg.data_root)
         train = pool.split == "train"
         self.pixels = pool.x[train] if pool.is_image else None   # for the person's contact sheets
-        pool = with_embeddings(pool, self.embeddings("pool"), sources, spec)
+        pool = with_embeddings(pool, self.embeddings("pool"), sources, settings)
         self.pool, self.sources = pool.subset("train"), sources[train]
         self.test = self._test_split(pool.subset("test"))
-        self.model_spec = models.ModelSpec(models.resolve(cfg.model, pool.shape), pool.shape, len(spec.classes),
+        self.model_recipe = models.ModelRecipe(models.resolve(cfg.model, pool.shape), pool.shape, len(settings.classes),
                                              cfg.dropout)
 
     def _test_split(self, test: Pool) -> tuple[np.ndarray, np.ndarray]:
         """(x, y) of the pool's test split plus the --test pool, every sample labeled."""
         xs, ys = [test.x], [test.y]
-        if self.spec.test:
-            extra, sources = load_pool(self.spec.test, self.spec.classes, self.cfg.data_root)
-            extra = with_embeddings(extra, self.embeddings("test"), sources, self.spec)
+        if self.settings.test:
+            extra, sources = load_pool(self.settings.test, self.settings.classes, self.cfg.data_root)
+            extra = with_embeddings(extra, self.embeddings("test"), sources, self.settings)
             if extra.shape != test.shape:
-                raise AutoALError(f"test pool {shown(self.spec.test)} has samples of shape {list(extra.shape)}, "
+                raise AutoALError(f"test pool {shown(self.settings.test)} has samples of shape {list(extra.shape)}, "
                                   f"the pool {list(test.shape)}")
             xs.append(extra.x)
             ys.append(extra.y)
@@ -92,7 +92,7 @@ class LabelProject:
 
     def embeddings(self, which: str) -> Path | None:
         """Where `label init --embed` put the embeddings of the pool or the test pool."""
-        return self.root / "embeddings" / which if self.spec.embed else None
+        return self.root / "embeddings" / which if self.settings.embed else None
 
     # --- creating and opening -------------------------------------------------------
 
@@ -105,30 +105,30 @@ class LabelProject:
         root = Path(root)
         if cv_folds < 0 or cv_folds == 1:
             raise AutoALError("--cv-folds must be 0 (no estimate) or at least 2")
-        spec = ProjectSpec(absolute_spec(pool), parse_classes(classes), test and absolute_spec(test), strategy,
-                           cv_folds, embed, weights and str(Path(weights).expanduser().resolve()))
-        spec_text = yaml.safe_dump(dict(asdict(spec), classes=list(spec.classes)), sort_keys=False).encode()
-        if root.exists() and (not root.is_dir() or any(root.iterdir())) and not _interrupted_init(root, spec_text):
+        settings = ProjectSettings(absolute_ref(pool), parse_classes(classes), test and absolute_ref(test), strategy,
+                                   cv_folds, embed, weights and str(Path(weights).expanduser().resolve()))
+        settings_text = yaml.safe_dump(dict(asdict(settings), classes=list(settings.classes)), sort_keys=False).encode()
+        if root.exists() and (not root.is_dir() or any(root.iterdir())) and not _interrupted_init(root, settings_text):
             raise AutoALError(f"{root} already exists and is not empty; `autoal label next {root}` "
                               "continues a project there")
-        cfg = config.load(config_path, {"dataset": spec.pool, "strategies": [strategy]})
-        project = cls(root, replace(spec, embed=None), cfg)
+        cfg = config.load(config_path, {"dataset": settings.pool, "strategies": [strategy]})
+        project = cls(root, replace(settings, embed=None), cfg)
         project.round_hook(strategy)
         if embed:
-            backbones.build(embed, backbones.state_dict(embed, spec.weights))
+            backbones.build(embed, backbones.state_dict(embed, settings.weights))
         store = ExperimentDir(root).open(cfg)
-        atomic_write(root / INIT_FILE, spec_text)   # a killed init is continued by the same command
+        atomic_write(root / INIT_FILE, settings_text)   # a killed init is continued by the same command
         if embed:
             try:
-                embed_project(spec, root / "embeddings", cfg)
-                project = cls(root, spec, cfg)
+                embed_project(settings, root / "embeddings", cfg)
+                project = cls(root, settings, cfg)
             except BaseException:
                 store.close()
                 raise
         project.store = store
         atomic_write(own_dir(root, "queries") / "label-studio.xml",
-                     label_files.label_studio_config(spec.classes).encode())
-        atomic_write(root / "project.yaml", spec_text)
+                     label_files.label_studio_config(settings.classes).encode())
+        atomic_write(root / "project.yaml", settings_text)
         (root / INIT_FILE).unlink()
         project._load_progress()
         return project
@@ -142,10 +142,10 @@ class LabelProject:
                               "`autoal label init`")
         try:
             data = load_yaml(read_text(path, CONFIG_BYTES, "project file", follow=False))
-            spec = ProjectSpec(**dict(data, classes=tuple(data["classes"])))
+            settings = ProjectSettings(**dict(data, classes=tuple(data["classes"])))
         except (yaml.YAMLError, TypeError, KeyError, ValueError) as exc:
             raise AutoALError(f"{path} is damaged ({type(exc).__name__}); restore it from a backup") from None
-        project = cls(root, spec, ExperimentDir(root).saved_config())
+        project = cls(root, settings, ExperimentDir(root).saved_config())
         project.store = ExperimentDir(root).open(project.cfg)
         try:
             project._roll_back()
@@ -174,7 +174,7 @@ class LabelProject:
         asked = np.union1d(self.queries["id"].to_numpy(np.int64), self.answers["id"].to_numpy(np.int64))
         gone = np.setdiff1d(asked, self.pool.ids)
         if len(gone):
-            raise AutoALError(f"{len(gone)} queried samples are no longer in pool {shown(self.spec.pool)} "
+            raise AutoALError(f"{len(gone)} queried samples are no longer in pool {shown(self.settings.pool)} "
                               f"(e.g. id {gone[0]}); put their files back or start a new project")
         self.known = self.pool.y.copy()  # seeds, then every answer
         self.known[self.pool.rows(self.answers["id"].to_numpy(np.int64))] = self.answers["label"].to_numpy(np.int64)
@@ -220,7 +220,7 @@ class LabelProject:
     def next(self, batch: int | None = None, strategy: str | None = None, log=print) -> list[Path]:
         """Train on the labels so far, then ask the next batch; returns the files written for the person."""
         cfg, seed, round_, start = self.cfg, self.seed, self.committed, time.perf_counter()
-        name = strategy or self.spec.strategy
+        name = strategy or self.settings.strategy
         round_hook = self.round_hook(name)
         if (k := cfg.batch if batch is None else batch) <= 0:
             raise AutoALError(f"--batch must be positive, got {k}")
@@ -243,7 +243,7 @@ class LabelProject:
             labeled = self.trainable()
             columns = dict(strategy=RUN, accuracy_estimated=not len(self.test[1]), query_strategy=name)
             if len(np.unique(self.known[known.rows(labeled)])) >= 2:
-                result, picks = self._model_round(RoundEngine(cfg, known, self.model_spec, self.store), round_hook,
+                result, picks = self._model_round(RoundEngine(cfg, known, self.model_recipe, self.store), round_hook,
                                                   name, labeled, asked, k, ask, columns, log)
             else:  # no model before two classes have labels: the initial pool's rule picks
                 picks = initial_pool(known.take(np.isin(known.ids, unasked)), k, cfg.initial_method,
@@ -265,11 +265,12 @@ class LabelProject:
                      k: int, ask, columns: dict, log) -> tuple[dict, np.ndarray]:
         """The engine's round: the person is the oracle; no test split: accuracy by cross-validation."""
         cfg, seed, round_ = self.cfg, self.seed, self.committed
-        runtime.check_resources(cfg.workers, scoring.tasks_for(cfg.scoring_tasks, len(self.pool)), cfg.gpus, log)
-        folds = 0 if len(self.test[1]) else self.spec.cv_folds
-        fit_time.announce(self.model_spec, cfg, len(labeled), folds, bool(self.spec.embed), log)
+        runtime.check_resources(cfg.workers, scoring.tasks_for(cfg.scoring_tasks, len(self.pool)), cfg.gpus, log,
+                                threads=cfg.torch_threads)
+        folds = 0 if len(self.test[1]) else self.settings.cv_folds
+        fit_time.announce(self.model_recipe, cfg, len(labeled), folds, bool(self.settings.embed), log)
         engine.resume(round_hook, name, seed, round_)
-        with distributed.workers(cfg.workers, cfg.gpus, warm=cfg.warm_workers, log=log):
+        with distributed.workers(cfg.workers, cfg.gpus, warm=cfg.warm_workers, threads=cfg.torch_threads, log=log):
             return engine.play(name, round_hook, seed, round_, labeled, k=k, exclude=asked,
                                test=self.test if len(self.test[1]) else self._cv_accuracy, commit=ask,
                                columns=columns)
@@ -279,22 +280,22 @@ class LabelProject:
         if fit is None:
             return np.full(len(picks), ""), np.full(len(picks), np.nan)
         self.store.save_state(MODEL, self.seed, round_ + 1, fit.state)
-        probs = scoring.score(self.model_spec, fit.state, picks, self.pool.x[self.pool.rows(picks)],
+        probs = scoring.score(self.model_recipe, fit.state, picks, self.pool.x[self.pool.rows(picks)],
                               frozenset({"probs"}), mc_samples=self.cfg.mc_samples, tasks=0).probs
-        return np.asarray(self.spec.classes)[probs.argmax(1)], probs.max(1)
+        return np.asarray(self.settings.classes)[probs.argmax(1)], probs.max(1)
 
     def _cv_accuracy(self, rows: np.ndarray) -> float:
         """Accuracy estimated by k-fold cross-validation on the labels (NaN with cv_folds 0)."""
         from sklearn.model_selection import KFold
 
-        folds = min(self.spec.cv_folds, len(rows))
+        folds = min(self.settings.cv_folds, len(rows))
         if folds < 2:
             return float("nan")
         cfg, x, y = self.cfg, self.pool.x, self.known
         split = KFold(folds, shuffle=True, random_state=derive_seed(self.seed, self.committed, 4)).split(rows)
-        return training.cross_validate(self.model_spec, (x[rows], y[rows]), list(split),
+        return training.cross_validate(self.model_recipe, (x[rows], y[rows]), list(split),
                                        seed=derive_seed(self.seed, self.committed, 1), epochs=cfg.epochs, lr=cfg.lr,
-                                       weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+                                       weight_decay=cfg.weight_decay, batch_size=cfg.task_minibatch,
                                        min_steps=cfg.min_steps, workers=cfg.workers, gpus=cfg.gpus,
                                        name=f"label-r{self.committed}-cv")
 
@@ -303,7 +304,7 @@ class LabelProject:
     def import_answers(self, path: str | Path) -> str:
         """Check a file of answers against the open queries, then append them to the ledger at once."""
         answers = label_files.read_answers(path)
-        codes = {name: i for i, name in enumerate(self.spec.classes)}
+        codes = {name: i for i, name in enumerate(self.settings.classes)}
         new = label_files.new_answers(path, answers, self.queries, self.answers,
                                       {**codes, label_files.SKIP: UNLABELED, label_files.OOD_ANSWER: OOD})
         round_of = self.queries.drop_duplicates("id", keep="last").set_index("id")["round"]
@@ -319,7 +320,7 @@ class LabelProject:
     def counts(self) -> dict[str, int]:
         """Known labels per class (seeds and answers), out-of-distribution and skipped answers."""
         answered = self.known[self.pool.rows(self.answers["id"].to_numpy(np.int64))]
-        counts = {c: int((self.known == i).sum()) for i, c in enumerate(self.spec.classes)}
+        counts = {c: int((self.known == i).sum()) for i, c in enumerate(self.settings.classes)}
         return {**counts, label_files.OOD_ANSWER: int((self.known == OOD).sum()),
                 "skipped": int((answered == UNLABELED).sum())}
 
@@ -327,7 +328,7 @@ class LabelProject:
         from autoal.runs import plots
 
         open_by_round = self.open_queries().groupby("round").size()
-        lines = [f"project {self.root}: pool {self.spec.pool} ({len(self.pool)} samples), "
+        lines = [f"project {self.root}: pool {self.settings.pool} ({len(self.pool)} samples), "
                  f"test split {len(self.test[1]) or 'none'}",
                  "labels: " + ", ".join(f"{k} {v}" for k, v in self.counts().items()),
                  f"rounds asked: {self.committed}; open queries: {open_by_round.sum()}"
@@ -338,10 +339,10 @@ class LabelProject:
             lines.append("accuracy: none yet (a model trains once two classes have labels)")
             return "\n".join(lines)
         last = measured.iloc[-1]
-        what = (f"estimated by {self.spec.cv_folds}-fold cross-validation on the labels (no test split)"
+        what = (f"estimated by {self.settings.cv_folds}-fold cross-validation on the labels (no test split)"
                 if last["accuracy_estimated"] else "on the test split")
         ylabel = "accuracy (CV estimate)" if last["accuracy_estimated"] else "test accuracy"
-        curve = plots.curves(measured, self.root / "curves.png", title=f"labeling {self.spec.pool}", ylabel=ylabel)
+        curve = plots.curves(measured, self.root / "curves.png", title=f"labeling {self.settings.pool}", ylabel=ylabel)
         lines += [f"accuracy: {last['accuracy']:.4f} at round {int(last['round'])} with {int(last['n_labeled'])} "
                   f"labels, {what}", f"learning curve: {curve}"]
         return "\n".join(lines)

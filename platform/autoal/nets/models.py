@@ -205,7 +205,7 @@ def loss_ranking(pred: torch.Tensor, target: torch.Tensor, margin: float = 1.0) 
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelRecipe:
     """Everything needed to rebuild a TaskNet in another process."""
 
     name: str

@@ -55,16 +55,17 @@ def folds(n: int, seed: int, fitnet: str) -> list[tuple[np.ndarray, np.ndarray]]
     return [(first, second)] if fitnet == "fresh" else [(first, second), (second, first)]
 
 
-def fit_fitnet(spec: training.ModelSpec, x: torch.Tensor, y: torch.Tensor, sc: SearchConfig, seed: int,
-               world: World):
+def fit_fitnet(recipe: training.ModelRecipe, x: torch.Tensor, y: torch.Tensor, sc: SearchConfig, seed: int,
+               world: World, loss_weight: float = 1.0):
     """A fresh FitNet trained on (x, y) like the task model (cross-entropy + its loss
-    module's ranking loss, which the `lpl` candidate reads); returns the plain module."""
+    module's ranking loss, which the `lpl` candidate reads; weight 0: none reads it); returns
+    the plain module."""
     torch.manual_seed(seed)
-    net = spec.build()
+    net = training.task_net(recipe, loss_weight)
     model = world.prepare(net)
-    epochs = training.epochs_for(len(x), sc.batch_size, sc.fit_epochs, sc.fit_steps, world)
+    epochs = training.epochs_for(len(x), sc.search_minibatch, sc.fit_epochs, sc.fit_steps, world)
     training.train_epochs(model, torch.optim.Adam(model.parameters(), lr=sc.lr), x, y, world, epochs=epochs,
-                          batch_size=sc.batch_size, seed=seed)
+                          batch_size=sc.search_minibatch, seed=seed, loss_weight=loss_weight)
     return net
 
 
@@ -83,16 +84,16 @@ def gradient_rows(probs: np.ndarray, embedding: np.ndarray, y: np.ndarray, seed:
     return align, residual / math.sqrt(scale2)
 
 
-def cycle_rows(strategy: AutoAL, spec, sc: SearchConfig, x: torch.Tensor, y: torch.Tensor, e: torch.Tensor,
+def cycle_rows(strategy: AutoAL, recipe, sc: SearchConfig, x: torch.Tensor, y: torch.Tensor, e: torch.Tensor,
                seed: int, mc_samples: int, gpus: float, world: World) -> tuple[objective.Rows, float]:
     """One cycle's search rows (every FitNet's L_val) and FitNets' mean accuracy on them."""
     parts, correct = [], 0
     needs = strategy.needs & scoring.POOL_FIELDS | {"probs", "embedding"}
     for space, (tr, val) in enumerate(folds(len(x), seed, sc.fitnet)):
-        net = fit_fitnet(spec, x[tr], y[tr], sc, seed + space, world)
+        net = fit_fitnet(recipe, x[tr], y[tr], sc, seed + space, world, float("pred_loss" in needs))
         rows = np.concatenate([val, tr]) if strategy.needs_labeled else val
         torch.manual_seed(seed)  # MC dropout: every rank draws the same masks
-        stats = scoring.score(spec, net.state_dict(), np.arange(len(rows)), x[rows].numpy(), needs,
+        stats = scoring.score(recipe, net.state_dict(), np.arange(len(rows)), x[rows].numpy(), needs,
                               mc_samples=mc_samples, tasks=0, gpus=gpus)
         val_stats = stats.take(np.arange(len(val)))
         labeled = stats.take(np.arange(len(val), len(rows))) if strategy.needs_labeled else None
@@ -153,7 +154,7 @@ def with_replay(replay: objective.Rows | None, rows: objective.Rows) -> objectiv
 class SearchPayload:
     """One round's search: the labeled set, and SearchNet's state so far (None: fresh)."""
 
-    spec: training.ModelSpec
+    recipe: training.ModelRecipe
     search: SearchConfig
     candidates: tuple[str, ...]
     seed: int
@@ -171,21 +172,21 @@ def search_loop(p: SearchPayload, world: World) -> dict:
     the whole of the rows trained on (computed on rank 0, the one whose value `distributed.run` returns)."""
     sc, seed = p.search, p.seed
     x, y, e = tensors(p.data, labels=1)
-    net = SearchNet(p.spec, len(p.candidates), sc.backbone, sc.loss_module, e.shape[1])
+    net = SearchNet(p.recipe, len(p.candidates), sc.backbone, sc.loss_module, e.shape[1])
     if p.search_state is not None:
         net.load_state_dict(p.search_state)
     model = world.prepare(net)
     strategy, steps = AutoAL(p.candidates), []
     replay = objective.Rows.from_arrays(p.replay).to(world.device) if p.replay is not None else None
     for cycle_seed in np.random.default_rng(seed).integers(2**31, size=p.cycles).tolist():
-        new, accuracy = cycle_rows(strategy, p.spec, sc, x, y, e, cycle_seed, p.mc_samples, p.gpus, world)
+        new, accuracy = cycle_rows(strategy, p.recipe, sc, x, y, e, cycle_seed, p.mc_samples, p.gpus, world)
         rows = with_replay(replay if sc.replay else None, broadcast(new, world.device))
         replay, prior = rows, objective.prior_weight(sc.prior, sc.prior_rows, len(rows))
         optimizer = torch.optim.Adam(model.parameters(), lr=sc.lr)
         for epoch in range(replay_epochs(sc.search_epochs, len(new), len(rows))):
             model.train()
             steps = []
-            for i, index in enumerate(training.shard_batches(len(rows), sc.batch_size, cycle_seed, epoch, world)):
+            for i, index in enumerate(training.shard_batches(len(rows), sc.search_minibatch, cycle_seed, epoch, world)):
                 parts = search_terms(model, net.alpha, rows.take(index.to(world.device)), sc, prior,
                                      cycle_seed + 1000 * epoch + i)
                 optimizer.zero_grad()

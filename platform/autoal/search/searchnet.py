@@ -21,9 +21,9 @@ HIDDEN = 64            # width of the head
 class SearchNet(nn.Module):
     """(logits o [B, K], predicted loss l_hat [B] or None) from (x, task embedding)."""
 
-    def __init__(self, spec, candidates: int, backbone: bool = True, loss_module: bool = True, embed_dim: int = 0):
+    def __init__(self, recipe, candidates: int, backbone: bool = True, loss_module: bool = True, embed_dim: int = 0):
         super().__init__()
-        self.backbone = models.BACKBONES[spec.name](tuple(spec.shape)) if backbone else None
+        self.backbone = models.BACKBONES[recipe.name](tuple(recipe.shape)) if backbone else None
         dim = self.backbone.embed_dim if backbone else embed_dim
         self.hidden = nn.Sequential(nn.Linear(dim, HIDDEN), nn.ReLU())
         self.logits = nn.Linear(HIDDEN, candidates)
@@ -45,9 +45,9 @@ class SearchScorer(SearchNet):
     """SearchNet as the fused pass's extra model: (x, task embedding) -> mixture pi [B, K], times
     each candidate's global weight from its accumulated evidence (autoal.search.evidence), renormalised."""
 
-    def __init__(self, spec, candidates: int, backbone: bool = True, loss_module: bool = True, embed_dim: int = 0,
+    def __init__(self, recipe, candidates: int, backbone: bool = True, loss_module: bool = True, embed_dim: int = 0,
                  weights=None):
-        super().__init__(spec, candidates, backbone, loss_module, embed_dim)
+        super().__init__(recipe, candidates, backbone, loss_module, embed_dim)
         flat = torch.ones(candidates) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
         self.register_buffer("weights", flat, persistent=False)   # not SearchNet's state: recomputed each round
 

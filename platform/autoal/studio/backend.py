@@ -51,12 +51,12 @@ class StudioBackend:
         self.project = LabelProject.open(root)
         project = self.project
         self.index = TaskIndex(project.pool.ids, project.sources)
-        self.codes = {**{c: i for i, c in enumerate(project.spec.classes)},
+        self.codes = {**{c: i for i, c in enumerate(project.settings.classes)},
                       label_files.SKIP: UNLABELED, label_files.OOD_ANSWER: OOD}
         path = project.root / ANNOTATIONS
         frame = read_table(path) if os.path.lexists(path) else pd.DataFrame({"annotation": [], "id": []})
         self.annotations = dict(zip(frame["annotation"].astype("int64"), frame["id"].astype("int64")))
-        self.schema = schema(None, project.spec.classes)   # autoal's own config until Label Studio sends its
+        self.schema = schema(None, project.settings.classes)   # autoal's own config until Label Studio sends its
         self.lock = threading.RLock()
         self.served, self.table = None, {}
         self._serve_newest()
@@ -80,12 +80,13 @@ class StudioBackend:
     def setup(self, body: dict) -> dict:
         """Label Studio connects (and checks on the backend before each prediction): its labeling config
         must label images with the project's classes."""
-        self.schema = schema(body.get("schema"), self.project.spec.classes)
+        self.schema = schema(body.get("schema"), self.project.settings.classes)
         return {"model_version": model_version(self.served)}
 
     def predict(self, body: dict) -> dict:
         tasks = predict_tasks(body)
-        config = schema(body["label_config"], self.project.spec.classes) if body.get("label_config") else self.schema
+        classes = self.project.settings.classes
+        config = schema(body["label_config"], classes) if body.get("label_config") else self.schema
         with self.lock:
             if self.served is None:
                 raise Unavailable("no round has finished yet; the first one is training")
@@ -117,7 +118,7 @@ class StudioBackend:
                         continue
                     if answer not in self.codes:
                         raise AutoALError(f"webhook: label {shown(answer)} is not one of the project's classes "
-                                          f"{', '.join(project.spec.classes)} (or skip, ood)")
+                                          f"{', '.join(project.settings.classes)} (or skip, ood)")
                     label = self.codes[answer]
                     if self.annotations.get(annotation) != sample:
                         links[annotation] = sample
@@ -161,9 +162,9 @@ class StudioBackend:
                 return False
             x = project.pool
             pool = Pool(x.name, x.ids, x.x, project.known, x.split, x.classes)
-            inputs = RoundInputs(project.cfg, project.model_spec, pool, project.test, project.trainable(),
-                                 project.spec.strategy, project.committed, project.seed,
-                                 project.store.load_state(project.spec.strategy, project.seed, project.committed))
+            inputs = RoundInputs(project.cfg, project.model_recipe, pool, project.test, project.trainable(),
+                                 project.settings.strategy, project.committed, project.seed,
+                                 project.store.load_state(project.settings.strategy, project.seed, project.committed))
             rows = len(project.store.labeled(RUN, project.seed))
             self.inflight = (start(inputs), rows)
             self.log(f"round {project.committed}: training on {len(inputs.labeled)} labels in the background")
@@ -200,7 +201,7 @@ class StudioBackend:
 
     def _commit(self, outcome: RoundOutcome) -> None:
         project, store, r = self.project, self.project.store, outcome.round_
-        classes = np.asarray(project.spec.classes)
+        classes = np.asarray(project.settings.classes)
         ids = project.pool.ids
         predicted = np.where(outcome.predicted >= 0, classes[np.maximum(outcome.predicted, 0)], "")
         frame = pd.DataFrame({"id": ids, "predicted": predicted, "confidence": outcome.confidence,
@@ -209,7 +210,7 @@ class StudioBackend:
         at = project.pool.rows(picks)
         with journaled(store, r + 1):   # committed once queries.parquet holds round r + 1, as `label next`
             if outcome.hook_state is not None:
-                store.save_state(project.spec.strategy, project.seed, r + 1, outcome.hook_state)
+                store.save_state(project.settings.strategy, project.seed, r + 1, outcome.hook_state)
             if outcome.model_state is not None:
                 store.save_state(MODEL, project.seed, r + 1, outcome.model_state)
             for table, rows in outcome.telemetry.items():

@@ -20,7 +20,7 @@ from autoal.compute import distributed, runtime, scoring
 from autoal.data.pool import UNLABELED, Pool
 from autoal.engine.rounds import RoundEngine, derive_seed, initial_pool, initial_row
 from autoal.labeling.project import RUN
-from autoal.nets.models import ModelSpec
+from autoal.nets.models import ModelRecipe
 from autoal.studio.protocol import ranked_scores
 
 
@@ -29,7 +29,7 @@ class RoundInputs:
     """What a round needs, copied out of the open project when it starts."""
 
     cfg: config.ExperimentConfig
-    model_spec: ModelSpec
+    model_recipe: ModelRecipe
     pool: Pool                    # the project's train split with every label known so far
     test: tuple                   # (x, y) of the test split; empty: accuracy is not measured
     labeled: np.ndarray           # ids to train on (seeds, then answers), as LabelProject.trainable
@@ -97,14 +97,15 @@ def train_round(inputs: RoundInputs) -> RoundOutcome:
     round_hook = hooks.create(name, cfg)
     k = len(unlabeled) if round_hook.strategy.per_sample else min(cfg.batch, len(unlabeled))
     record, fitted = Record(inputs.hook_state), {}
-    engine = RoundEngine(cfg, pool, inputs.model_spec, record)
+    engine = RoundEngine(cfg, pool, inputs.model_recipe, record)
     engine.resume(round_hook, name, seed, round_)
-    with distributed.workers(cfg.workers, cfg.gpus, warm=cfg.warm_workers, log=lambda line: None):
+    with distributed.workers(cfg.workers, cfg.gpus, warm=cfg.warm_workers, threads=cfg.torch_threads,
+                             log=lambda line: None):
         _, picks = engine.play(name, round_hook, seed, round_, inputs.labeled, k=k,
                                exclude=pool.ids[pool.y != UNLABELED],
                                test=inputs.test if len(inputs.test[1]) else lambda rows: float("nan"),
                                commit=lambda picked, fit: fitted.update(state=fit.state), columns=columns)
-    probs = scoring.score(inputs.model_spec, fitted["state"], pool.ids, pool.x, frozenset({"probs"}),
+    probs = scoring.score(inputs.model_recipe, fitted["state"], pool.ids, pool.x, frozenset({"probs"}),
                           mc_samples=cfg.mc_samples, gpus=cfg.gpus,
                           tasks=scoring.tasks_for(cfg.scoring_tasks, len(pool))).probs
     confidence = probs.max(1)

@@ -8,13 +8,13 @@ import pandas as pd
 
 from autoal.runs import metrics
 from autoal.runs.directory import ExperimentDir
-from autoal.sweep.spec import SweepSpec, show
+from autoal.sweep.plan import SweepPlan, show
 
 # Axes whose values are already columns of every results row.
 ROW_AXES = ("strategy", "seed", "dataset")
 
 
-def collect(root: Path, spec: SweepSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
+def collect(root: Path, plan: SweepPlan) -> tuple[pd.DataFrame, pd.DataFrame]:
     """All rounds of all trials (and their strategy-weight telemetry), with the axis values as columns
     and `complete` marking runs that reached their last round (not stopped early)."""
     frames, weights = [], []
@@ -32,7 +32,7 @@ def collect(root: Path, spec: SweepSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
                 dataset=rows["dataset"].iloc[0], **columns))
     results = _concat(frames)
     if not results.empty:
-        first = ["trial", *[c for c in results.columns if c in spec.axes and c not in ROW_AXES]]
+        first = ["trial", *[c for c in results.columns if c in plan.axes and c not in ROW_AXES]]
         results = results[first + [c for c in results.columns if c not in first]]
     return results, _concat(weights)
 
@@ -45,9 +45,9 @@ def _column(value):
     return "+".join(map(str, value)) if isinstance(value, (list, tuple)) else value
 
 
-def config_columns(spec: SweepSpec) -> list[str]:
+def config_columns(plan: SweepPlan) -> list[str]:
     """What identifies a configuration: dataset, strategy and every other axis except seeds."""
-    return ["dataset", "strategy", *[k for k in spec.axes if k not in (*ROW_AXES, "seeds", "strategies")]]
+    return ["dataset", "strategy", *[k for k in plan.axes if k not in (*ROW_AXES, "seeds", "strategies")]]
 
 
 def summarize(results: pd.DataFrame, by: list[str]) -> pd.DataFrame:

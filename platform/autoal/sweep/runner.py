@@ -1,9 +1,9 @@
 """Running a sweep on Ray Tune: one trial per axis point, resume and restore, local or URI storage.
 
-Every grid point (or sample of a search space) of a spec is one Tune trial that
+Every grid point (or sample of a search space) of a plan is one Tune trial that
 runs one experiment through the same loop as `autoal run`; this is the only
 module of the sweep that imports Tune, and it builds the Tune objects (search
-spaces, scheduler, placement) from the plain spec.
+spaces, scheduler, placement) from the plain plan.
 
 The experiment does not run in the trial function itself (written when fits in
 the driver ran in Ray Train's local mode, which Ray 2.60 refuses inside a Tune
@@ -21,7 +21,7 @@ and the driver copies the final checkpoints to `<out>/trials` at the end.
 Resuming never unpickles: Tune keeps its state as pickles (tuner.pkl, the
 experiment state, searcher state) in a directory others may write, and
 `Tuner.restore` would run whatever a planted one holds. A re-run instead builds
-a new Tuner from the spec autoal saved (YAML) over the same grid, drawn with a
+a new Tuner from the plan autoal saved (YAML) over the same grid, drawn with a
 fixed random state so sampled points and trial names repeat; each trial resumes
 from its own experiment directory (autoal's files), so a finished trial ends at
 once and an interrupted one continues at its last round.
@@ -53,35 +53,35 @@ from autoal.errors import AutoALError
 from autoal.runs.lock import DirLock
 from autoal.report import sweep_report
 from autoal.safe_io import atomic_write, own_dir, private_dir
-from autoal.sweep.spec import (EXECUTION_KEYS, NAME_CHARS, SCHEDULERS, SPACES, SPEC_FILE, SweepSpec, load_spec,
-                               read_spec, show, trial_count)
+from autoal.sweep.plan import (EXECUTION_KEYS, NAME_CHARS, SCHEDULERS, SPACES, PLAN_FILE, SweepPlan, load_plan,
+                               read_plan, show, trial_count)
 
 
-# --- the spec as Tune objects -------------------------------------------------
+# --- the plan as Tune objects -------------------------------------------------
 
-def param_space(spec: SweepSpec) -> dict:
+def param_space(plan: SweepPlan) -> dict:
     """A list axis is a grid; a search space is Tune's function of its name."""
     return {key: tune.grid_search(value) if isinstance(value, list)
             else getattr(tune, value["tune"])(*(value[arg] for arg in SPACES[value["tune"]].args))
-            for key, value in spec.axes.items()}
+            for key, value in plan.axes.items()}
 
 
-def tune_config(spec: SweepSpec) -> tune.TuneConfig:
+def tune_config(plan: SweepPlan) -> tune.TuneConfig:
     scheduler, metric = None, None
-    if spec.scheduler:
-        options = dict(spec.scheduler)
+    if plan.scheduler:
+        options = dict(plan.scheduler)
         kind, metric = options.pop("type"), options.pop("metric")
         scheduler = create_scheduler(SCHEDULERS[kind].tune_name, time_attr="training_iteration",
-                                     max_t=spec.max_reports(), **options)
+                                     max_t=plan.max_reports(), **options)
     return tune.TuneConfig(metric=metric, mode="max" if metric else None, scheduler=scheduler,
                            search_alg=BasicVariantGenerator(random_state=0),   # a re-run draws the same points
-                           num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent_trials,
+                           num_samples=plan.num_samples, max_concurrent_trials=plan.max_concurrent_trials,
                            trial_name_creator=trial_label, trial_dirname_creator=trial_label, reuse_actors=True)
 
 
-def placement(spec: SweepSpec) -> tune.PlacementGroupFactory:
+def placement(plan: SweepPlan) -> tune.PlacementGroupFactory:
     """An empty bundle for the trial function (it only relays rounds) and one for the experiment task."""
-    return tune.PlacementGroupFactory([{}, spec.task_resources()], strategy="STRICT_PACK")
+    return tune.PlacementGroupFactory([{}, plan.task_resources()], strategy="STRICT_PACK")
 
 
 # --- trials ------------------------------------------------------------------
@@ -104,21 +104,21 @@ def scratch_dir(experiment_path: str) -> Path:
     return Path(tempfile.gettempdir()) / f"autoal-sweeps-{os.getuid()}" / f"{Path(experiment_path).name}-{digest}"
 
 
-def _trainable(spec: SweepSpec, trials_dir: Path, remote: bool):
+def _trainable(plan: SweepPlan, trials_dir: Path, remote: bool):
     def sweep_trial(params: dict) -> None:
-        run_trial(spec, params, str(trials_dir), remote)
-    return tune.with_resources(sweep_trial, placement(spec))
+        run_trial(plan, params, str(trials_dir), remote)
+    return tune.with_resources(sweep_trial, placement(plan))
 
 
-def run_trial(spec: SweepSpec, params: dict, trials_dir: str, remote: bool) -> None:
+def run_trial(plan: SweepPlan, params: dict, trials_dir: str, remote: bool) -> None:
     """One Tune trial: run its experiment in a task and report each round (with a checkpoint of the
     experiment directory when the results must travel through remote storage)."""
     runtime.quiet()
     name = trial_name(params, tune.get_context().get_trial_id())
-    cfg = spec.trial_config(params)
+    cfg = plan.trial_config(params)
     exp_dir = Path(trials_dir) / name
     task = experiment_rounds.options(
-        num_cpus=spec.resources["cpu"], num_gpus=spec.resources["gpu"],
+        num_cpus=plan.resources["cpu"], num_gpus=plan.resources["gpu"],
         scheduling_strategy=PlacementGroupSchedulingStrategy(ray.util.get_current_placement_group(),
                                                              placement_group_capture_child_tasks=False))
     rounds = task.remote(cfg.to_dict(), params, str(exp_dir), name, tune.get_checkpoint() if remote else None,
@@ -207,32 +207,32 @@ def _snapshot(root: Path, row: dict) -> str:
 
 # --- the sweep ---------------------------------------------------------------
 
-def run_sweep(spec_path: str, out: str | None = None, storage: str | None = None, log=print) -> Path:
-    """Run (or resume) the sweep of `spec_path`; returns its output directory.
+def run_sweep(plan_path: str, out: str | None = None, storage: str | None = None, log=print) -> Path:
+    """Run (or resume) the sweep of `plan_path`; returns its output directory.
 
-    Raises AutoALError for a bad spec, an `out` holding another sweep, or failed
+    Raises AutoALError for a bad plan, an `out` holding another sweep, or failed
     trials (after writing the results of the others); KeyboardInterrupt when
     interrupted (Tune has saved its state: the same command resumes).
     """
-    spec = load_spec(spec_path)
-    root = Path(out or Path("runs") / spec.name).resolve()
-    _claim(root, spec)
+    plan = load_plan(plan_path)
+    root = Path(out or Path("runs") / plan.name).resolve()
+    _claim(root, plan)
     with DirLock(root):  # one driver per sweep; each trial locks its own experiment directory
-        return _run_claimed(spec, root, storage, log)
+        return _run_claimed(plan, root, storage, log)
 
 
-def _run_claimed(spec: SweepSpec, root: Path, storage: str | None, log) -> Path:
+def _run_claimed(plan: SweepPlan, root: Path, storage: str | None, log) -> Path:
     remote = storage is not None and "://" in storage
     storage_path = storage.rstrip("/") if remote else str(Path(storage or root / "tune").resolve())
     runtime.init_ray()
     # Checkpointing every round forces Tune state snapshots, which Tune warns about each time.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    experiment_path = f"{storage_path}/{spec.name}"
-    trainable = _trainable(spec, scratch_dir(experiment_path) if remote else root / "trials", remote)
+    experiment_path = f"{storage_path}/{plan.name}"
+    trainable = _trainable(plan, scratch_dir(experiment_path) if remote else root / "trials", remote)
     resuming = (root / "trials").is_dir() and any((root / "trials").iterdir())
-    log(f"sweep {spec.name}: {'resuming ' if resuming else ''}{trial_count(spec)} trials -> {root}")
-    tuner = tune.Tuner(trainable, param_space=param_space(spec), tune_config=tune_config(spec),
-                       run_config=tune.RunConfig(name=spec.name, storage_path=storage_path, verbose=0,
+    log(f"sweep {plan.name}: {'resuming ' if resuming else ''}{trial_count(plan)} trials -> {root}")
+    tuner = tune.Tuner(trainable, param_space=param_space(plan), tune_config=tune_config(plan),
+                       run_config=tune.RunConfig(name=plan.name, storage_path=storage_path, verbose=0,
                                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     grid = tuner.fit()
     if remote:
@@ -246,24 +246,24 @@ def _run_claimed(spec: SweepSpec, root: Path, storage: str | None, log) -> Path:
                           f"re-run the same command to retry the failed trials once their cause is fixed")
     # After Ctrl-C Tune returns normally, with trials neither terminated nor errored, or fewer
     # trials than the grid (later ones not created).
-    if grid.num_terminated + grid.num_errors < trial_count(spec):
-        raise KeyboardInterrupt(f"sweep {spec.name} interrupted; re-run the same command to resume")
+    if grid.num_terminated + grid.num_errors < trial_count(plan):
+        raise KeyboardInterrupt(f"sweep {plan.name} interrupted; re-run the same command to resume")
     return root
 
 
-def _claim(root: Path, spec: SweepSpec) -> None:
-    """Write the spec into `root`, or check that `root` holds this same sweep."""
-    path = root / SPEC_FILE
+def _claim(root: Path, plan: SweepPlan) -> None:
+    """Write the plan into `root`, or check that `root` holds this same sweep."""
+    path = root / PLAN_FILE
     if path.exists():
-        saved = read_spec(root).to_dict()
-        diff = sorted(k for k, v in spec.to_dict().items() if k not in EXECUTION_KEYS and saved[k] != v)
+        saved = read_plan(root).to_dict()
+        diff = sorted(k for k, v in plan.to_dict().items() if k not in EXECUTION_KEYS and saved[k] != v)
         if diff:
             raise AutoALError(f"{root} holds a different sweep (differs in {', '.join(diff)}); "
-                              f"choose another --out or restore its spec")
+                              f"choose another --out or restore its plan")
     elif root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise AutoALError(f"output {root} is not empty and holds no autoal sweep")
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, yaml.safe_dump(spec.to_dict(), sort_keys=False).encode())
+    atomic_write(path, yaml.safe_dump(plan.to_dict(), sort_keys=False).encode())
 
 
 def _fetch(grid, trials: Path) -> None:

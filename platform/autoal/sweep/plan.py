@@ -1,9 +1,9 @@
-"""The sweep spec: a validated frozen dataclass read from YAML, with no Ray Tune in it.
+"""The sweep plan: a validated frozen dataclass read from YAML, with no Ray Tune in it.
 
-A spec names a base experiment config and axes over its fields (README
+A plan names a base experiment config and axes over its fields (README
 "Sweeps and ablations"). Validation builds the experiment config of every axis
 value on the base, so a bad field, value, strategy or dataset fails before the
-first trial starts. The runner alone turns a spec into Tune objects, so that
+first trial starts. The runner alone turns a plan into Tune objects, so that
 reading a sweep (`autoal report`) needs no Tune.
 """
 from __future__ import annotations
@@ -18,13 +18,13 @@ import yaml
 
 from autoal import config
 from autoal.data import datasets
-from autoal.data.sources import split_spec
+from autoal.data.sources import split_ref
 from autoal.errors import AutoALError
 from autoal.safe_io import CONFIG_BYTES, clip, load_yaml, one_line, read_text, shown
 from autoal.strategies.autoal import CANDIDATES as PAPER_CANDIDATES  # nested pools: size n is the first n
 
-SPEC_FILE = "sweep.yaml"
-SPEC_KEYS = ("name", "base", "axes", "resources", "scheduler", "max_concurrent_trials", "num_samples")
+PLAN_FILE = "sweep.yaml"
+PLAN_KEYS = ("name", "base", "axes", "resources", "scheduler", "max_concurrent_trials", "num_samples")
 # Keys that change how a sweep executes, not what it computes: they may differ on resume.
 EXECUTION_KEYS = ("resources", "max_concurrent_trials")
 # Nested Ray Train worker groups and Ray Data actor pools inside trials are slow on
@@ -75,8 +75,8 @@ SPACES = {
 
 @dataclass(frozen=True)
 class Scheduler:
-    """A trial scheduler a spec may name: `ray.tune.schedulers.create_scheduler`'s name for it, and the
-    options a spec may set, with their defaults."""
+    """A trial scheduler a plan may name: `ray.tune.schedulers.create_scheduler`'s name for it, and the
+    options a plan may set, with their defaults."""
 
     tune_name: str
     options: dict
@@ -94,8 +94,8 @@ def axis_values(value) -> list:
 
 
 @dataclass(frozen=True)
-class SweepSpec:
-    """A validated sweep spec. `base` holds ExperimentConfig fields with the trial defaults applied;
+class SweepPlan:
+    """A validated sweep plan. `base` holds ExperimentConfig fields with the trial defaults applied;
     `scheduler` has its type, metric and every option filled in."""
 
     name: str
@@ -131,10 +131,10 @@ class SweepSpec:
         return asdict(self)
 
 
-def trial_count(spec: SweepSpec) -> int:
+def trial_count(plan: SweepPlan) -> int:
     """Trials the sweep runs: its grid points times num_samples (a search space adds no points)."""
-    count = spec.num_samples
-    for value in spec.axes.values():
+    count = plan.num_samples
+    for value in plan.axes.values():
         count *= len(value) if isinstance(value, list) else 1
     return count
 
@@ -161,52 +161,52 @@ def _flatten(data: dict, prefix: str = "") -> dict:
 
 # --- reading and validation --------------------------------------------------
 
-def load_spec(path: str | Path) -> SweepSpec:
-    """Read and validate a spec file; every problem is an AutoALError naming the file."""
+def load_plan(path: str | Path) -> SweepPlan:
+    """Read and validate a plan file; every problem is an AutoALError naming the file."""
     path = Path(path)
-    text = read_text(path, CONFIG_BYTES, "sweep spec")
+    text = read_text(path, CONFIG_BYTES, "sweep plan")
     try:
         data = load_yaml(text)
     except yaml.YAMLError as exc:
-        raise AutoALError(f"sweep spec {path} is not valid YAML: {config.yaml_problem(exc)}") from None
+        raise AutoALError(f"sweep plan {path} is not valid YAML: {config.yaml_problem(exc)}") from None
     if not isinstance(data, dict):
-        raise AutoALError(f"sweep spec {path} must be a YAML mapping (name, base, axes, ...)")
+        raise AutoALError(f"sweep plan {path} must be a YAML mapping (name, base, axes, ...)")
     try:
         return from_dict({"name": path.stem, **data})
     except AutoALError as exc:
-        raise AutoALError(f"sweep spec {path}: {exc}") from None
+        raise AutoALError(f"sweep plan {path}: {exc}") from None
 
 
-def read_spec(root: Path) -> SweepSpec:
-    """The spec a sweep directory was started with."""
+def read_plan(root: Path) -> SweepPlan:
+    """The plan a sweep directory was started with."""
     try:
-        return from_dict(load_yaml(read_text(root / SPEC_FILE, CONFIG_BYTES, "sweep spec", follow=False)))
+        return from_dict(load_yaml(read_text(root / PLAN_FILE, CONFIG_BYTES, "sweep plan", follow=False)))
     except (yaml.YAMLError, TypeError) as exc:
-        raise AutoALError(f"{root / SPEC_FILE} is not a valid sweep spec: {one_line(exc)}") from None
+        raise AutoALError(f"{root / PLAN_FILE} is not a valid sweep plan: {one_line(exc)}") from None
     except AutoALError as exc:
-        raise AutoALError(f"{root / SPEC_FILE} is not a valid sweep spec: {exc}") from None
+        raise AutoALError(f"{root / PLAN_FILE} is not a valid sweep plan: {exc}") from None
 
 
-def from_dict(data: dict) -> SweepSpec:
-    """A SweepSpec from plain data, checked against the config and the registries."""
-    unknown = sorted(map(str, set(data) - set(SPEC_KEYS)))
+def from_dict(data: dict) -> SweepPlan:
+    """A SweepPlan from plain data, checked against the config and the registries."""
+    unknown = sorted(map(str, set(data) - set(PLAN_KEYS)))
     if unknown:
         shown_keys = ", ".join(clip(str(k), 40) for k in unknown[:3])
         raise AutoALError(f"unknown key{'s' if len(unknown) > 1 else ''} {shown_keys}; "
-                          f"known: {', '.join(SPEC_KEYS)}")
+                          f"known: {', '.join(PLAN_KEYS)}")
     name = data.get("name")
     if not isinstance(name, str) or not re.fullmatch(r"[\w.-]{1,100}", name, re.ASCII):
         raise AutoALError(f"name must be 1 to 100 letters, digits, '.', '_' or '-', got {shown(name)}")
     base = data.get("base") or {}
     if not isinstance(base, dict):
         raise AutoALError("base must be a mapping of experiment config fields")
-    spec = SweepSpec(name=name, base={**TRIAL_DEFAULTS, **config.renamed(base)}, axes=_check_axes(data.get("axes")),
+    plan = SweepPlan(name=name, base={**TRIAL_DEFAULTS, **config.renamed(base)}, axes=_check_axes(data.get("axes")),
                      resources=_check_resources(data.get("resources") or {}),
                      scheduler=_check_scheduler(data.get("scheduler")),
                      max_concurrent_trials=_positive_int(data, "max_concurrent_trials", None),
                      num_samples=_positive_int(data, "num_samples", 1))
-    _check_configs(spec)
-    return spec
+    _check_configs(plan)
+    return plan
 
 
 def _positive_int(data: dict, key: str, default):
@@ -305,28 +305,28 @@ def _check_scheduler(scheduler) -> dict | None:
     return {"type": scheduler["type"], "metric": metric, **options}
 
 
-def _check_configs(spec: SweepSpec) -> None:
+def _check_configs(plan: SweepPlan) -> None:
     """Build the config of every axis value (search spaces: every choice or their bounds) on the base,
     so that a bad field, value, strategy or dataset fails now and not in trial 57."""
     from autoal import hooks
 
     sources = {name for name, _ in datasets.sources()}
-    configs = [spec.trial_config({})]
-    for key, value in spec.axes.items():
+    configs = [plan.trial_config({})]
+    for key, value in plan.axes.items():
         for v in axis_values(value):
             try:
-                configs.append(spec.trial_config({key: v}))
+                configs.append(plan.trial_config({key: v}))
             except AutoALError as exc:
                 raise AutoALError(f"axis {key} value {shown(v)}: {exc}") from None
     for cfg in configs:
         for name in cfg.strategies:
             hooks.create(name, cfg)
-        if split_spec(cfg.dataset)[0].lower() not in sources:
+        if split_ref(cfg.dataset)[0].lower() not in sources:
             raise AutoALError(f"unknown dataset {shown(cfg.dataset)}; sources: {', '.join(sorted(sources))}")
-        if cfg.gpus > 0 and cfg.workers == 0 and spec.resources["gpu"] == 0:
+        if cfg.gpus > 0 and cfg.workers == 0 and plan.resources["gpu"] == 0:
             raise AutoALError("the experiment uses gpus in the trial process (workers: 0) but resources.gpu is 0")
-    if spec.scheduler:
+    if plan.scheduler:
         for special, target in (("strategy", "strategies"), ("seed", "seeds")):
-            if special not in spec.axes and any(len(getattr(c, target)) > 1 for c in configs):
+            if special not in plan.axes and any(len(getattr(c, target)) > 1 for c in configs):
                 raise AutoALError(f"a scheduler compares trials round by round, so each trial must be one run: "
                                   f"make {special} an axis or give base one {special}")
