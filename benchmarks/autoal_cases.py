@@ -2,15 +2,17 @@
 each of its candidates alone, in three cases (issue 19):
 
 - switching: candidates whose best changes during a run (a low-budget method, good at a
-  few labels per class, and margin, good later);
+  few labels per class, and margin, good later): run it with `--config jobs/switching.yaml`
+  (1 label a class, batches of 10); from the main job's 4 labels a class margin leads throughout;
 - weak: a clearly weak candidate (random) among strong ones that agree little (margin,
   coreset), so that `vote`'s ties take random's picks;
 - default: the paper's seven candidates.
 
 Every run goes through the experiment loop with the protocol of `--config` (default the
 main job, jobs/main.yaml; `--rounds` lengthens the budget) and paired seeds: at a seed every
-strategy starts from the same initial pool. Single strategies run once each into `singles/<name>`,
-each case's autoal and vote into `<case>/`; re-running resumes. Prints, per case: AUBC
+strategy starts from the same initial pool. Single strategies, and each case's `vote` (which has no
+search, so every search setting shares it), run once each into `singles/<name>` and
+`singles/vote_<case>`; each case's autoal into `<case>/`; re-running resumes. Prints, per case: AUBC
 with 95% intervals; the paired AUBC difference of autoal against vote and against each
 candidate (autoal.runs.compare: mean, 95% interval, paired t and Wilcoxon p; seeds won); the best candidate per
 round; the candidates' mean pool weight and evidence weight per round; search time per round next
@@ -40,13 +42,11 @@ CASES = {
 
 
 def run(base: str, rounds: int | None, seeds: list[int], out: Path, strategies: tuple[str, ...],
-        options: dict) -> pd.DataFrame:
+        options: dict) -> None:
     overrides = {"strategies": list(strategies), "seeds": seeds, **options}
     if rounds:
         overrides["rounds"] = rounds
-    cfg = config.load(base, overrides)
-    results = experiment.Experiment.prepare(cfg, out, log=lambda message: None).run()
-    return results[results["strategy"].isin(strategies) & results["seed"].isin(seeds)]
+    experiment.Experiment.prepare(config.load(base, overrides), out, log=lambda message: None).run()
 
 
 def finished(directories: list[Path], seeds: list[int]) -> pd.DataFrame:
@@ -114,27 +114,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default="jobs/main.yaml", help="base experiment (dataset, budget, epochs)")
     parser.add_argument("--rounds", type=int, default=None, help="query rounds (default: the config's)")
     parser.add_argument("--part", choices=("all", "singles", "search", "report"), default="all",
-                        help="run only the single strategies, or only autoal and vote (then no report); or report "
+                        help="run only the single strategies and vote, or only autoal (then no report); or report "
                              "on the runs finished so far, running nothing")
+    parser.add_argument("--alone", nargs="*", default=None, metavar="STRATEGY",
+                        help="the strategies to run and report alone (default: every candidate of the cases)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_cases"), help="benchmark directory")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config keys of the autoal and vote runs, e.g. search.reward=loss (YAML values)")
     args = parser.parse_args(argv)
     settings = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
 
-    singles = dict.fromkeys(c for case in args.cases for c in CASES[case])
+    singles = args.alone if args.alone is not None else \
+        list(dict.fromkeys(c for case in args.cases for c in CASES[case]))
+    votes = {case: args.out / "singles" / f"vote_{case}" for case in args.cases}
     if args.part in ("all", "singles"):   # one directory each: any case's singles run, or resume, alone
-        single = pd.concat([run(args.config, args.rounds, args.seeds, args.out / "singles" / name, (name,), {})
-                            for name in singles])
-    if args.part == "report":
+        for name in singles:
+            run(args.config, args.rounds, args.seeds, args.out / "singles" / name, (name,), {})
+        for case, directory in votes.items():    # vote has no search: every search setting shares it
+            run(args.config, args.rounds, args.seeds, directory, ("vote",),
+                {"options.vote.candidates": list(CASES[case])})
+    for case in args.cases if args.part in ("all", "search") else ():
+        run(args.config, args.rounds, args.seeds, args.out / case, ("autoal",),
+            {"options.autoal.candidates": list(CASES[case]), **settings})
+    if args.part in ("all", "report"):
         single = finished([args.out / "singles" / name for name in singles], args.seeds)
-    for case in args.cases if args.part != "singles" else ():
-        candidates = list(CASES[case])
-        searched = finished([args.out / case], args.seeds) if args.part == "report" else \
-            run(args.config, args.rounds, args.seeds, args.out / case, ("autoal", "vote"),
-                {"options.autoal.candidates": candidates, "options.vote.candidates": candidates, **settings})
-        if args.part != "search":
-            report(case, CASES[case], pd.concat([searched, single[single["strategy"].isin(candidates)]]), args.out)
+        for case in args.cases:
+            searched = finished([args.out / case, votes[case]], args.seeds)
+            report(case, CASES[case], pd.concat([searched, single[single["strategy"].isin(CASES[case])]]), args.out)
 
 
 if __name__ == "__main__":

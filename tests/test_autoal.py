@@ -184,6 +184,20 @@ def test_evidence_becomes_decisive_as_spaces_accumulate(kind):
     assert np.isclose(many.sum(), 1.0)
 
 
+def test_decaying_evidence_follows_a_change_of_the_best_candidate():
+    """Five early FitNet spaces where `a` picks the useful samples and `b` the useless ones, then
+    three where they swap (the switch from a low-budget candidate to an uncertainty one): without
+    decay the early evidence keeps `a` ahead; with decay 0.5 the weight moves to `b`."""
+    good, bad = (lambda p, ce, align: top(align)), (lambda p, ce, align: top(-ce))
+    parts = [fitted_rows({"a": good, "b": bad}, seed) for seed in range(5)] + \
+        [fitted_rows({"a": bad, "b": good}, seed) for seed in range(5, 8)]
+    rows = objective.Rows.cat([replace(r, space=torch.full((len(r),), i)) for i, r in enumerate(parts)])
+    gains = evidence.candidate_gains(rows, "lookahead", eta=0.1)
+    kept, faded = (evidence.best_probabilities(gains, seed=0, decay=d) for d in (1.0, 0.5))
+    assert kept[0] > 0.5 > faded[0] and faded[1] > 0.8
+    assert np.allclose(evidence.best_probabilities(gains[:5], seed=0, decay=0.5)[0], 1.0, atol=0.05)
+
+
 def test_scorer_weights_searchnets_mixture_by_the_evidence():
     """The pool mixture is SearchNet's pi times the evidence weights, renormalised; flat weights leave pi."""
     torch.manual_seed(0)
@@ -354,7 +368,8 @@ def test_strategy_needs_and_bad_candidates():
     with pytest.raises(AutoALError):
         hooks.create("autoal", toy_cfg(initial=6, workers=2))
     assert hooks.create("vote", toy_cfg()).strategy.candidate_names == ("margin", "kmeans", "bald")
-    for bad in ({"search.reward": "gain"}, {"search.fitnet": "warm"}, {"search.rho": 1.5}, {"search.eta": -1.0}):
+    for bad in ({"search.reward": "gain"}, {"search.fitnet": "warm"}, {"search.rho": 1.5}, {"search.eta": -1.0},
+                {"search.evidence_decay": 0.0}):
         with pytest.raises(AutoALError, match="search."):
             toy_cfg(**bad)
 
@@ -437,7 +452,8 @@ def toy_experiment(cfg, out, n_easy=160, n_hard=40) -> Experiment:
     {"options.autoal.candidates": ["margin"]},
     # coreset reads the labeled set; lpl the predicted loss
     {"options.autoal.candidates": ["coreset", "lpl", "random"], "search.fitnet": "crossfit"},
-    {"search.threshold": "quantile", "search.lam": 0.0, "search.gamma": 0.0, "search.eta": 0.5},
+    {"search.threshold": "quantile", "search.lam": 0.0, "search.gamma": 0.0, "search.eta": 0.5,
+     "search.evidence_decay": 0.5},
 ], ids=lambda option: ",".join(f"{k.split('.')[-1]}={v}" for k, v in option.items()))
 def test_every_option_runs_an_experiment(ray_local, tmp_path, option):
     cfg = toy_cfg(initial=20, batch=10, rounds=1, epochs=2, **option)

@@ -52,6 +52,9 @@ class SearchConfig:
     replay: bool = key(True, "SearchNet trains on the rows of every past cycle, not only this round's")
     evidence: bool = key(True, "weight each candidate by the probability that its own picks earn the best "
                                "reward over every search cycle so far (false: SearchNet's mixture alone)")
+    evidence_decay: float = key(1.0, "a search cycle's evidence weighs decay^age, age in cycles before the "
+                                     "newest: below 1 old rounds fade, so the weights can follow a change of "
+                                     "the best candidate")
     gamma: float = key(0.1, "ranking loss weight")
     threshold: str = key("gmm", "gmm (paper) or quantile (exact)")
     lr: float = key(1e-3, "SearchNet's and FitNet's Adam learning rate")
@@ -122,6 +125,7 @@ class ExperimentConfig:
             (self.search.eta > 0, "search.eta must be positive"),
             (self.search.prior >= 0, "search.prior must be >= 0"),
             (self.search.prior_rows >= 0, "search.prior_rows must be >= 0"),
+            (0.0 < self.search.evidence_decay <= 1.0, "search.evidence_decay must be in (0, 1]"),
             (self.search.fit_steps >= 0, "search.fit_steps must be >= 0"),
             (len(set(self.ood_classes)) == len(self.ood_classes), "ood_classes lists a class twice"),
         ]

@@ -32,17 +32,24 @@ def candidate_gains(rows: objective.Rows, kind: str, eta: float) -> np.ndarray:
     return gains
 
 
-def best_probabilities(gains: np.ndarray, seed: int, draws: int = DRAWS) -> np.ndarray:
-    """[K] P(candidate j has the highest mean gain), from gains [spaces, K].
+def best_probabilities(gains: np.ndarray, seed: int, draws: int = DRAWS, decay: float = 1.0) -> np.ndarray:
+    """[K] P(candidate j has the highest mean gain), from gains [spaces, K], oldest space first.
 
     Each space's gains are centred on their mean over the candidates (a space where every
     candidate does well says nothing about which is best); candidate j's mean centred gain
-    over the spaces gets a Student-t posterior (spaces - 1 degrees of freedom, the standard
-    error as scale). Fewer than two spaces: flat."""
+    over the spaces gets a Student-t posterior (n - 1 degrees of freedom, the standard error
+    as scale). With `decay` < 1 the space s cycles older than the newest weighs decay^s, so
+    evidence from rounds whose best candidate has since changed fades: the mean and variance
+    are weighted, and n is the weights' effective sample size (sum w)^2 / sum w^2 (decay 1:
+    n = spaces, the plain mean). Fewer than two spaces: flat."""
     spaces, k = gains.shape
+    w = decay ** np.arange(spaces - 1, -1, -1, dtype=np.float64)
     if spaces < 2:
         return np.full(k, 1.0 / k)
+    n = w.sum() ** 2 / (w ** 2).sum()
     centred = gains - gains.mean(axis=1, keepdims=True)
-    mean, se = centred.mean(axis=0), centred.std(axis=0, ddof=1) / np.sqrt(spaces) + 1e-12
-    draw = mean + se * np.random.default_rng(seed).standard_t(spaces - 1, size=(draws, k))
+    mean = w @ centred / w.sum()
+    var = w @ (centred - mean) ** 2 / w.sum() * n / (n - 1)
+    se = np.sqrt(var / n) + 1e-12
+    draw = mean + se * np.random.default_rng(seed).standard_t(n - 1, size=(draws, k))
     return np.bincount(draw.argmax(axis=1), minlength=k) / draws

@@ -198,7 +198,8 @@ def search_loop(p: SearchPayload, world: World) -> dict:
     net.eval()
     norms = objective.gradient_norms(net, search_terms(net, net.alpha, rows, sc, prior, seed, gather_fn=lambda t: t))
     telemetry = {k: float(np.mean([s[k] for s in steps])) if steps else float("nan") for k in objective.TELEMETRY}
-    weights = evidence.best_probabilities(evidence.candidate_gains(rows, sc.reward, sc.eta), seed) if sc.evidence \
+    weights = evidence.best_probabilities(evidence.candidate_gains(rows, sc.reward, sc.eta), seed,
+                                          decay=sc.evidence_decay) if sc.evidence \
         else np.full(len(p.candidates), 1.0 / len(p.candidates))
     return dict(search_state=portable_state(net), replay=rows.arrays() if sc.replay else None, weights=weights,
                 telemetry=dict(telemetry, **norms, fitnet_accuracy=accuracy, val_rows=len(new),
