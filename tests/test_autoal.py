@@ -32,6 +32,8 @@ from autoal.runs.directory import ExperimentDir
 from autoal.strategies import PoolStats, get
 from autoal.strategies.autoal import AutoAL
 
+pytestmark = pytest.mark.slow   # started first (tests/conftest.py)
+
 RECIPE = training.ModelRecipe("mlp", (8,), 2, 0.3)
 FAST = {"search.cycles_first": 1, "search.cycles": 1, "search.fit_epochs": 2, "search.fit_steps": 0,
         "search.search_epochs": 2, "search.search_minibatch": 16}

@@ -40,8 +40,9 @@ USER, PASSWORD = "autoal@example.com", "autoal-test-password"
 SCREENSHOT = os.environ.get("AUTOAL_SCREENSHOT")
 RETRAIN = 20   # answers a round: one retrain for the 20 annotations (Label Studio takes ~25 s to store a round)
 
-pytestmark = pytest.mark.skipif(not (LS_VENV / ".installed").exists(),
-                                reason="Label Studio is not installed: `make .venv-ls/.installed` (make test does)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (LS_VENV / ".installed").exists(),
+                                 reason="Label Studio is not installed: `make .venv-ls/.installed` (make test does)")]
 
 
 def free_port() -> int:
