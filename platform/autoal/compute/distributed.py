@@ -113,12 +113,19 @@ def execute(loop: Callable[[Any, World], Any], payload, world: World, threads: i
     payload = dataclasses.replace(payload, **{
         f.name: ray.get(getattr(payload, f.name)) for f in dataclasses.fields(payload)
         if isinstance(getattr(payload, f.name), ray.ObjectRef)})
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         torch.manual_seed(payload.seed)
         deterministic()
         return loop(payload, world)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int):
+    """Within this block torch runs on `threads` CPU threads; the caller's count is restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
     finally:
         torch.set_num_threads(before)
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from autoal.config import ExperimentConfig
-from autoal.compute.distributed import World
+from autoal.compute.distributed import World, torch_threads
 from autoal.nets.models import ModelRecipe
 from autoal.compute.training import epochs_for, shard_batches
 
@@ -23,17 +23,14 @@ def expected_seconds(recipe: ModelRecipe, n: int, *, epochs: int, batch_size: in
     optimizer = torch.optim.Adam(net.parameters())
     x = torch.rand((min(batch_size, n), *recipe.shape))
     y = torch.randint(0, recipe.classes, (len(x),))
-    timings, threads = [], torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    timings = []
+    with torch_threads(threads):
         for _ in range(2):
             start = time.perf_counter()
             logits, _, _ = net(x)
             F.cross_entropy(logits, y).backward()
             optimizer.step()
             timings.append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(threads)
     steps = epochs_for(n, batch_size, epochs, min_steps, world) * len(shard_batches(n, batch_size, 0, 0, world))
     return trainings * steps * timings[-1]
 
