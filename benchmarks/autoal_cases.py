@@ -20,6 +20,10 @@ to the task model's training time.
 
     .venv/bin/python benchmarks/autoal_cases.py --seeds 0 1 2 3 4 5 6 7 8 9 [--cases weak] [--rounds 16] \
         [--set search.reward=loss --out runs/bench_cases_loss]
+    .venv/bin/python benchmarks/autoal_cases.py --part report --out runs/bench_cases_loss --against runs/bench_cases
+
+`--against DIR` adds, to the report, autoal as run in DIR (another search setting, the same
+protocol and seeds), paired with this one's: did the setting change what AutoAL achieves?
 """
 from __future__ import annotations
 
@@ -83,7 +87,8 @@ def report(case: str, candidates: tuple[str, ...], results: pd.DataFrame, out: P
         print(f"  {name:<18} AUBC {interval(runs[name])}")
     best = runs[ran].mean().idxmax()
     print(f"  paired AUBC difference (mean [95% interval]), best single candidate: {best}")
-    for other in ("vote", best, *(c for c in ran if c != best)):
+    baselines = [c for c in runs if c.startswith("autoal@")]     # --against: another search setting
+    for other in ("vote", best, *(c for c in ran if c != best), *baselines):
         print(f"    autoal - {other:<16} {paired(runs, 'autoal', other)}")
     print(f"    vote   - {best:<16} {paired(runs, 'vote', best)}")
     curve = results[results["strategy"].isin(ran)].groupby(["round", "strategy"])["accuracy"].mean()
@@ -121,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench_cases"), help="benchmark directory")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config keys of the autoal and vote runs, e.g. search.reward=loss (YAML values)")
+    parser.add_argument("--against", type=Path, default=None, metavar="DIR",
+                        help="report: also pair autoal with the autoal runs of this benchmark directory")
     args = parser.parse_args(argv)
     settings = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
 
@@ -140,6 +147,9 @@ def main(argv: list[str] | None = None) -> None:
         single = finished([args.out / "singles" / name for name in singles], args.seeds)
         for case in args.cases:
             searched = finished([args.out / case, votes[case]], args.seeds)
+            if args.against:
+                other = finished([args.against / case], args.seeds).query("strategy == 'autoal'")
+                searched = pd.concat([searched, other.assign(strategy=f"autoal@{args.against.name}")])
             report(case, CASES[case], pd.concat([searched, single[single["strategy"].isin(CASES[case])]]), args.out)
 
 
