@@ -45,7 +45,7 @@ run: $(STAMP)
 	$(VENV)/bin/autoal run jobs/main.yaml --out runs/main
 
 test: $(STAMP) $(LS_STAMP) $(CHROMIUM)
-	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadfile --durations=15
+	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 clean:
 	rm -rf runs

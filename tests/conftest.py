@@ -13,9 +13,13 @@ import ray  # noqa: E402
 
 
 def pytest_collection_modifyitems(items):
-    """Files marked `slow` run first (the sort is stable): `make test`'s two workers take a file at a
-    time, and a long file started last would run alone at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """Files marked `slow(seconds=...)` run first, the longest first (the sort is stable):
+    `make test`'s two workers take a file at a time, in this order (xdist's reordering by test
+    count is off), and a long file started last would run alone at the end."""
+    def key(item):
+        slow = item.get_closest_marker("slow")
+        return -slow.kwargs["seconds"] if slow else 0
+    items.sort(key=key)
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,7 @@ from autoal.runs.directory import ExperimentDir
 from autoal.strategies import PoolStats, get
 from autoal.strategies.autoal import AutoAL
 
-pytestmark = pytest.mark.slow   # started first (tests/conftest.py)
+pytestmark = pytest.mark.slow(seconds=120)   # started first, the longest first (tests/conftest.py)
 
 RECIPE = training.ModelRecipe("mlp", (8,), 2, 0.3)
 FAST = {"search.cycles_first": 1, "search.cycles": 1, "search.fit_epochs": 2, "search.fit_steps": 0,

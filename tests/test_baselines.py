@@ -34,7 +34,7 @@ from autoal.strategies.noise import output_deviation
 from autoal.strategies.poal import mahalanobis_confidence, pareto_front, pareto_layers, pareto_subset_search
 from autoal.nets.models import ModelRecipe
 
-pytestmark = pytest.mark.slow   # started first (tests/conftest.py)
+pytestmark = pytest.mark.slow(seconds=150)   # started first, the longest first (tests/conftest.py)
 
 BASELINES = ("albl", "poal", "noise_stability", "dpp", "vaal", "sraal", "lpl", "bgadl")
 

@@ -27,7 +27,7 @@ from autoal.labeling.project import LabelProject
 from autoal.data.pool import UNLABELED
 from autoal.data.parquet import read_parquet
 
-pytestmark = pytest.mark.slow   # started first (tests/conftest.py)
+pytestmark = pytest.mark.slow(seconds=130)   # started first, the longest first (tests/conftest.py)
 
 ENV = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_DATA_DISABLE_PROGRESS_BARS="1", RAY_USAGE_STATS_ENABLED="0")
 

@@ -27,7 +27,7 @@ from autoal.data import datasets
 from autoal.runs import directory as store
 from autoal.strategies import get
 
-pytestmark = pytest.mark.slow   # started first (tests/conftest.py)
+pytestmark = pytest.mark.slow(seconds=220)   # started first, the longest first (tests/conftest.py)
 AUTOAL = str(Path(sys.executable).with_name("autoal"))
 # Two strategies x 6 rounds of a small model: long enough for 10 kill points, seconds per attempt.
 FLAGS = ["--dataset", "digits", "--strategy", "random", "entropy", "--initial", "10", "--batch", "5",

@@ -40,7 +40,7 @@ USER, PASSWORD = "autoal@example.com", "autoal-test-password"
 SCREENSHOT = os.environ.get("AUTOAL_SCREENSHOT")
 RETRAIN = 20   # answers a round: one retrain for the 20 annotations (Label Studio takes ~25 s to store a round)
 
-pytestmark = [pytest.mark.slow,
+pytestmark = [pytest.mark.slow(seconds=200),
               pytest.mark.skipif(not (LS_VENV / ".installed").exists(),
                                  reason="Label Studio is not installed: `make .venv-ls/.installed` (make test does)")]
 

@@ -18,7 +18,7 @@ from autoal.sweep import runner
 from autoal.runs.directory import ExperimentDir
 from autoal.sweep.plan import PAPER_CANDIDATES, PLAN_FILE, from_dict, load_plan, trial_count
 
-pytestmark = pytest.mark.slow   # started first (tests/conftest.py)
+pytestmark = pytest.mark.slow(seconds=300)   # started first, the longest first (tests/conftest.py)
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"dataset": "digits", "initial": 20, "batch": 10, "rounds": 2, "epochs": 5}
 
