@@ -455,7 +455,7 @@ def toy_experiment(cfg, out, n_easy=160, n_hard=40) -> Experiment:
     # coreset reads the labeled set; lpl the predicted loss
     {"options.autoal.candidates": ["coreset", "lpl", "random"], "search.fitnet": "crossfit"},
     {"search.threshold": "quantile", "search.lam": 0.0, "search.gamma": 0.0, "search.eta": 0.5,
-     "search.evidence_decay": 0.5},
+     "search.evidence_decay": 1.0},
 ], ids=lambda option: ",".join(f"{k.split('.')[-1]}={v}" for k, v in option.items()))
 def test_every_option_runs_an_experiment(ray_local, tmp_path, option):
     cfg = toy_cfg(initial=20, batch=10, rounds=1, epochs=2, **option)

@@ -52,9 +52,9 @@ class SearchConfig:
     replay: bool = key(True, "SearchNet trains on the rows of every past cycle, not only this round's")
     evidence: bool = key(True, "weight each candidate by the probability that its own picks earn the best "
                                "reward over every search cycle so far (false: SearchNet's mixture alone)")
-    evidence_decay: float = key(1.0, "a search cycle's evidence weighs decay^age, age in cycles before the "
-                                     "newest: below 1 old rounds fade, so the weights can follow a change of "
-                                     "the best candidate")
+    evidence_decay: float = key(0.5, "a search cycle's evidence weighs decay^age, age in cycles before the "
+                                     "newest: old rounds fade, so the weights follow a change of the best "
+                                     "candidate; 1: every cycle alike")
     gamma: float = key(0.1, "ranking loss weight")
     threshold: str = key("gmm", "gmm (paper) or quantile (exact)")
     lr: float = key(1e-3, "SearchNet's and FitNet's Adam learning rate")
