@@ -87,8 +87,8 @@ def report(case: str, candidates: tuple[str, ...], results: pd.DataFrame, out: P
         print(f"  {name:<18} AUBC {interval(runs[name])}")
     best = runs[ran].mean().idxmax()
     print(f"  paired AUBC difference (mean [95% interval]), best single candidate: {best}")
-    baselines = [c for c in runs if c.startswith("autoal@")]     # --against: another search setting
-    for other in ("vote", best, *(c for c in ran if c != best), *baselines):
+    against = [c for c in runs if c.startswith("autoal@")]     # --against: autoal under another search setting
+    for other in ("vote", best, *(c for c in ran if c != best), *against):
         print(f"    autoal - {other:<16} {paired(runs, 'autoal', other)}")
     print(f"    vote   - {best:<16} {paired(runs, 'vote', best)}")
     curve = results[results["strategy"].isin(ran)].groupby(["round", "strategy"])["accuracy"].mean()
